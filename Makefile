@@ -1,0 +1,61 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# The suite runs once on SQLite and, when this PostgreSQL answers, once more on it.
+PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/mailportal
+PYTEST_ARGS ?=
+
+.PHONY: run test lint messages makemessages install install-dev clean
+
+$(VENV)/.runtime: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { echo >&2 "Could not create a virtualenv: on Debian run 'apt-get install python3-venv'."; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+# .mo files are build output, never committed; polib compiles them without GNU gettext.
+messages: $(VENV)/.runtime
+	$(PY) scripts/compile_messages.py
+
+# Developers only (needs GNU gettext): refresh the .po files from the source.
+makemessages: $(VENV)/.runtime
+	DEBUG=1 $(PY) manage.py makemessages --no-obsolete --no-location -l lv -l en -i '.venv/*' -i 'var/*'
+
+run: install messages
+	DEBUG=1 $(PY) manage.py migrate --noinput
+	DEBUG=1 $(PY) manage.py seed_demo
+	@echo "Open http://127.0.0.1:8000/ and sign in with a mailbox above."
+	DEBUG=1 $(PY) manage.py runserver 127.0.0.1:8000
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DEBUG=1 $(BIN)/mypy accounts mailaccess mailportal
+	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+	DEBUG=1 $(PY) manage.py check
+
+test: install-dev messages lint
+	@echo "== tests on SQLite (the embedded default) =="
+	env -u DATABASE_URL $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+	@if $(PY) scripts/pg_available.py "$(PG_URL)"; then \
+		echo "== tests on PostgreSQL ($(PG_URL)) =="; \
+		DATABASE_URL="$(PG_URL)" $(BIN)/pytest $(PYTEST_ARGS); \
+	elif [ "$$REQUIRE_E2E" = "1" ]; then \
+		echo >&2 "REQUIRE_E2E=1 but PostgreSQL at $(PG_URL) does not answer."; exit 1; \
+	else \
+		echo; echo "!!! SKIPPED: PostgreSQL at $(PG_URL) does not answer: the PostgreSQL-only and"; \
+		echo "!!! end-to-end tests (Dovecot, Postfix, Celery, Chromium) did NOT run. '.ci/run' runs them."; \
+	fi
+
+clean:
+	rm -rf $(VENV) var staticfiles
+	find locale -name '*.mo' -delete

@@ -1,0 +1,284 @@
+"""Every change of a mailbox's external access, in one place.
+
+Views, the admin, Celery tasks, the auth-policy endpoint and the SMTP policy daemon all call
+these functions; nothing else writes ExternalAccess, AppPassword, AuditEvent or Notice. Each
+function is atomic, locks the mailbox's access row (so a double-submitted form or two policy
+processes cannot both act), writes an audit row naming who acted, and sends its side effects
+only once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Mailbox, Plan, Status
+from mailaccess import passwords
+from mailaccess.models import (
+    Actor,
+    AppPassword,
+    AuditAction,
+    AuditEvent,
+    BlockReason,
+    ExternalAccess,
+    Notice,
+    NoticeKind,
+    Protocol,
+)
+
+# Functions called after commit with a mailbox id whenever its access state changes (the
+# auth-policy cache registers one). A list, not an import, so this module stays the bottom
+# of the dependency graph.
+access_changed_hooks: list[Callable[[int], None]] = []
+# Called after commit with a Notice id when a notice is created (the notices mailer).
+notice_created_hooks: list[Callable[[int], None]] = []
+
+
+class AccessError(Exception):
+    """A change the rules do not allow; ``message`` is for the user."""
+
+    def __init__(self, message: Any, code: str) -> None:
+        super().__init__(str(message))
+        self.message = message
+        self.code = code
+
+
+def _locked_access(mailbox: Mailbox) -> ExternalAccess:
+    ExternalAccess.objects.get_or_create(mailbox=mailbox)
+    return ExternalAccess.objects.select_for_update().get(mailbox=mailbox)
+
+
+def _audit(
+    mailbox: Mailbox,
+    action: str,
+    actor: Actor,
+    *,
+    reason: str = "",
+    ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        mailbox=mailbox,
+        address=mailbox.address,
+        action=action,
+        reason=reason,
+        actor_kind=actor.kind,
+        actor=actor.mailbox,
+        actor_label=actor.label,
+        ip=ip,
+        detail=detail or {},
+    )
+
+
+def _access_changed(mailbox_id: int) -> None:
+    def run() -> None:
+        for hook in access_changed_hooks:
+            hook(mailbox_id)
+
+    transaction.on_commit(run)
+
+
+def _revoke_live_passwords(mailbox: Mailbox, now: datetime) -> int:
+    return AppPassword.objects.live().filter(mailbox=mailbox).update(revoked_at=now)
+
+
+def _create_password(
+    mailbox: Mailbox, *, label: str = "", protocols: set[str] | None = None
+) -> tuple[AppPassword, str]:
+    protocols = {p.value for p in Protocol} if protocols is None else protocols
+    text = passwords.generate()
+    app_password = AppPassword.objects.create(
+        mailbox=mailbox,
+        label=label,
+        allow_imap=Protocol.IMAP in protocols,
+        allow_pop3=Protocol.POP3 in protocols,
+        allow_smtp=Protocol.SMTP in protocols,
+        password_hash=passwords.dovecot_hash(text),
+        lookup_key=passwords.lookup_key(text),
+    )
+    return app_password, text
+
+
+@transaction.atomic
+def enable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> str | None:
+    """Switch access on and return the new password's text, to be shown once.
+
+    Returns None when access was already on (a double submit): no second password.
+    """
+    access = _locked_access(mailbox)
+    if access.enabled:
+        return None
+    if access.requires_password_change:
+        raise AccessError(
+            _("Change your web password first: your password may have been stolen."),
+            code="password_change_required",
+        )
+    now = timezone.now()
+    app_password, text = _create_password(mailbox)
+    access.enabled = True
+    access.enabled_at = now
+    access.last_activity_at = now
+    access.block_reason = ""
+    access.blocked_at = None
+    access.expiry_warned_at = None
+    access.save()
+    _audit(mailbox, AuditAction.ACCESS_ENABLED, actor, ip=ip)
+    _audit(
+        mailbox,
+        AuditAction.PASSWORD_CREATED,
+        actor,
+        ip=ip,
+        detail={"app_password": app_password.pk},
+    )
+    _access_changed(mailbox.pk)
+    return text
+
+
+@transaction.atomic
+def disable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> bool:
+    """Switch access off; every app password stops working at once."""
+    access = _locked_access(mailbox)
+    now = timezone.now()
+    revoked = _revoke_live_passwords(mailbox, now)
+    if not access.enabled and not revoked:
+        return False
+    access.enabled = False
+    access.disabled_at = now
+    access.save()
+    _audit(mailbox, AuditAction.ACCESS_DISABLED, actor, ip=ip, detail={"revoked": revoked})
+    _access_changed(mailbox.pk)
+    return True
+
+
+@transaction.atomic
+def block_access(
+    mailbox: Mailbox,
+    reason: BlockReason,
+    *,
+    actor: Actor,
+    detail: dict[str, Any] | None = None,
+) -> Notice | None:
+    """Switch access off for a reason, end every password and notify the owner once.
+
+    Returns the notice, or None when the mailbox already stood blocked for this reason.
+    """
+    access = _locked_access(mailbox)
+    if not access.enabled and access.block_reason == reason:
+        return None
+    now = timezone.now()
+    revoked = _revoke_live_passwords(mailbox, now)
+    if access.enabled:
+        access.disabled_at = now
+    access.enabled = False
+    access.block_reason = reason
+    access.blocked_at = now
+    if reason == BlockReason.COMPROMISED:
+        access.requires_password_change = True
+    access.save()
+    event = _audit(
+        mailbox,
+        AuditAction.ACCESS_BLOCKED,
+        actor,
+        reason=reason,
+        detail={"revoked": revoked, **(detail or {})},
+    )
+    notice = Notice.objects.create(
+        mailbox=mailbox, kind=NoticeKind.BLOCKED, reason=reason, key=f"block:{event.pk}"
+    )
+    _access_changed(mailbox.pk)
+    _notice_created(notice.pk)
+    return notice
+
+
+def _notice_created(notice_id: int) -> None:
+    def run() -> None:
+        for hook in notice_created_hooks:
+            hook(notice_id)
+
+    transaction.on_commit(run)
+
+
+@transaction.atomic
+def unblock_access(mailbox: Mailbox, *, actor: Actor) -> bool:
+    """Lift a block (support). Access stays off: the owner switches it on for a new password."""
+    access = _locked_access(mailbox)
+    if not access.block_reason and not access.requires_password_change:
+        return False
+    previous = access.block_reason
+    access.block_reason = ""
+    access.blocked_at = None
+    access.requires_password_change = False
+    access.save()
+    _audit(mailbox, AuditAction.ACCESS_UNBLOCKED, actor, reason=previous)
+    _access_changed(mailbox.pk)
+    return True
+
+
+@transaction.atomic
+def record_web_password_change(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> None:
+    """A new web password cures "compromised": access may be switched on again."""
+    access = _locked_access(mailbox)
+    if access.requires_password_change:
+        access.requires_password_change = False
+        access.save(update_fields=["requires_password_change"])
+        _access_changed(mailbox.pk)
+    _audit(mailbox, AuditAction.WEB_PASSWORD_CHANGED, actor, ip=ip)
+
+
+@transaction.atomic
+def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
+    locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
+    if locked.plan == plan:
+        return False
+    previous = locked.plan
+    locked.plan = plan
+    locked.save(update_fields=["plan"])
+    mailbox.plan = plan
+    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail={"from": previous, "to": plan})
+    _access_changed(mailbox.pk)
+    return True
+
+
+@transaction.atomic
+def change_status(mailbox: Mailbox, status: Status, *, actor: Actor) -> bool:
+    locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
+    if locked.status == status:
+        return False
+    now = timezone.now()
+    locked.status = status
+    locked.status_changed_at = now
+    locked.save(update_fields=["status", "status_changed_at"])
+    mailbox.status, mailbox.status_changed_at = status, now
+    _audit(mailbox, AuditAction.STATUS_CHANGED, actor, detail={"to": status})
+    _access_changed(mailbox.pk)
+    return True
+
+
+def record_use(
+    mailbox_id: int,
+    protocol: Protocol,
+    ip: str | None,
+    *,
+    when: datetime | None = None,
+    app_password_id: int | None = None,
+    client: str = "",
+) -> None:
+    """A mail program logged in successfully: what the panel and the expiry jobs read.
+
+    Not audited (a use is not a change) and not locked: two reports racing each other both
+    write "now", and the later one winning is what we want.
+    """
+    when = when or timezone.now()
+    ExternalAccess.objects.filter(mailbox_id=mailbox_id).update(
+        **{f"{protocol.value}_last_used_at": when, f"{protocol.value}_last_ip": ip},
+        last_activity_at=when,
+    )
+    if app_password_id is not None:
+        AppPassword.objects.filter(pk=app_password_id, mailbox_id=mailbox_id).update(
+            last_used_at=when, last_used_protocol=protocol, last_used_ip=ip, last_used_client=client
+        )

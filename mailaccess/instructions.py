@@ -1,0 +1,204 @@
+"""What each mail program needs, as data: the templates only render it.
+
+Steps are translatable strings with ``%(name)s`` placeholders, filled per mailbox, so the
+user's own address and server host appear wherever a user name or server goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Mailbox
+from mailaccess.models import Protocol
+
+IMAP_PORT = 993
+POP3_PORT = 995
+SMTP_STARTTLS_PORT = 587
+SMTP_SSL_PORT = 465
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    direction: Promise
+    protocol: str
+    host: str
+    port: int
+    encryption: Promise
+
+
+def server_table(mailbox: Mailbox) -> list[ServerRow]:
+    host = mailbox.mail_host
+    incoming, outgoing = _("incoming mail"), _("outgoing mail")
+    return [
+        ServerRow(incoming, "IMAP", host, IMAP_PORT, _("SSL/TLS (required)")),
+        ServerRow(incoming, "POP3", host, POP3_PORT, _("SSL/TLS (required)")),
+        ServerRow(outgoing, "SMTP", host, SMTP_STARTTLS_PORT, _("STARTTLS")),
+        ServerRow(outgoing, "SMTP", host, SMTP_SSL_PORT, _("SSL/TLS")),
+    ]
+
+
+# Steps shared by several programs: one translation each.
+_USER_NAME = _("User name: %(address)s (the full address, not just the part before @).")
+_PASSWORD = _(
+    "Password: the mail-program password you were shown when you switched access on, "
+    "not your web password."
+)
+_IMAP_SERVER = _("Incoming server (IMAP): %(host)s, port 993, encryption SSL/TLS.")
+_POP3_SERVER = _("Incoming server (POP3): %(host)s, port 995, encryption SSL/TLS.")
+_SMTP_SERVER = _(
+    "Outgoing server (SMTP): %(host)s, port 587 with STARTTLS, or port 465 with SSL/TLS."
+)
+_SMTP_AUTH = _(
+    "Switch on authentication for the outgoing server, with the same user name and password."
+)
+_LEAVE_ON_SERVER = _(
+    "Tick “Leave a copy of messages on the server”. Without it, messages disappear from "
+    "the web interface."
+)
+_CHECK_INTERVAL = _("Check for new mail no more often than every 5 minutes.")
+_SWITCH_ON_FIRST = _(
+    "First switch on “Allow external POP3/IMAP and SMTP access” in Settings and copy the "
+    "password it shows."
+)
+
+
+@dataclass(frozen=True)
+class Program:
+    slug: str
+    name: str
+    protocol: Protocol
+    steps: tuple[Promise, ...]
+
+    def render_steps(self, mailbox: Mailbox) -> list[str]:
+        values = {"address": mailbox.address, "host": mailbox.mail_host}
+        return [str(step) % values for step in self.steps]
+
+
+PROGRAMS: tuple[Program, ...] = (
+    Program(
+        "thunderbird-imap",
+        "Mozilla Thunderbird",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("In Thunderbird open the menu, choose “Account Settings”, then “Add Mail Account”."),
+            _(
+                "Enter your name, the address %(address)s and the mail-program password, then "
+                "choose “Configure manually”."
+            ),
+            _IMAP_SERVER,
+            _SMTP_SERVER,
+            _USER_NAME,
+            _("Authentication: “Normal password”. Choose “Done”."),
+            _CHECK_INTERVAL,
+        ),
+    ),
+    Program(
+        "outlook-imap",
+        "Microsoft Outlook",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("In Outlook choose “File”, “Add Account”, enter %(address)s."),
+            _("Open “Advanced options”, tick “Let me set up my account manually”, choose IMAP."),
+            _IMAP_SERVER,
+            _SMTP_SERVER,
+            _USER_NAME,
+            _PASSWORD,
+            _SMTP_AUTH,
+        ),
+    ),
+    Program(
+        "windows-live-mail-imap",
+        "Windows Live Mail",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("Choose “Accounts”, “Email”, enter %(address)s and the mail-program password."),
+            _("Tick “Manually configure server settings” and choose IMAP as the server type."),
+            _IMAP_SERVER,
+            _SMTP_SERVER,
+            _USER_NAME,
+            _SMTP_AUTH,
+        ),
+    ),
+    Program(
+        "outlook-pop3",
+        "Outlook / Outlook Express",
+        Protocol.POP3,
+        (
+            _SWITCH_ON_FIRST,
+            _("Add a new e-mail account and choose manual setup with POP3."),
+            _POP3_SERVER,
+            _SMTP_SERVER,
+            _USER_NAME,
+            _PASSWORD,
+            _SMTP_AUTH,
+            _LEAVE_ON_SERVER,
+            _("POP3 can check one mailbox from only one device at a time."),
+            _CHECK_INTERVAL,
+        ),
+    ),
+    Program(
+        "windows-mail",
+        "Windows Mail",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("Open “Settings”, “Manage accounts”, “Add account”, then “Advanced setup”."),
+            _("Choose “Internet email” and the account type IMAP4."),
+            _USER_NAME,
+            _PASSWORD,
+            _IMAP_SERVER,
+            _SMTP_SERVER,
+            _("Leave “Outgoing server requires authentication” and “Require SSL” ticked."),
+        ),
+    ),
+    Program(
+        "the-bat",
+        "The Bat!",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("Choose “Account”, “New”, enter your name and %(address)s, protocol IMAP."),
+            _IMAP_SERVER,
+            _SMTP_SERVER,
+            _USER_NAME,
+            _PASSWORD,
+            _("Tick “My SMTP server requires authentication”."),
+            _CHECK_INTERVAL,
+        ),
+    ),
+    Program(
+        "apple-mail",
+        "Apple Mail (macOS)",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("Choose “Mail”, “Add Account”, “Other Mail Account”."),
+            _("Enter your name, %(address)s and the mail-program password; choose “Sign In”."),
+            _("Account type IMAP; incoming and outgoing mail server: %(host)s."),
+            _USER_NAME,
+            _("Mail finds the ports by itself: IMAP 993 and SMTP 465 or 587, all encrypted."),
+        ),
+    ),
+    Program(
+        "ios-mail",
+        "iOS Mail (iPhone, iPad)",
+        Protocol.IMAP,
+        (
+            _SWITCH_ON_FIRST,
+            _("Open “Settings”, “Mail”, “Accounts”, “Add Account”, “Other”, “Add Mail Account”."),
+            _("Enter your name, %(address)s and the mail-program password; tap “Next”."),
+            _("Choose IMAP. Incoming and outgoing mail server: %(host)s."),
+            _USER_NAME,
+            _PASSWORD,
+            _("Tap “Save”. iOS uses SSL on port 993 and 465 by itself."),
+        ),
+    ),
+)
+
+PROGRAMS_BY_SLUG = {program.slug: program for program in PROGRAMS}

@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Mailbox, Plan
+
+
+class Protocol(models.TextChoices):
+    IMAP = "imap", "IMAP"
+    POP3 = "pop3", "POP3"
+    SMTP = "smtp", "SMTP"
+
+
+class BlockReason(models.TextChoices):
+    """Why access was switched off automatically (or by support).
+
+    Each reason carries its user-facing explanation, its cure and the short text the mail
+    servers send, here in one place, so a view, a notice and the passdb never disagree.
+    """
+
+    HOURLY_LIMIT = "hourly_limit", _("hourly sending limit exceeded")
+    COMPROMISED = "compromised", _("password stolen, mailbox sent spam")
+    INACTIVE = "inactive", _("mailbox became inactive")
+    IDLE = "idle", _("not used for two months")
+    FAULTY_PROGRAM = "faulty_program", _("too many connections from a mail program")
+    SUPPORT = "support", _("switched off by customer support")
+
+    @property
+    def explanation(self) -> Promise:
+        return _BLOCK_EXPLANATIONS[self]
+
+    @property
+    def cure(self) -> Promise:
+        return _BLOCK_CURES[self]
+
+    @property
+    def server_message(self) -> Promise:
+        """One line for IMAP, POP3 and SMTP replies: no markup, no line breaks."""
+        return _BLOCK_SERVER_MESSAGES[self]
+
+
+_BLOCK_EXPLANATIONS: dict[str, Promise] = {
+    BlockReason.HOURLY_LIMIT: _(
+        "More than 15 messages were sent through SMTP within one hour. Free Inbox Mail "
+        "mailboxes may send at most 15 messages an hour and 5 a minute through mail programs."
+    ),
+    BlockReason.COMPROMISED: _(
+        "Your password appears to have been stolen: your mailbox was used to send spam, and "
+        "many returned messages from “Mail Delivery System” came in."
+    ),
+    BlockReason.INACTIVE: _("Your mailbox became inactive."),
+    BlockReason.IDLE: _("No mail program used POP3, IMAP or SMTP access for two months."),
+    BlockReason.FAULTY_PROGRAM: _(
+        "A mail program connected to your mailbox more often than allowed. It may be faulty, "
+        "or set to check for new mail too often."
+    ),
+    BlockReason.SUPPORT: _("Customer support switched external access off."),
+}
+
+_BLOCK_CURES: dict[str, Promise] = {
+    BlockReason.HOURLY_LIMIT: _(
+        "You can switch access on again; you will get a new password. Inbox Mail+ has no "
+        "such limit."
+    ),
+    BlockReason.COMPROMISED: _(
+        "Change your web password first. Only then can you switch access on again."
+    ),
+    BlockReason.INACTIVE: _(
+        "Signing in on the web makes your mailbox active again; then switch access on again."
+    ),
+    BlockReason.IDLE: _("Switch access on again when you need it; you will get a new password."),
+    BlockReason.FAULTY_PROGRAM: _(
+        "Set your mail program to check for new mail no more often than every five minutes, "
+        "then switch access on again."
+    ),
+    BlockReason.SUPPORT: _("Contact customer support to find out why and what to do."),
+}
+
+_BLOCK_SERVER_MESSAGES: dict[str, Promise] = {
+    BlockReason.HOURLY_LIMIT: _(
+        "External access is blocked: the hourly sending limit was exceeded. "
+        "Switch it on again in Settings."
+    ),
+    BlockReason.COMPROMISED: _(
+        "External access is blocked: your password may be stolen. Change the web password, "
+        "then switch access on in Settings."
+    ),
+    BlockReason.INACTIVE: _(
+        "External access is blocked: the mailbox is inactive. Sign in on the web, then switch "
+        "access on in Settings."
+    ),
+    BlockReason.IDLE: _(
+        "External access is blocked: not used for two months. Switch it on again in Settings."
+    ),
+    BlockReason.FAULTY_PROGRAM: _(
+        "External access is blocked: too many connections. Check mail at most every five "
+        "minutes, then switch access on in Settings."
+    ),
+    BlockReason.SUPPORT: _(
+        "External access is blocked by customer support. Please contact customer support."
+    ),
+}
+
+ACCESS_OFF_SERVER_MESSAGE = _(
+    "External POP3/IMAP and SMTP access is switched off. Switch it on in Settings."
+)
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", _("the mailbox owner")
+    SUPPORT = "support", _("support staff")
+    SYSTEM = "system", _("the system")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes an access change: written to every audit row."""
+
+    kind: str
+    mailbox: Mailbox | None = None
+    label: str = ""
+
+    @classmethod
+    def user(cls, mailbox: Mailbox) -> Actor:
+        return cls(ActorKind.USER, mailbox, mailbox.address)
+
+    @classmethod
+    def support(cls, staff: Mailbox) -> Actor:
+        return cls(ActorKind.SUPPORT, staff, staff.address)
+
+    @classmethod
+    def system(cls, label: str) -> Actor:
+        return cls(ActorKind.SYSTEM, None, label)
+
+
+class ExternalAccess(models.Model):
+    """The state of the switch "Atļaut ārējo POP3\\IMAP un SMTP pieeju" for one mailbox.
+
+    A mailbox without a row has access off. Written only by ``mailaccess.actions``.
+    """
+
+    mailbox = models.OneToOneField(
+        Mailbox, on_delete=models.CASCADE, primary_key=True, related_name="external_access"
+    )
+    enabled = models.BooleanField(_("access on"), default=False)
+    enabled_at = models.DateTimeField(_("switched on"), null=True, blank=True)
+    disabled_at = models.DateTimeField(_("switched off"), null=True, blank=True)
+    block_reason = models.CharField(
+        _("block reason"), max_length=16, choices=BlockReason.choices, blank=True
+    )
+    blocked_at = models.DateTimeField(_("blocked"), null=True, blank=True)
+    requires_password_change = models.BooleanField(
+        _("web password change required"),
+        default=False,
+        help_text=_("Set when the password was stolen: access stays off until it is changed."),
+    )
+    # Last successful use per protocol, reported by the mail servers.
+    imap_last_used_at = models.DateTimeField(_("IMAP last used"), null=True, blank=True)
+    imap_last_ip = models.GenericIPAddressField(_("IMAP last client IP"), null=True, blank=True)
+    pop3_last_used_at = models.DateTimeField(_("POP3 last used"), null=True, blank=True)
+    pop3_last_ip = models.GenericIPAddressField(_("POP3 last client IP"), null=True, blank=True)
+    smtp_last_used_at = models.DateTimeField(_("SMTP last used"), null=True, blank=True)
+    smtp_last_ip = models.GenericIPAddressField(_("SMTP last client IP"), null=True, blank=True)
+    # Switching on or any use: what the two-month expiry counts from.
+    last_activity_at = models.DateTimeField(_("last activity"), null=True, blank=True)
+    expiry_warned_at = models.DateTimeField(_("expiry warning sent"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("external access")
+        verbose_name_plural = _("external access")
+        indexes = [
+            models.Index(
+                fields=["last_activity_at"],
+                name="access_enabled_activity_idx",
+                condition=models.Q(enabled=True),
+            ),
+            models.Index(fields=["block_reason", "blocked_at"], name="access_block_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id}: {'on' if self.enabled else 'off'}"
+
+    @property
+    def block(self) -> BlockReason | None:
+        return BlockReason(self.block_reason) if self.block_reason else None
+
+    def last_uses(self) -> list[dict[str, Any]]:
+        """The last use of each protocol, most recent first, for the panel."""
+        uses = []
+        for protocol in Protocol:
+            when = getattr(self, f"{protocol.value}_last_used_at")
+            if when is not None:
+                ip = getattr(self, f"{protocol.value}_last_ip")
+                uses.append({"protocol": protocol.label, "when": when, "ip": ip})
+        return sorted(uses, key=lambda use: use["when"], reverse=True)
+
+
+class AppPasswordQuerySet(models.QuerySet["AppPassword"]):
+    def live(self) -> AppPasswordQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class AppPassword(models.Model):
+    """A mail-program password. Only its hashes are stored; the text is shown once."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="app_passwords")
+    label = models.CharField(_("label"), max_length=64, blank=True)
+    allow_imap = models.BooleanField("IMAP", default=True)
+    allow_pop3 = models.BooleanField("POP3", default=True)
+    allow_smtp = models.BooleanField("SMTP", default=True)
+    # Dovecot verifies this one ({SSHA512}); see mailaccess/passwords.py.
+    password_hash = models.CharField(max_length=128)
+    # Hex SHA-256, equal to Dovecot's %{sha256:password}: picks the row among several.
+    lookup_key = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
+    last_used_protocol = models.CharField(
+        _("last used by"), max_length=8, choices=Protocol.choices, blank=True
+    )
+    last_used_ip = models.GenericIPAddressField(_("last client IP"), null=True, blank=True)
+    last_used_client = models.CharField(_("last mail program"), max_length=128, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+
+    objects = AppPasswordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("app password")
+        verbose_name_plural = _("app passwords")
+        indexes = [
+            models.Index(
+                fields=["mailbox"],
+                name="apppassword_live_idx",
+                condition=models.Q(revoked_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.label or str(_("Mail programs"))
+
+    @property
+    def is_live(self) -> bool:
+        return self.revoked_at is None
+
+    def protocols(self) -> list[str]:
+        return [protocol.label for protocol in Protocol if getattr(self, f"allow_{protocol.value}")]
+
+
+class AuditAction(models.TextChoices):
+    ACCESS_ENABLED = "access_enabled", _("access switched on")
+    ACCESS_DISABLED = "access_disabled", _("access switched off")
+    ACCESS_BLOCKED = "access_blocked", _("access blocked")
+    ACCESS_UNBLOCKED = "access_unblocked", _("block lifted")
+    PASSWORD_CREATED = "password_created", _("mail-program password created")
+    PASSWORD_REVOKED = "password_revoked", _("mail-program password revoked")
+    PLAN_CHANGED = "plan_changed", _("plan changed")
+    STATUS_CHANGED = "status_changed", _("status changed")
+    WEB_PASSWORD_CHANGED = "web_password_changed", _("web password changed")
+    EXPIRY_WARNED = "expiry_warned", _("expiry warning sent")
+    SIGNED_IN = "signed_in", _("signed in")
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError("The audit log is append-only.")
+
+
+class AuditEvent(models.Model):
+    """Append-only record of every access change and who made it.
+
+    The address is copied so the trail stays readable after a mailbox is deleted.
+    """
+
+    mailbox = models.ForeignKey(
+        Mailbox, on_delete=models.SET_NULL, null=True, related_name="audit_events"
+    )
+    address = models.CharField(_("mailbox address"), max_length=254)
+    action = models.CharField(_("action"), max_length=24, choices=AuditAction.choices)
+    reason = models.CharField(
+        _("block reason"), max_length=16, choices=BlockReason.choices, blank=True
+    )
+    actor_kind = models.CharField(_("done by"), max_length=8, choices=ActorKind.choices)
+    actor = models.ForeignKey(
+        Mailbox, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor_label = models.CharField(_("done by (name)"), max_length=254, blank=True)
+    ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    detail = models.JSONField(_("detail"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit log")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["mailbox", "-created_at"], name="audit_mailbox_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.address} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise TypeError("The audit log is append-only.")
+        super().save(*args, **kwargs)
+
+
+class NoticeKind(models.TextChoices):
+    BLOCKED = "blocked", _("access blocked")
+    EXPIRY_WARNING = "expiry_warning", _("access expires soon")
+
+
+class Notice(models.Model):
+    """A message to the mailbox owner: shown in the panel until read, and sent by e-mail.
+
+    ``key`` makes each notice exactly-once: a retried job or task that tries to create the
+    same notice again hits the unique constraint instead of sending twice.
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="notices")
+    kind = models.CharField(_("kind"), max_length=16, choices=NoticeKind.choices)
+    reason = models.CharField(
+        _("block reason"), max_length=16, choices=BlockReason.choices, blank=True
+    )
+    key = models.CharField(max_length=96, unique=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    emailed_at = models.DateTimeField(_("e-mailed"), null=True, blank=True)
+    read_at = models.DateTimeField(_("read"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("notice")
+        verbose_name_plural = _("notices")
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["mailbox", "-created_at"],
+                name="notice_unread_idx",
+                condition=models.Q(read_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} {self.kind} {self.reason}"
+
+    @property
+    def block(self) -> BlockReason | None:
+        return BlockReason(self.reason) if self.reason else None
+
+
+class SendingLimit(models.Model):
+    """SMTP sending limits of a plan; support can change them. Empty means no limit."""
+
+    plan = models.CharField(_("plan"), max_length=8, choices=Plan.choices, unique=True)
+    per_minute = models.PositiveIntegerField(_("messages a minute"), null=True, blank=True)
+    per_hour = models.PositiveIntegerField(_("messages an hour"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("sending limit")
+        verbose_name_plural = _("sending limits")
+
+    def __str__(self) -> str:
+        return str(self.get_plan_display())

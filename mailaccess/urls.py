@@ -1,0 +1,14 @@
+from django.urls import path
+
+from mailaccess import views
+
+app_name = "mailaccess"
+urlpatterns = [
+    path("", views.settings_index, name="settings"),
+    path("mail-programs/", views.mail_programs, name="mail_programs"),
+    path(
+        "mail-programs/<slug:slug>/",
+        views.program_instructions,
+        name="program",
+    ),
+]

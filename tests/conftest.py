@@ -1,0 +1,67 @@
+"""Shared fixtures: named mailboxes (alice on inbox.lv, free; bob on mail.ee, Mail+).
+
+REQUIRE_E2E=1 (set by .ci/run) turns every skip into a failure: on CI a missing server is a
+broken build, not a quiet pass.
+"""
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from django.test import Client
+
+from accounts.models import Mailbox, Plan
+
+ALICE_PASSWORD = "alice-web-password-1"
+BOB_PASSWORD = "bob-web-password-1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("REQUIRE_E2E") == "1" and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"REQUIRE_E2E=1 forbids skipping: {reason}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from django.conf import settings
+
+    if settings.IS_POSTGRES:
+        return
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)"))
+
+
+@pytest.fixture
+def alice(db: None) -> Mailbox:
+    return Mailbox.objects.create_user("alice@inbox.lv", ALICE_PASSWORD, plan=Plan.FREE)
+
+
+@pytest.fixture
+def bob(db: None) -> Mailbox:
+    return Mailbox.objects.create_user("bob@mail.ee", BOB_PASSWORD, plan=Plan.PLUS, language="en")
+
+
+@pytest.fixture
+def alice_client(alice: Mailbox) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(bob: Mailbox) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(bob)
+    return client
+
+
+def csrf_post(client: Client, url: str, data: dict[str, str] | None = None, **extra: str):  # type: ignore[no-untyped-def]
+    """POST like a browser: fetch the page for its CSRF cookie, then send the token back."""
+    client.get(url)
+    token = client.cookies["csrftoken"].value
+    return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token}, **extra)
