@@ -195,3 +195,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# The mail-server side (auth policy, SMTP policy daemon): its counters and cached state live
+# in Redis. Seconds, not more: Dovecot and Postfix wait on every answer.
+MAILSERVER_REDIS_URL = os.environ.get(
+    "MAILSERVER_REDIS_URL", REDIS_URL or "redis://127.0.0.1:6379/0"
+)
+MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5"))
