@@ -101,6 +101,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if not os.environ.get("DATABASE_URL"):
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
     # SQLite has no SELECT ... FOR UPDATE: taking the write lock when a transaction begins
     # (IMMEDIATE) serialises the access actions the way row locks do on PostgreSQL. Without
     # a timeout a second writer would fail at once instead of waiting its turn.
