@@ -222,6 +222,8 @@ SIGN_IN_FAILURES_PER_IP = envint("SIGN_IN_FAILURES_PER_IP", 30)
 SIGN_IN_CODE_SECONDS = envint("SIGN_IN_CODE_SECONDS", 300)
 # Shown in authenticator apps next to the mailbox address.
 OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Inbox")
+# Support staff may remove a lost authenticator in the admin, but never see its key or QR code.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LOGGING = {
     "version": 1,

@@ -193,3 +193,15 @@ def test_new_recovery_codes_replace_the_old_ones(alice_client: Client, alice: Ma
     sign_in(client, alice.address, ALICE_PASSWORD)
     assert enter_code(client, old[0]).status_code == 200
     assert enter_code(client, new[0]).status_code == 302
+
+
+def test_support_staff_can_remove_an_authenticator_but_never_see_its_key(alice: Mailbox) -> None:
+    device, _codes = enable_two_factor(alice)
+    staff = Mailbox.objects.create_superuser("support@inbox.lv", "support-password-1")
+    client = Client()
+    client.force_login(staff)
+    page = client.get(reverse("admin:otp_totp_totpdevice_change", args=[device.pk]))
+    assert page.status_code == 200
+    assert device.key not in page.content.decode()
+    config = reverse("admin:otp_totp_totpdevice_config", args=[device.pk])
+    assert client.get(config).status_code == 403
