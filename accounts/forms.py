@@ -5,8 +5,29 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.forms import PasswordChangeForm
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
+from accounts import actions, sudo, throttling, two_factor
 from accounts.models import Mailbox, normalize_address
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    # REMOTE_ADDR only: a header like X-Forwarded-For is the client's to invent, which would
+    # let anyone dodge the per-IP throttle. Behind a proxy the server sets REMOTE_ADDR from it.
+    return request.META.get("REMOTE_ADDR")
+
+
+def throttled_error() -> forms.ValidationError:
+    minutes = throttling.window_minutes()
+    return forms.ValidationError(
+        ngettext(
+            "Too many failed attempts. Please wait %(minutes)d minute and try again.",
+            "Too many failed attempts. Please wait %(minutes)d minutes and try again.",
+            minutes,
+        ),
+        code="throttled",
+        params={"minutes": minutes},
+    )
 
 
 class SignInForm(forms.Form):
@@ -40,13 +61,96 @@ class SignInForm(forms.Form):
         cleaned = super().clean() or {}
         address, password = cleaned.get("address"), cleaned.get("password")
         if address and password:
+            ip = client_ip(self.request)
+            if throttling.is_throttled(address, ip):
+                raise throttled_error()
             user = authenticate(self.request, username=address, password=password)
             if user is None:
+                throttling.record_failure(address, ip)
                 raise forms.ValidationError(
                     self.error_messages["invalid_login"], code="invalid_login"
                 )
             assert isinstance(user, Mailbox)
             self.mailbox = user
+        return cleaned
+
+
+def code_field() -> forms.CharField:
+    """A code from the authenticator app, or a recovery code (letters and dashes)."""
+    return forms.CharField(
+        label=_("Code from the authenticator app or a recovery code"),
+        max_length=32,
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "autocapitalize": "none",
+                "spellcheck": "false",
+                "autofocus": True,
+            }
+        ),
+    )
+
+
+class CodeForm(forms.Form):
+    code = code_field()
+
+
+class SetupCodeForm(forms.Form):
+    code = forms.CharField(
+        label=_("Six-digit code from the app"),
+        max_length=16,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
+    )
+
+
+class SudoForm(forms.Form):
+    """Proof for sudo mode: the web password, or a code when two-factor sign-in is on."""
+
+    prefix = sudo.PROOF_PREFIX
+
+    error_messages = {
+        "wrong_password": _("The password is wrong."),
+        "wrong_code": _("The code is wrong or has already been used."),
+    }
+
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        self.request = request
+        mailbox = request.user
+        assert isinstance(mailbox, Mailbox)
+        self.mailbox = mailbox
+        self.uses_code = two_factor.is_enabled(mailbox)
+        super().__init__(*args, **kwargs)
+        if self.uses_code:
+            self.fields["code"] = code_field()
+        else:
+            self.fields["password"] = forms.CharField(
+                label=_("Web password"),
+                strip=False,
+                widget=forms.PasswordInput(
+                    attrs={"autocomplete": "current-password", "autofocus": True}
+                ),
+            )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        ip = client_ip(self.request)
+        address = self.mailbox.address
+        proof = cleaned.get("code" if self.uses_code else "password")
+        if not proof:
+            return cleaned
+        if throttling.is_throttled(address, ip):
+            raise throttled_error()
+        if self.uses_code:
+            ok = bool(actions.check_code(self.mailbox, proof, ip=ip))
+            error = "wrong_code"
+        else:
+            ok = self.mailbox.check_password(proof)
+            error = "wrong_password"
+        if not ok:
+            throttling.record_failure(address, ip)
+            raise forms.ValidationError(self.error_messages[error], code=error)
         return cleaned
 
 

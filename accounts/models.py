@@ -118,3 +118,29 @@ class Mailbox(AbstractBaseUser, PermissionsMixin):
     @property
     def is_free_plan(self) -> bool:
         return self.plan == Plan.FREE
+
+
+class RecoveryCodeQuerySet(models.QuerySet["RecoveryCode"]):
+    def unused(self) -> RecoveryCodeQuerySet:
+        return self.filter(used_at__isnull=True)
+
+
+class RecoveryCode(models.Model):
+    """A one-time code that stands in for the authenticator app when the phone is lost.
+
+    Only a hash is stored (django-otp's static tokens keep the text); see accounts/two_factor.py.
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    used_at = models.DateTimeField(_("used"), null=True, blank=True)
+
+    objects = RecoveryCodeQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("recovery code")
+        verbose_name_plural = _("recovery codes")
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} {'used' if self.used_at else 'unused'}"

@@ -230,6 +230,25 @@ def record_web_password_change(mailbox: Mailbox, *, actor: Actor, ip: str | None
     _audit(mailbox, AuditAction.WEB_PASSWORD_CHANGED, actor, ip=ip)
 
 
+# Web-account events that change no access but belong in the owner's security trail.
+ACCOUNT_EVENTS = {
+    AuditAction.SIGNED_IN,
+    AuditAction.TWO_FACTOR_ENABLED,
+    AuditAction.TWO_FACTOR_DISABLED,
+    AuditAction.RECOVERY_CODES_CREATED,
+    AuditAction.RECOVERY_CODE_USED,
+}
+
+
+def record_account_event(
+    mailbox: Mailbox, action: AuditAction, *, actor: Actor, ip: str | None = None
+) -> AuditEvent:
+    """Audit a sign-in or a two-factor change (accounts.actions calls this)."""
+    if action not in ACCOUNT_EVENTS:
+        raise ValueError(f"{action} is an access change: use its own action.")
+    return _audit(mailbox, action, actor, ip=ip)
+
+
 @transaction.atomic
 def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
     locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)

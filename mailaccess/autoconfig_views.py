@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import Mailbox
+from accounts.sudo import require_sudo_mode
 from mailaccess import autoconfig
 from mailaccess.instructions import IMAP_PORT, POP3_PORT, SMTP_SSL_PORT, SMTP_STARTTLS_PORT
 
@@ -144,10 +145,9 @@ def apple_profile(request: HttpRequest) -> HttpResponse:
     return _profile_response(mailbox, None)
 
 
-# TODO(issue 7): guard with sudo mode (require_sudo_mode) once it is merged: this download
-# hands out a working password.
 @never_cache
 @login_required
+@require_sudo_mode  # this download hands out a working password
 @require_GET
 def apple_profile_with_password(request: HttpRequest) -> HttpResponse:
     """The profile with the password just created, once, within a few minutes of it.

@@ -263,11 +263,35 @@ class AuditAction(models.TextChoices):
     WEB_PASSWORD_CHANGED = "web_password_changed", _("web password changed")
     EXPIRY_WARNED = "expiry_warned", _("expiry warning sent")
     SIGNED_IN = "signed_in", _("signed in")
+    TWO_FACTOR_ENABLED = "two_factor_enabled", _("two-factor sign-in switched on")
+    TWO_FACTOR_DISABLED = "two_factor_disabled", _("two-factor sign-in switched off")
+    RECOVERY_CODES_CREATED = "recovery_codes_created", _("new recovery codes created")
+    RECOVERY_CODE_USED = "recovery_code_used", _("recovery code used")
+
+
+# What the owner sees under "Recent security events": who got in, and what changed access.
+SECURITY_EVENTS = [
+    AuditAction.SIGNED_IN,
+    AuditAction.WEB_PASSWORD_CHANGED,
+    AuditAction.TWO_FACTOR_ENABLED,
+    AuditAction.TWO_FACTOR_DISABLED,
+    AuditAction.RECOVERY_CODES_CREATED,
+    AuditAction.RECOVERY_CODE_USED,
+    AuditAction.ACCESS_ENABLED,
+    AuditAction.ACCESS_DISABLED,
+    AuditAction.ACCESS_BLOCKED,
+    AuditAction.ACCESS_UNBLOCKED,
+    AuditAction.PASSWORD_CREATED,
+    AuditAction.PASSWORD_REVOKED,
+]
 
 
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def update(self, **kwargs: Any) -> int:
         raise TypeError("The audit log is append-only.")
+
+    def security_events(self, mailbox: Mailbox) -> AuditEventQuerySet:
+        return self.filter(mailbox=mailbox, action__in=SECURITY_EVENTS)
 
 
 class AuditEvent(models.Model):

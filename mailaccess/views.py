@@ -7,6 +7,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import Mailbox
+from accounts.sudo import require_sudo_mode
 from mailaccess import actions, autoconfig, instructions
 from mailaccess.forms import AccessSwitchForm
 from mailaccess.models import Actor, ExternalAccess, Notice
@@ -30,9 +31,14 @@ def settings_index(request: HttpRequest) -> HttpResponse:
     return render(request, "mailaccess/settings_index.html")
 
 
+def _switching_access_on(request: HttpRequest) -> bool:
+    return request.method == "POST" and request.POST.get("external_access") == "on"
+
+
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
+@require_sudo_mode(when=_switching_access_on, cancel="mailaccess:mail_programs")
 def mail_programs(request: HttpRequest) -> HttpResponse:
     """The panel "Pasta pārsūtīšana, e-pasta programmas, SMS paziņojumi".
 

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "mailportal.middleware.content_security_policy_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -197,6 +198,43 @@ CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES", not DEBUG)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# HTTPS only in production. Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER to the
+# header the proxy sets (and strips from clients), e.g. "HTTP_X_FORWARDED_PROTO,https";
+# without it every request looks like plain HTTP and the redirect would loop.
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# Preloading cannot be undone quickly: the operator opts in.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    _header, _sep, _value = os.environ["SECURE_PROXY_SSL_HEADER"].partition(",")
+    if not _sep or not _header.strip().startswith("HTTP_") or not _value.strip():
+        raise ImproperlyConfigured(
+            'SECURE_PROXY_SSL_HEADER must look like "HTTP_X_FORWARDED_PROTO,https".'
+        )
+    SECURE_PROXY_SSL_HEADER = (_header.strip(), _value.strip())
+# Sent by mailportal.middleware on every response. No inline scripts or styles anywhere:
+# the QR code is inline SVG markup, which is neither.
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+)
+
+# Sudo mode: switching access on, creating a mail-program password or downloading a profile
+# with one needs the web password (or a two-factor code) again after this many seconds.
+SUDO_MODE_SECONDS = envint("SUDO_MODE_SECONDS", 600)
+# Web sign-in throttling: failed attempts allowed per mailbox address and per client IP
+# within the window (seconds, counted from the first failure). Counters live in the cache.
+SIGN_IN_WINDOW_SECONDS = envint("SIGN_IN_WINDOW_SECONDS", 900)
+SIGN_IN_FAILURES_PER_MAILBOX = envint("SIGN_IN_FAILURES_PER_MAILBOX", 10)
+SIGN_IN_FAILURES_PER_IP = envint("SIGN_IN_FAILURES_PER_IP", 30)
+# How long the second sign-in step (the two-factor code) may take after the password.
+SIGN_IN_CODE_SECONDS = envint("SIGN_IN_CODE_SECONDS", 300)
+# Shown in authenticator apps next to the mailbox address.
+OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Inbox")
+# Support staff may remove a lost authenticator in the admin, but never see its key or QR code.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LOGGING = {
     "version": 1,

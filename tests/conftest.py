@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client
 
+from accounts import sudo
 from accounts.models import Mailbox, Plan
 
 ALICE_PASSWORD = "alice-web-password-1"
@@ -46,18 +47,34 @@ def bob(db: None) -> Mailbox:
     return Mailbox.objects.create_user("bob@mail.ee", BOB_PASSWORD, plan=Plan.PLUS, language="en")
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Sign-in throttle counters live in the cache: no test inherits another's failures."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def signed_in_client(mailbox: Mailbox) -> Client:
+    """A browser that has just signed in: so, like a real sign-in, it is in sudo mode."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(mailbox)
+    session = client.session
+    sudo.grant(session)
+    session.save()
+    return client
+
+
 @pytest.fixture
 def alice_client(alice: Mailbox) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
-    return client
+    return signed_in_client(alice)
 
 
 @pytest.fixture
 def bob_client(bob: Mailbox) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(bob)
-    return client
+    return signed_in_client(bob)
 
 
 def csrf_post(client: Client, url: str, data: dict[str, str] | None = None, **extra: str):  # type: ignore[no-untyped-def]
