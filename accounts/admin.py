@@ -247,7 +247,7 @@ class MailboxAdmin(admin.ModelAdmin):
                 name="support_dashboard",
             ),
             path(
-                "<path:object_id>/support/<slug:slug>/",
+                "<int:object_id>/support/<slug:slug>/",
                 wrap(self.support_action_view),
                 name="accounts_mailbox_support_action",
             ),
@@ -257,7 +257,7 @@ class MailboxAdmin(admin.ModelAdmin):
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         return admin_views.support_dashboard(request, self)
 
-    def support_action_view(self, request: HttpRequest, object_id: str, slug: str) -> HttpResponse:
+    def support_action_view(self, request: HttpRequest, object_id: int, slug: str) -> HttpResponse:
         return admin_views.support_action_view(request, self, object_id, slug)
 
     def change_view(

@@ -209,7 +209,7 @@ def _run(
 
 
 def support_action_view(
-    request: HttpRequest, model_admin: ModelAdmin[Mailbox], object_id: str, slug: str
+    request: HttpRequest, model_admin: ModelAdmin[Mailbox], object_id: int, slug: str
 ) -> HttpResponse:
     """One mailbox: GET asks for confirmation, POST acts and goes back to the mailbox page."""
     action = SUPPORT_ACTIONS.get(slug)
