@@ -85,6 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mailboxes", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the seeded database and reuse it next time"
+    )
     args = parser.parse_args()
     if not settings.IS_POSTGRES:
         sys.exit(
@@ -123,7 +126,8 @@ def main() -> None:
                 assert response.status_code == 200, (url, response.status_code)
             print(f"{name:<24} {statistics.median(timings):>10.1f} {len(queries):>8}")
     finally:
-        connection.creation.destroy_test_db(database_name, verbosity=0)
+        if not args.keep:
+            connection.creation.destroy_test_db(database_name, verbosity=0)
 
 
 if __name__ == "__main__":

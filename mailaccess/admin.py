@@ -7,7 +7,7 @@ them. Password hashes and lookup keys are never shown.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -22,6 +22,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
+    # Sorting by a column without an index would sort the whole table for one page.
+    sortable_by: ClassVar[tuple[str, ...]] = ()
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -52,6 +54,7 @@ class SendingLimitAdmin(admin.ModelAdmin):
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "address", "action", "reason", "actor_kind", "actor_label", "ip"]
     list_filter = ["action", "reason", "actor_kind"]
+    sortable_by = ("created_at",)
     search_fields = ["mailbox__address"]
     search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
     fields = [
