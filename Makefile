@@ -28,7 +28,7 @@ messages: $(VENV)/.runtime
 
 # Developers only (needs GNU gettext): refresh the .po files from the source.
 makemessages: $(VENV)/.runtime
-	DEBUG=1 $(PY) manage.py makemessages --no-obsolete --no-location -l lv -l en -i '.venv/*' -i 'var/*'
+	DEBUG=1 $(PY) manage.py makemessages --no-obsolete --no-location -l lv -l en -l ru -l lt -l et -i '.venv/*' -i 'var/*'
 
 run: install messages
 	DEBUG=1 $(PY) manage.py migrate --noinput

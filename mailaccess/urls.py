@@ -1,11 +1,21 @@
 from django.urls import path
 
-from mailaccess import views
+from mailaccess import autoconfig_views, views
 
 app_name = "mailaccess"
 urlpatterns = [
     path("", views.settings_index, name="settings"),
     path("mail-programs/", views.mail_programs, name="mail_programs"),
+    path(
+        "mail-programs/apple-profile/",
+        autoconfig_views.apple_profile,
+        name="apple_profile",
+    ),
+    path(
+        "mail-programs/apple-profile/once/",
+        autoconfig_views.apple_profile_with_password,
+        name="apple_profile_with_password",
+    ),
     path(
         "mail-programs/<slug:slug>/",
         views.program_instructions,

@@ -7,7 +7,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import Mailbox
-from mailaccess import actions, instructions
+from mailaccess import actions, autoconfig, instructions
 from mailaccess.forms import AccessSwitchForm
 from mailaccess.models import Actor, ExternalAccess, Notice
 
@@ -75,6 +75,11 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         if status == 200
         else form,
         "new_password": new_password,
+        # A one-time download of an Apple profile with this password inside.
+        "apple_profile_token": autoconfig.stash_profile_password(mailbox, new_password)
+        if new_password
+        else None,
+        "apple_profile_minutes": autoconfig.profile_password_minutes(),
         "servers": instructions.server_table(mailbox),
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),

@@ -101,6 +101,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if not os.environ.get("DATABASE_URL"):
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
     # SQLite has no SELECT ... FOR UPDATE: taking the write lock when a transaction begins
     # (IMMEDIATE) serialises the access actions the way row locks do on PostgreSQL. Without
     # a timeout a second writer would fail at once instead of waiting its turn.
@@ -138,11 +140,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Latvian first; English is the second language.
+# Latvian first; the provider serves all five languages.
 LANGUAGE_CODE = "lv"
 LANGUAGES = [
     ("lv", _("Latvian")),
     ("en", _("English")),
+    ("ru", _("Russian")),
+    ("lt", _("Lithuanian")),
+    ("et", _("Estonian")),
 ]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
@@ -162,6 +167,12 @@ MAIL_DOMAINS: dict[str, str] = dict(
         "inbox.lv=mail.inbox.lv,inbox.lt=mail.inbox.lt,inbox.eu=mail.inbox.eu,mail.ee=mail.ee",
     )
 )
+
+# The settings panel's own address, e.g. https://settings.inbox.lv: links in documents that
+# mail programs fetch from other hosts (autoconfig.<domain>) point there. Empty: the host asked.
+PORTAL_URL = os.environ.get("PORTAL_URL", "")
+# How long the Apple profile with the new password inside can be downloaded (once).
+APPLE_PROFILE_PASSWORD_MINUTES = envint("APPLE_PROFILE_PASSWORD_MINUTES", 10)
 
 # Outgoing mail (notices).
 EMAIL_BACKEND = os.environ.get(

@@ -48,7 +48,7 @@ def delete_support_group(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0002_mailbox_address_prefix_idx"),
+        ("accounts", "0003_mailbox_address_prefix_idx"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
         ("mailaccess", "0003_support_permissions_and_indexes"),
