@@ -236,8 +236,10 @@ def support_action_view(
         "app_label": opts.app_label,
         "cancel_url": reverse("admin:accounts_mailbox_change", args=[mailbox.pk]),
     }
+    # A POST that reaches here had a bad choice: nothing changed, the form says why.
+    status = 400 if request.method == "POST" else 200
     return TemplateResponse(
-        request, "admin/accounts/mailbox/support_action.html", context, status=200
+        request, "admin/accounts/mailbox/support_action.html", context, status=status
     )
 
 
