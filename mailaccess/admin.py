@@ -1,6 +1,48 @@
-from django.contrib import admin
+"""Read-only admin pages of the access models.
 
-from mailaccess.models import AuditEvent, SendingLimit
+Access, passwords, notices and the audit log change only through ``mailaccess.actions``
+(the buttons on the mailbox page): here nobody, not even a superuser, adds, edits or deletes
+them. Password hashes and lookup keys are never shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils.translation import gettext_lazy as _
+
+from accounts.admin import CappedCountPaginator
+from accounts.models import normalize_address
+from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, SendingLimit
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    # Sorting by a column without an index would sort the whole table for one page.
+    sortable_by: ClassVar[tuple[str, ...]] = ()
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: Any, search_term: str
+    ) -> tuple[Any, bool]:
+        # The whole address, matched exactly through the mailbox's unique index: a
+        # "contains" search would read every row of a table this size.
+        term = normalize_address(search_term)
+        if not term:
+            return queryset, False
+        return queryset.filter(mailbox__address=term), False
 
 
 @admin.register(SendingLimit)
@@ -9,17 +51,65 @@ class SendingLimitAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "address", "action", "reason", "actor_kind", "actor_label"]
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "address", "action", "reason", "actor_kind", "actor_label", "ip"]
     list_filter = ["action", "reason", "actor_kind"]
-    search_fields = ["address"]
-    show_full_result_count = False
+    sortable_by = ("created_at",)
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
+    fields = [
+        "created_at",
+        "address",
+        "mailbox",
+        "action",
+        "reason",
+        "actor_kind",
+        "actor",
+        "actor_label",
+        "ip",
+        "detail",
+    ]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
-        return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return False
+@admin.register(ExternalAccess)
+class ExternalAccessAdmin(ReadOnlyAdmin):
+    list_display = ["mailbox", "enabled", "block_reason", "blocked_at", "last_activity_at"]
+    list_filter = ["enabled", "block_reason", "requires_password_change"]
+    list_select_related = ["mailbox"]
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return False
+
+@admin.register(AppPassword)
+class AppPasswordAdmin(ReadOnlyAdmin):
+    list_display = ["mailbox", "label", "created_at", "last_used_at", "revoked_at"]
+    list_select_related = ["mailbox"]
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
+    # password_hash and lookup_key are left out on purpose: never shown to anyone.
+    fields = [
+        "mailbox",
+        "label",
+        "allow_imap",
+        "allow_pop3",
+        "allow_smtp",
+        "created_at",
+        "last_used_at",
+        "last_used_protocol",
+        "last_used_ip",
+        "last_used_client",
+        "revoked_at",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).defer("password_hash", "lookup_key")
+
+
+@admin.register(Notice)
+class NoticeAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "mailbox", "kind", "reason", "emailed_at", "read_at"]
+    list_filter = ["kind", "reason"]
+    list_select_related = ["mailbox"]
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
+    exclude = ["key"]

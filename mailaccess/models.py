@@ -181,6 +181,16 @@ class ExternalAccess(models.Model):
                 condition=models.Q(enabled=True),
             ),
             models.Index(fields=["block_reason", "blocked_at"], name="access_block_idx"),
+            # The admin's "last use" filter (idle for months, never used).
+            models.Index(fields=["last_activity_at"], name="access_last_activity_idx"),
+        ]
+        # What the "support" group may do to a mailbox's access (see mailaccess/admin_views.py).
+        permissions = [
+            ("block_access", _("Can block external access")),
+            ("unblock_access", _("Can lift a block")),
+            ("disable_access", _("Can end all mail-program passwords")),
+            ("change_plan", _("Can change a mailbox's plan")),
+            ("view_support_dashboard", _("Can view the support dashboard")),
         ]
 
     def __str__(self) -> str:
@@ -323,7 +333,11 @@ class AuditEvent(models.Model):
         verbose_name = _("audit event")
         verbose_name_plural = _("audit log")
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["mailbox", "-created_at"], name="audit_mailbox_idx")]
+        indexes = [
+            models.Index(fields=["mailbox", "-created_at"], name="audit_mailbox_idx"),
+            # The support dashboard counts blocks per reason over the last days.
+            models.Index(fields=["action", "created_at"], name="audit_action_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.address} {self.action}"
@@ -365,7 +379,9 @@ class Notice(models.Model):
                 fields=["mailbox", "-created_at"],
                 name="notice_unread_idx",
                 condition=models.Q(read_at__isnull=True),
-            )
+            ),
+            # The support dashboard counts notices of the last days.
+            models.Index(fields=["created_at"], name="notice_created_idx"),
         ]
 
     def __str__(self) -> str:
