@@ -1,0 +1,285 @@
+"""The auth policy's Redis side: one pipeline, so one round trip, per request.
+
+The pipeline carries two scripts: the mailbox's (its cached state and every counter of it,
+under its hash tag, so one Redis Cluster slot) and the client network's (failed logins from
+that address across all mailboxes: another slot, so another script). On one Redis both go in
+one round trip; on a cluster they go to two nodes.
+
+Keys of a mailbox (``mp:{address}:...``):
+- ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``);
+- ``check:<protocol>:<network>``: a program's check bucket (tokens, when, current check);
+- ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
+- ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``) lately;
+- ``nets``: networks that logged in successfully, by last time (the owner's usual places);
+- ``used:<protocol>:<network>``: present while the last use is fresh in the database.
+And ``mp:{net:<network>}:fails``: the distinct (login, wrong password) pairs from a network.
+
+Times come from the caller (seconds since the epoch): the policy processes' clocks are kept
+by NTP, and a caller's clock makes the rules testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+from redis.exceptions import NoScriptError
+
+from mailaccess.mailserver import state as state_cache
+from mailaccess.mailserver.auth_policy import (
+    CHECKING_PROTOCOLS,
+    Counters,
+    Limits,
+    MailboxState,
+    PolicyRequest,
+)
+from mailaccess.mailserver.redis_client import mailbox_key
+
+MAILBOX_SCRIPT = """
+-- KEYS: 1 state, 2 gen, 3 check, 4 fails, 5 nets, 6 conns, 7 used
+-- ARGV: 1 mode (allow|success|failure), 2 now, 3 network or '', 4 failure member,
+--       5 checking (1 for IMAP/POP3), 6 check interval, 7 burst, 8 check window,
+--       9 connections per check, 10 faulty connections per hour, 11 mailbox failure limit,
+--       12 failure window, 13 known-network seconds, 14 use record interval
+local state = redis.call('HGETALL', KEYS[1])
+if #state == 0 then
+  return {'miss', redis.call('GET', KEYS[2]) or ''}
+end
+local fields = {}
+for i = 1, #state, 2 do fields[state[i]] = state[i + 1] end
+if fields['id'] == '0' then return {'state', state} end
+
+local mode, now, net = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local checking = ARGV[5] == '1' and net ~= ''
+local interval, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
+local window, per_check = tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local tokens, start, conns = burst, 0, 0
+if checking then
+  local c = redis.call('HMGET', KEYS[3], 'tokens', 'ts', 'start', 'conns')
+  if c[1] then
+    tokens = math.min(burst, tonumber(c[1]) + (now - tonumber(c[2])) / interval)
+    start, conns = tonumber(c[3]), tonumber(c[4])
+  end
+end
+local open = conns > 0 and conns < per_check and (now - start) < window
+
+if mode == 'allow' then
+  local fails = redis.call('SCARD', KEYS[4])
+  local ttl = 0
+  if fails > 0 then ttl = redis.call('TTL', KEYS[4]) end
+  local known = 0
+  if net ~= '' then
+    local seen = redis.call('ZSCORE', KEYS[5], net)
+    if seen and tonumber(seen) >= now - tonumber(ARGV[13]) then known = 1 end
+  end
+  return {'state', state, open and 1 or 0, tostring(tokens), fails, ttl, known}
+end
+
+if mode == 'failure' then
+  if redis.call('SCARD', KEYS[4]) < tonumber(ARGV[11]) then
+    redis.call('SADD', KEYS[4], ARGV[4])
+  end
+  redis.call('EXPIRE', KEYS[4], ARGV[12])
+  return {'state', state}
+end
+
+-- success: only while access is on (a nologin user's report says success too)
+if fields['on'] ~= '1' then return {'state', state, 0, 0} end
+if net ~= '' then
+  local known_seconds = tonumber(ARGV[13])
+  redis.call('ZADD', KEYS[5], now, net)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - known_seconds)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -21)
+  redis.call('EXPIRE', KEYS[5], known_seconds)
+end
+local faulty = 0
+if ARGV[5] == '1' then
+  if checking then
+    if open then
+      conns = conns + 1
+    else
+      tokens, start, conns = math.max(0, tokens - 1), now, 1
+    end
+    redis.call('HSET', KEYS[3], 'tokens', tostring(tokens), 'ts', tostring(now),
+               'start', tostring(start), 'conns', conns)
+    redis.call('EXPIRE', KEYS[3], math.ceil(burst * interval + window))
+  end
+  local limit = tonumber(ARGV[10])
+  local b = redis.call('HMGET', KEYS[6], 'level', 'ts')
+  local level = 0
+  if b[1] then
+    level = math.max(0, tonumber(b[1]) - (now - tonumber(b[2])) * limit / 3600)
+  end
+  level = level + 1
+  if level > limit then
+    -- Reported once: the block that follows switches access off, and a later switch-on
+    -- starts from an empty bucket.
+    faulty, level = 1, 0
+  end
+  redis.call('HSET', KEYS[6], 'level', tostring(level), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[6], 3600)
+end
+local record = 0
+if redis.call('SET', KEYS[7], '1', 'NX', 'EX', ARGV[14]) then record = 1 end
+return {'state', state, record, faulty}
+"""
+
+NETWORK_SCRIPT = """
+-- KEYS: 1 the network's failures; ARGV: 1 mode, 2 member, 3 limit, 4 window
+if ARGV[1] == 'failure' then
+  if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('SADD', KEYS[1], ARGV[2])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {0, 0}
+end
+local fails = redis.call('SCARD', KEYS[1])
+if fails == 0 then return {0, 0} end
+return {fails, redis.call('TTL', KEYS[1])}
+"""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+
+class Miss:
+    """The state was not cached; ``generation`` is what the store must compare."""
+
+    def __init__(self, generation: str) -> None:
+        self.generation = generation
+
+
+@dataclass(frozen=True)
+class Reported:
+    state: MailboxState | None
+    record_use: bool = False
+    faulty: bool = False
+
+
+class PolicyStore:
+    """Runs the scripts. One per process and event loop (it holds the connection pool)."""
+
+    scripts = {
+        "mailbox": MAILBOX_SCRIPT,
+        "network": NETWORK_SCRIPT,
+        "store": state_cache.STORE_SCRIPT,
+    }
+
+    def __init__(self, client: redis.asyncio.Redis, limits: Limits) -> None:
+        self.client = client
+        self.limits = limits
+        self.sha = {name: _sha(text) for name, text in self.scripts.items()}
+
+    async def load_scripts(self) -> None:
+        for text in self.scripts.values():
+            await self.client.script_load(text)
+
+    async def _run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA in one pipeline; after a Redis restart, load the scripts and go again.
+
+        EVALSHA, not redis-py's Script objects: those ask SCRIPT EXISTS before every
+        pipeline, a second round trip on each decision.
+        """
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self.sha[name], len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(result, NoScriptError) for result in results) or attempt:
+                break
+            await self.load_scripts()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
+    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> tuple:
+        login, limits = request.login, self.limits
+        protocol = request.protocol.value if request.protocol else request.service
+        network = request.network or ""
+        keys = [
+            state_cache.state_key(login),
+            state_cache.generation_key(login),
+            mailbox_key(f"check:{protocol}:{network}", login),
+            mailbox_key("fails", login),
+            mailbox_key("nets", login),
+            mailbox_key("conns", login),
+            mailbox_key(f"used:{protocol}:{network}", login),
+        ]
+        args = [
+            mode,
+            repr(now),
+            network,
+            request.pwhash or request.session_id or repr(now),
+            "1" if request.protocol in CHECKING_PROTOCOLS else "0",
+            limits.check_interval,
+            limits.check_burst,
+            limits.check_window,
+            limits.connections_per_check,
+            limits.faulty_connections_per_hour,
+            limits.mailbox_failures,
+            limits.failure_window,
+            limits.known_ip_days * 86400,
+            limits.use_record_interval,
+        ]
+        return ("mailbox", keys, args)
+
+    def _network_call(self, request: PolicyRequest, mode: str) -> tuple | None:
+        if request.network is None:
+            return None
+        keys = [mailbox_key("fails", f"net:{request.network}")]
+        member = f"{request.login}\0{request.pwhash or request.session_id}"
+        args = [mode, member, self.limits.ip_failures, self.limits.failure_window]
+        return ("network", keys, args)
+
+    async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
+        ttl = self.limits.state_ttl if state is not None else min(60, self.limits.state_ttl)
+        keys = [state_cache.state_key(login), state_cache.generation_key(login)]
+        args = [generation, ttl, *state_cache.encode(state)]
+        [stored] = await self._run([("store", keys, args)])
+        return bool(stored)
+
+    async def allow(
+        self, request: PolicyRequest, now: float, *, with_network: bool = True
+    ) -> tuple[MailboxState | Miss | None, Counters]:
+        calls = [self._mailbox_call(request, "allow", now)]
+        network_call = self._network_call(request, "allow") if with_network else None
+        if network_call:
+            calls.append(network_call)
+        results = await self._run(calls)
+        ip_failures, ip_ttl = results[1] if network_call else (0, 0)
+        reply = results[0]
+        if reply[0] == "miss":
+            return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_failures_ttl=ip_ttl)
+        state = state_cache.decode(reply[1])
+        if state is None:
+            return None, Counters()
+        return state, Counters(
+            check_open=bool(reply[2]),
+            check_tokens=float(reply[3]),
+            mailbox_failures=int(reply[4]),
+            mailbox_failures_ttl=max(0, int(reply[5])),
+            ip_failures=int(ip_failures),
+            ip_failures_ttl=max(0, int(ip_ttl)),
+            known_network=bool(reply[6]),
+        )
+
+    async def report(
+        self, request: PolicyRequest, mode: str, now: float, *, with_network: bool = True
+    ) -> Reported | Miss:
+        """Count a report; ``mode`` is "success" or "failure"."""
+        calls = [self._mailbox_call(request, mode, now)]
+        network_call = self._network_call(request, mode) if with_network else None
+        if network_call and mode == "failure":
+            calls.append(network_call)
+        reply = (await self._run(calls))[0]
+        if reply[0] == "miss":
+            return Miss(reply[1])
+        state = state_cache.decode(reply[1])
+        if mode != "success" or state is None:
+            return Reported(state)
+        return Reported(state, record_use=bool(reply[2]), faulty=bool(reply[3]))
