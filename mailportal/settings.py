@@ -235,7 +235,7 @@ AUTH_POLICY_MAILBOX_FAILURES = envint("AUTH_POLICY_MAILBOX_FAILURES", 10)
 # window that lock that network out of every mailbox it has not logged in to lately. Higher
 # than per mailbox: an office or mobile carrier NAT puts many people behind one address.
 AUTH_POLICY_IP_FAILURES = envint("AUTH_POLICY_IP_FAILURES", 30)
-# Seconds a failure is remembered after the last one, so also how long a lock lasts.
+# Seconds each failed login counts for; a lock ends once enough of them have aged out.
 AUTH_POLICY_FAILURE_WINDOW = envint("AUTH_POLICY_FAILURE_WINDOW", 900)
 # A network that logged in successfully within this many days is the owner's, exempt from locks.
 AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)

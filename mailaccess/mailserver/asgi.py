@@ -227,7 +227,7 @@ class AuthPolicyApp:
                 **{
                     **counters.__dict__,
                     "ip_failures": ip_counters.ip_failures,
-                    "ip_failures_ttl": ip_counters.ip_failures_ttl,
+                    "ip_lock_seconds": ip_counters.ip_lock_seconds,
                 }
             )
             if isinstance(found, Miss) and _attempt:

@@ -190,9 +190,9 @@ class Counters:
     check_open: bool = False  # a check of this program is under way and has room
     check_tokens: float = 0.0  # checks left in the program's bucket
     mailbox_failures: int = 0
-    mailbox_failures_ttl: int = 0
+    mailbox_lock_seconds: int = 0
     ip_failures: int = 0
-    ip_failures_ttl: int = 0
+    ip_lock_seconds: int = 0
     known_network: bool = False  # this network logged in to the mailbox successfully lately
 
 
@@ -234,15 +234,15 @@ def decide_allow(
         # The owner's usual networks are exempt from both locks: a guesser elsewhere must
         # not lock them out.
         if counters.mailbox_failures >= limits.mailbox_failures:
-            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.mailbox_failures_ttl)
+            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.mailbox_lock_seconds)
         if counters.ip_failures >= limits.ip_failures:
-            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.ip_failures_ttl)
+            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.ip_lock_seconds)
     checking = request.protocol in CHECKING_PROTOCOLS and not counters.check_open
     if checking and counters.check_tokens < 1:
         wait = (1 - counters.check_tokens) * limits.check_interval
         if wait <= limits.max_delay:
             # A program just a little early is slowed to the allowed pace, not refused.
-            return Verdict(Outcome.DELAYED, max(1, math.ceil(wait)))
+            return Verdict(Outcome.DELAYED, max(1, math.ceil(round(wait, 3))))
         return Verdict(Outcome.TOO_OFTEN, -1, retry_at=now + wait)
     return Verdict(Outcome.ALLOW)
 

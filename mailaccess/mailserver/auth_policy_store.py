@@ -9,9 +9,9 @@ Keys of a mailbox (``mp:{address}:...``):
 - ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``);
 - ``check:<protocol>:<network>``: a program's check bucket (tokens, when, current check);
 - ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
-- ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``) lately;
+- ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``), by when;
 - ``nets``: networks that logged in successfully, by last time (the owner's usual places);
-- ``used:<protocol>:<network>``: present while the last use is fresh in the database.
+- ``used:<protocol>:<network>``: when the last use was written to the database.
 And ``mp:{net:<network>}:fails``: the distinct (login, wrong password) pairs from a network.
 
 Times come from the caller (seconds since the epoch): the policy processes' clocks are kept
@@ -37,7 +37,27 @@ from mailaccess.mailserver.auth_policy import (
 )
 from mailaccess.mailserver.redis_client import mailbox_key
 
-MAILBOX_SCRIPT = """
+FAILURES_LUA = """
+-- Failures are a sorted set: member (a distinct wrong password), score (when it last came).
+-- Each counts for the window after it came; past the limit, the lock ends when enough of
+-- them have aged out. Kept to twice the limit, so a flood cannot grow it.
+local function failures(key, now, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then return count, 0 end
+  local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  return count, math.ceil(tonumber(oldest[2]) + window - now)
+end
+local function fail(key, member, now, limit, window)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(2 * limit + 1))
+  redis.call('EXPIRE', key, window)
+end
+"""
+
+MAILBOX_SCRIPT = (
+    FAILURES_LUA
+    + """
 -- KEYS: 1 state, 2 gen, 3 check, 4 fails, 5 nets, 6 conns, 7 used
 -- ARGV: 1 mode (allow|success|failure), 2 now, 3 network or '', 4 failure member,
 --       5 checking (1 for IMAP/POP3), 6 check interval, 7 burst, 8 check window,
@@ -66,10 +86,9 @@ if checking then
 end
 local open = conns > 0 and conns < per_check and (now - start) < window
 
+local limit, failure_window = tonumber(ARGV[11]), tonumber(ARGV[12])
 if mode == 'allow' then
-  local fails = redis.call('SCARD', KEYS[4])
-  local ttl = 0
-  if fails > 0 then ttl = redis.call('TTL', KEYS[4]) end
+  local fails, ttl = failures(KEYS[4], now, limit, failure_window)
   local known = 0
   if net ~= '' then
     local seen = redis.call('ZSCORE', KEYS[5], net)
@@ -79,10 +98,7 @@ if mode == 'allow' then
 end
 
 if mode == 'failure' then
-  if redis.call('SCARD', KEYS[4]) < tonumber(ARGV[11]) then
-    redis.call('SADD', KEYS[4], ARGV[4])
-  end
-  redis.call('EXPIRE', KEYS[4], ARGV[12])
+  fail(KEYS[4], ARGV[4], now, limit, failure_window)
   return {'state', state}
 end
 
@@ -122,24 +138,28 @@ if ARGV[5] == '1' then
   redis.call('HSET', KEYS[6], 'level', tostring(level), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[6], 3600)
 end
-local record = 0
-if redis.call('SET', KEYS[7], '1', 'NX', 'EX', ARGV[14]) then record = 1 end
+local record, last = 0, redis.call('GET', KEYS[7])
+if not last or now - tonumber(last) >= tonumber(ARGV[14]) then
+  record = 1
+  redis.call('SET', KEYS[7], tostring(now), 'EX', ARGV[14])
+end
 return {'state', state, record, faulty}
 """
+)
 
-NETWORK_SCRIPT = """
--- KEYS: 1 the network's failures; ARGV: 1 mode, 2 member, 3 limit, 4 window
+NETWORK_SCRIPT = (
+    FAILURES_LUA
+    + """
+-- KEYS: 1 the network's failures; ARGV: 1 mode, 2 member, 3 limit, 4 window, 5 now
+local now, limit, window = tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if ARGV[1] == 'failure' then
-  if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[3]) then
-    redis.call('SADD', KEYS[1], ARGV[2])
-  end
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  fail(KEYS[1], ARGV[2], now, limit, window)
   return {0, 0}
 end
-local fails = redis.call('SCARD', KEYS[1])
-if fails == 0 then return {0, 0} end
-return {fails, redis.call('TTL', KEYS[1])}
+local count, wait = failures(KEYS[1], now, limit, window)
+return {count, wait}
 """
+)
 
 
 def _sha(script: str) -> str:
@@ -228,12 +248,12 @@ class PolicyStore:
         ]
         return ("mailbox", keys, args)
 
-    def _network_call(self, request: PolicyRequest, mode: str) -> tuple | None:
+    def _network_call(self, request: PolicyRequest, mode: str, now: float) -> tuple | None:
         if request.network is None:
             return None
         keys = [mailbox_key("fails", f"net:{request.network}")]
         member = f"{request.login}\0{request.pwhash or request.session_id}"
-        args = [mode, member, self.limits.ip_failures, self.limits.failure_window]
+        args = [mode, member, self.limits.ip_failures, self.limits.failure_window, repr(now)]
         return ("network", keys, args)
 
     async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
@@ -247,14 +267,14 @@ class PolicyStore:
         self, request: PolicyRequest, now: float, *, with_network: bool = True
     ) -> tuple[MailboxState | Miss | None, Counters]:
         calls = [self._mailbox_call(request, "allow", now)]
-        network_call = self._network_call(request, "allow") if with_network else None
+        network_call = self._network_call(request, "allow", now) if with_network else None
         if network_call:
             calls.append(network_call)
         results = await self._run(calls)
         ip_failures, ip_ttl = results[1] if network_call else (0, 0)
         reply = results[0]
         if reply[0] == "miss":
-            return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_failures_ttl=ip_ttl)
+            return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_lock_seconds=ip_ttl)
         state = state_cache.decode(reply[1])
         if state is None:
             return None, Counters()
@@ -262,9 +282,9 @@ class PolicyStore:
             check_open=bool(reply[2]),
             check_tokens=float(reply[3]),
             mailbox_failures=int(reply[4]),
-            mailbox_failures_ttl=max(0, int(reply[5])),
+            mailbox_lock_seconds=max(0, int(reply[5])),
             ip_failures=int(ip_failures),
-            ip_failures_ttl=max(0, int(ip_ttl)),
+            ip_lock_seconds=max(0, int(ip_ttl)),
             known_network=bool(reply[6]),
         )
 
@@ -273,7 +293,7 @@ class PolicyStore:
     ) -> Reported | Miss:
         """Count a report; ``mode`` is "success" or "failure"."""
         calls = [self._mailbox_call(request, mode, now)]
-        network_call = self._network_call(request, mode) if with_network else None
+        network_call = self._network_call(request, mode, now) if with_network else None
         if network_call and mode == "failure":
             calls.append(network_call)
         reply = (await self._run(calls))[0]
