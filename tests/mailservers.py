@@ -36,6 +36,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,14 +108,27 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Callable[[],
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
+    """Stop a server started with ``start_new_session=True``, and every process it forked.
+
+    Dovecot's master returns before its auth workers have closed their PostgreSQL sessions;
+    the test database cannot be dropped while one is open. So the whole process group (the
+    session this fixture created, by its id) gets SIGTERM and is waited for, then SIGKILL.
+    """
+    group = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    process.wait(5)
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -222,10 +236,11 @@ def policy_server(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
     try:
         wait_for_port(port, process, lambda: tail(log))
-        yield PolicyServer(f"http://127.0.0.1:{port}/auth-policy?", api_key, redis_url, log)
+        yield PolicyServer(f"http://127.0.0.1:{port}/auth-policy", api_key, redis_url, log)
     finally:
         stop_process(process)
 
@@ -253,9 +268,12 @@ class MailServers:
         return self.root / "postfix.log"
 
     def logs(self) -> str:
-        return (
+        text = (
             f"--- dovecot.log\n{tail(self.dovecot_log)}\n--- postfix.log\n{tail(self.postfix_log)}"
         )
+        if self.policy:
+            text += f"\n--- auth policy (uvicorn)\n{tail(self.policy.log)}"
+        return text
 
 
 def _values(servers: MailServers, sql_connect: str) -> dict[str, str]:
@@ -332,6 +350,7 @@ def start_mail_servers(
     if extra_postfix:
         postconf = [f"{name}={value}" for name, value in extra_postfix.items()]
         subprocess.run(["postconf", "-c", str(postfix_dir), "-e", *postconf], check=True)
+    (root / "postfix-queue").mkdir()
     # Creates the queue folders (among them private/, where Dovecot puts the SASL socket).
     subprocess.run(
         ["postfix", "-c", str(postfix_dir), "post-install", "create-missing"],
@@ -344,13 +363,17 @@ def start_mail_servers(
                 ["dovecot", "-F", "-c", str(root / "dovecot" / "dovecot.conf")],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         servers.processes.append(dovecot)
         wait_for_port(servers.imaps_port, dovecot, servers.logs)
         wait_for_port(servers.pop3s_port, dovecot, servers.logs)
         with servers.postfix_log.open("ab") as out:
             postfix = subprocess.Popen(
-                ["postfix", "-c", str(postfix_dir), "start-fg"], stdout=out, stderr=out
+                ["postfix", "-c", str(postfix_dir), "start-fg"],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         servers.processes.append(postfix)
         wait_for_port(servers.submission_port, postfix, servers.logs)
@@ -361,7 +384,28 @@ def start_mail_servers(
     return servers
 
 
+def stop_postfix(servers: MailServers) -> None:
+    """Postfix's master leaves the process group it was started in: ask it to stop, then wait
+    for the pid it wrote to its queue folder to go away."""
+    pid_file = servers.root / "postfix-queue" / "pid" / "master.pid"
+    try:
+        master = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    subprocess.run(["postfix", "-c", str(servers.root / "postfix"), "stop"], capture_output=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(master, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(master, signal.SIGKILL)
+
+
 def stop_mail_servers(servers: MailServers) -> None:
+    stop_postfix(servers)
     for process in reversed(servers.processes):
         stop_process(process)
     servers.processes.clear()
@@ -369,7 +413,7 @@ def stop_mail_servers(servers: MailServers) -> None:
 
 @pytest.fixture(scope="session")
 def mail_servers_factory(
-    django_db_setup: None, tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory
+    django_db_setup: None, tls_files: TlsFiles
 ) -> Iterator[Callable[..., MailServers]]:
     """``factory(policy=None)``: Dovecot and Postfix, one pair per distinct policy, kept for
     the session (they hold no state of their own: everything is in the database)."""
@@ -378,7 +422,14 @@ def mail_servers_factory(
     def factory(policy: PolicyServer | None = None) -> MailServers:
         key = policy.url if policy else ""
         if key not in running:
-            running[key] = start_mail_servers(tmp_path_factory.mktemp("mail"), tls_files, policy)
+            # Not under pytest's 0700 folder: Postfix's and Dovecot's unprivileged processes
+            # must reach their files inside.
+            root = Path(tempfile.mkdtemp(prefix="mailportal-e2e-"))
+            try:
+                running[key] = start_mail_servers(root, tls_files, policy)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
         return running[key]
 
     try:
@@ -386,6 +437,7 @@ def mail_servers_factory(
     finally:
         for servers in running.values():
             stop_mail_servers(servers)
+            shutil.rmtree(servers.root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -499,7 +551,10 @@ def smtp_send(
 
 
 def imap_error_text(error: BaseException) -> str:
-    """The server's text from an imaplib error, decoded (imaplib shows it as bytes' repr)."""
+    """The server's text from an imaplib error, decoded: LOGIN's error carries the bytes,
+    other commands' errors their repr inside a message."""
+    if error.args and isinstance(error.args[0], bytes):
+        return error.args[0].decode("utf-8", "replace")
     match = re.search(r"\[(b(['\"]).*\2)\]", str(error))
     if match is None:
         return str(error)

@@ -4,24 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('mailaccess', '0002_default_sending_limits'),
+        ("mailaccess", "0002_default_sending_limits"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ServerMessage',
+            name="ServerMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('language', models.CharField(max_length=8)),
-                ('code', models.CharField(max_length=16)),
-                ('text', models.CharField(max_length=255)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("language", models.CharField(max_length=8)),
+                ("code", models.CharField(max_length=16)),
+                ("text", models.CharField(max_length=255)),
             ],
             options={
-                'verbose_name': 'server message',
-                'verbose_name_plural': 'server messages',
-                'constraints': [models.UniqueConstraint(fields=('language', 'code'), name='servermessage_unique')],
+                "verbose_name": "server message",
+                "verbose_name_plural": "server messages",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("language", "code"), name="servermessage_unique"
+                    )
+                ],
             },
         ),
     ]
