@@ -20,8 +20,9 @@ import redis.asyncio
 
 from accounts.models import Mailbox
 from mailaccess import actions
-from mailaccess.mailserver import redis_client
+from mailaccess.mailserver import redis_client, state
 from mailaccess.mailserver.asgi import AuthPolicyApp
+from mailaccess.mailserver.auth_policy import Command
 from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
@@ -331,6 +332,32 @@ def test_last_use_is_written_at_most_once_a_minute(dovecot: Dovecot, alice: Mail
     dovecot.now += 31
     dovecot.login("alice@inbox.lv", "smtp")
     assert access(alice).smtp_last_used_at.timestamp() == START + 61
+
+
+def test_a_switch_off_during_a_cache_load_is_not_overwritten_by_the_older_state(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    from mailaccess.mailserver.auth_policy import Limits, MailboxState, parse_request
+    from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
+
+    request = parse_request(Command.ALLOW, b'{"login":"alice@inbox.lv","protocol":"imap"}')
+    was_on = MailboxState(alice.pk, enabled=True, block_reason="", plan="free", language="lv")
+
+    async def race() -> tuple[bool, object]:
+        client = redis.asyncio.Redis.from_url(dovecot.url, decode_responses=True)
+        store = PolicyStore(client, Limits())
+        miss, _counters = await store.allow(request, START)
+        assert isinstance(miss, Miss)
+        # The panel switches off and invalidates while this reader is loading "on".
+        state.invalidate_address("alice@inbox.lv")
+        stored = await store.store_state("alice@inbox.lv", miss.generation, was_on)
+        after, _counters = await store.allow(request, START)
+        await client.aclose()
+        return stored, after
+
+    stored, after = asyncio.run(race())
+    assert not stored
+    assert isinstance(after, Miss)  # the next reader loads afresh
 
 
 def test_every_key_of_a_mailbox_shares_its_cluster_hash_tag(

@@ -24,6 +24,8 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import django
@@ -62,8 +64,6 @@ ALLOWED = json.dumps({"status": 0, "msg": ""}).encode()
 
 
 def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> None:
-    from datetime import UTC, datetime
-
     close_old_connections()
     assert request.protocol is not None
     actions.record_use(
@@ -217,38 +217,27 @@ class AuthPolicyApp:
 
     async def _allow(self, request: PolicyRequest, now: float) -> tuple[Verdict, str]:
         found, counters = await self.store.allow(request, now)
-        for _attempt in range(2):
-            if not isinstance(found, Miss):
-                break
-            ip_counters = counters
+        if isinstance(found, Miss):
+            ip_failures, ip_lock_seconds = counters.ip_failures, counters.ip_lock_seconds
             loaded = await self._state(request.login, found)
             found, counters = await self.store.allow(request, now, with_network=False)
-            counters = Counters(
-                **{
-                    **counters.__dict__,
-                    "ip_failures": ip_counters.ip_failures,
-                    "ip_lock_seconds": ip_counters.ip_lock_seconds,
-                }
-            )
-            if isinstance(found, Miss) and _attempt:
-                # Invalidated twice while loading: decide on what the database said.
-                found = loaded
-        state = None if isinstance(found, Miss) else found
-        verdict = auth_policy.decide_allow(request, state, counters, self.limits, now)
-        language = state.language if state else settings.LANGUAGE_CODE
-        return verdict, language
+            if isinstance(found, Miss):
+                # Invalidated again while loading: decide on what the database just said.
+                found, counters = loaded, Counters()
+            counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
+        verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+        return verdict, found.language if found else settings.LANGUAGE_CODE
 
     async def _report(self, request: PolicyRequest, now: float) -> None:
         effect = auth_policy.report_effects(request)
         if effect == "none":
             return
         result = await self.store.report(request, effect, now)
-        for _attempt in range(2):
-            if not isinstance(result, Miss):
-                break
+        if isinstance(result, Miss):
             await self._state(request.login, result)
             result = await self.store.report(request, effect, now, with_network=False)
         if isinstance(result, Miss) or result.state is None:
+            # Unknown login, or invalidated twice meanwhile: one report less is harmless.
             return
         # Last use is written at most once a minute per mailbox, protocol and network
         # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
