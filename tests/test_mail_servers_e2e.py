@@ -33,7 +33,9 @@ from mailaccess.models import (
 )
 from tests.conftest import csrf_post
 from tests.mailservers import (
+    DEPLOY,
     MailServers,
+    _render_module,
     curl,
     imap_error_text,
     imap_login,
@@ -52,6 +54,31 @@ def latvian(message: Any) -> str:
 
 def off_reason_lv() -> str:
     return latvian(ACCESS_OFF_SERVER_MESSAGE)
+
+
+# --- deploy/render.py --------------------------------------------------------------------------
+
+
+def test_it_renders_every_template_from_the_example_site_file(tmp_path: Path) -> None:
+    render = _render_module()
+
+    written = render.render(render.read_site(DEPLOY / "site.env.example"), tmp_path)
+
+    names = {path.relative_to(tmp_path).as_posix() for path in written}
+    assert {"dovecot/dovecot.conf", "postfix/main.cf", "postfix/master.cf"} <= names
+    for path in written:
+        assert not render.PLACEHOLDER.search(path.read_text()), path
+    assert "port = 993" in (tmp_path / "dovecot" / "dovecot.conf").read_text()
+
+
+def test_it_refuses_to_render_with_a_value_missing_or_misspelt(tmp_path: Path) -> None:
+    render = _render_module()
+    values = render.read_site(DEPLOY / "site.env.example")
+
+    with pytest.raises(render.RenderError, match="IMAPS_PORT"):
+        render.render({k: v for k, v in values.items() if k != "IMAPS_PORT"}, tmp_path)
+    with pytest.raises(render.RenderError, match="IMAP_PORT"):
+        render.render({**values, "IMAP_PORT": "993"}, tmp_path)
 
 
 # --- the translated server messages (any database) --------------------------------------------

@@ -25,10 +25,8 @@ Dovecot fail the login), found through the unique index. Dovecot then verifies `
 
 from django.db import migrations
 
-VIEW = "mailaccess_dovecot_passdb"
-
-CREATE_VIEW = f"""
-CREATE VIEW {VIEW} AS
+CREATE_VIEW = """
+CREATE VIEW mailaccess_dovecot_passdb AS
 SELECT m.address AS "user",
        p.lookup_key,
        s.service,
@@ -66,7 +64,7 @@ def create_view(apps, schema_editor):
 
 def drop_view(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(f"DROP VIEW IF EXISTS {VIEW}")
+        schema_editor.execute("DROP VIEW IF EXISTS mailaccess_dovecot_passdb")
 
 
 class Migration(migrations.Migration):
