@@ -81,9 +81,17 @@ _taken: set[int] = set()
 
 
 def free_port() -> int:
-    """A port of E2E_PORT_RANGE that nothing listens on and this session has not handed out."""
-    low, _, high = os.environ.get("E2E_PORT_RANGE", "20000-20499").partition("-")
-    for port in range(int(low), int(high) + 1):
+    """A port of E2E_PORT_RANGE that nothing listens on and this session has not handed out.
+
+    The search starts at a random place in the range, so two test sessions started at the
+    same moment (two developers' ``make test`` on one machine) rarely pick the same ports;
+    ``check_certificate`` catches it when they do.
+    """
+    low_text, _, high_text = os.environ.get("E2E_PORT_RANGE", "20000-20499").partition("-")
+    low, high = int(low_text), int(high_text)
+    start = secrets.randbelow(high - low + 1)
+    for offset in range(high - low + 1):
+        port = low + (start + offset) % (high - low + 1)
         if port in _taken:
             continue
         with socket.socket() as probe:
@@ -94,6 +102,17 @@ def free_port() -> int:
         _taken.add(port)
         return port
     raise RuntimeError(f"no free port left in E2E_PORT_RANGE {low}-{high}")
+
+
+def check_certificate(port: int, tls: TlsFiles) -> None:
+    """Fail loudly when the port is served by someone else's server, not ours."""
+    served = ssl.get_server_certificate(("127.0.0.1", port), timeout=10)
+    ours = tls.cert.read_text()
+    if ssl.PEM_cert_to_DER_cert(served) != ssl.PEM_cert_to_DER_cert(ours):
+        raise RuntimeError(
+            f"port {port} answers with another certificate: another test session's server "
+            "took it. Give each session its own E2E_PORT_RANGE."
+        )
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Callable[[], str]) -> None:
@@ -152,9 +171,18 @@ class TlsFiles:
 
 
 @pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+def tls_files() -> Iterator[TlsFiles]:
     require_e2e_binaries()
-    folder = tmp_path_factory.mktemp("tls")
+    # Outside pytest's basetemp: other sessions on the machine prune old basetemps, and
+    # Postfix reads the key again for every connection.
+    folder = Path(tempfile.mkdtemp(prefix="mailportal-e2e-tls-"))
+    try:
+        yield _make_certificate(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_certificate(folder: Path) -> TlsFiles:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [
@@ -368,6 +396,8 @@ def start_mail_servers(
         servers.processes.append(dovecot)
         wait_for_port(servers.imaps_port, dovecot, servers.logs)
         wait_for_port(servers.pop3s_port, dovecot, servers.logs)
+        check_certificate(servers.imaps_port, tls)
+        check_certificate(servers.pop3s_port, tls)
         with servers.postfix_log.open("ab") as out:
             postfix = subprocess.Popen(
                 ["postfix", "-c", str(postfix_dir), "start-fg"],
@@ -378,6 +408,7 @@ def start_mail_servers(
         servers.processes.append(postfix)
         wait_for_port(servers.submission_port, postfix, servers.logs)
         wait_for_port(servers.submissions_port, postfix, servers.logs)
+        check_certificate(servers.submissions_port, tls)
     except BaseException:
         stop_mail_servers(servers)
         raise
