@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import redis.asyncio
 
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.mailserver import redis_client, state
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
@@ -50,7 +50,7 @@ class Dovecot:
 
         async def send() -> httpx.Response:
             # A fresh app and pool per request: each asyncio.run is a new event loop.
-            client = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+            client = MultiplexedRedis(self.url, 2)
             app = AuthPolicyApp(client=client, clock=lambda: self.now)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
@@ -156,7 +156,7 @@ def test_it_requires_the_api_key_and_records_nothing_without_it(
 
 def test_it_answers_only_post_on_its_path(dovecot: Dovecot) -> None:
     async def get(path: str) -> httpx.Response:
-        app = AuthPolicyApp(client=redis.asyncio.Redis.from_url(dovecot.url))
+        app = AuthPolicyApp(client=MultiplexedRedis(dovecot.url, 2))
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"
         ) as http:
@@ -344,7 +344,7 @@ def test_a_switch_off_during_a_cache_load_is_not_overwritten_by_the_older_state(
     was_on = MailboxState(alice.pk, enabled=True, block_reason="", plan="free", language="lv")
 
     async def race() -> tuple[bool, object]:
-        client = redis.asyncio.Redis.from_url(dovecot.url, decode_responses=True)
+        client = MultiplexedRedis(dovecot.url, 2)
         store = PolicyStore(client, Limits())
         miss, _counters = await store.allow(request, START)
         assert isinstance(miss, Miss)
@@ -380,7 +380,7 @@ def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(
     settings.AUTH_POLICY_API_KEY = API_KEY
 
     async def ask() -> httpx.Response:
-        client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")
+        client = MultiplexedRedis("redis://127.0.0.1:1/0", 2)
         app = AuthPolicyApp(client=client)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"

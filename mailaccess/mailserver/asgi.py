@@ -33,14 +33,14 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailportal.settings")
 django.setup()
 
-import redis.asyncio  # noqa: E402
+import redis  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
 from accounts.models import Mailbox  # noqa: E402
 from mailaccess import actions  # noqa: E402
-from mailaccess.mailserver import auth_policy, redis_client  # noqa: E402
+from mailaccess.mailserver import auth_policy  # noqa: E402
 from mailaccess.mailserver import state as state_cache  # noqa: E402
 from mailaccess.mailserver.auth_policy import (  # noqa: E402
     Command,
@@ -51,6 +51,7 @@ from mailaccess.mailserver.auth_policy import (  # noqa: E402
     RequestError,
     Verdict,
 )
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis  # noqa: E402
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore  # noqa: E402
 from mailaccess.models import Actor, BlockReason  # noqa: E402
 
@@ -97,7 +98,7 @@ class AuthPolicyApp:
     def __init__(
         self,
         *,
-        client: redis.asyncio.Redis | None = None,
+        client: MultiplexedRedis | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
     ) -> None:
@@ -110,7 +111,10 @@ class AuthPolicyApp:
     @property
     def store(self) -> PolicyStore:
         if self._store is None:
-            self._store = PolicyStore(self._client or redis_client.async_client(), self.limits)
+            client = self._client or MultiplexedRedis(
+                settings.MAILSERVER_REDIS_URL, settings.MAILSERVER_REDIS_TIMEOUT
+            )
+            self._store = PolicyStore(client, self.limits)
         return self._store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -24,7 +24,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from mailaccess.mailserver import state as state_cache
@@ -35,6 +34,7 @@ from mailaccess.mailserver.auth_policy import (
     MailboxState,
     PolicyRequest,
 )
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.mailserver.redis_client import mailbox_key
 
 FAILURES_LUA = """
@@ -189,7 +189,7 @@ class PolicyStore:
         "store": state_cache.STORE_SCRIPT,
     }
 
-    def __init__(self, client: redis.asyncio.Redis, limits: Limits) -> None:
+    def __init__(self, client: MultiplexedRedis, limits: Limits) -> None:
         self.client = client
         self.limits = limits
         self.sha = {name: _sha(text) for name, text in self.scripts.items()}
@@ -199,26 +199,11 @@ class PolicyStore:
             await self.client.script_load(text)
 
     async def _run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA in one pipeline; after a Redis restart, load the scripts and go again.
-
-        EVALSHA, not redis-py's Script objects: those ask SCRIPT EXISTS before every
-        pipeline, a second round trip on each decision.
-        """
+        """EVALSHA each call in one write; after a Redis restart, load the scripts and retry."""
         for attempt in range(2):
-            if len(calls) == 1:
-                # One script needs no pipeline object, which costs more Python than the call.
-                name, keys, args = calls[0]
-                try:
-                    results = [
-                        await self.client.evalsha(self.sha[name], len(keys), *keys, *args)  # type: ignore[misc]
-                    ]
-                except NoScriptError as error:
-                    results = [error]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for name, keys, args in calls:
-                    pipe.evalsha(self.sha[name], len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self.client.execute(
+                [("EVALSHA", self.sha[name], len(keys), *keys, *args) for name, keys, args in calls]
+            )
             if not any(isinstance(result, NoScriptError) for result in results) or attempt:
                 break
             await self.load_scripts()
