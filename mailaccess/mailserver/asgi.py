@@ -5,9 +5,10 @@ requests, and the target is 2,000 logins (6,000 requests) a second on two cores 
 under 10 ms. A synchronous Django view holds a worker thread for each Redis round trip and
 runs the whole middleware and URL stack per request; here one event loop per process keeps
 hundreds of requests waiting on Redis at once, and a request is a header check, a JSON parse
-and one Redis round trip (see auth_policy_redis.py). Django is still set up (settings, translations, the ORM), but the ORM
-runs only on a cache miss, a throttled last-use write or a block, each in a thread through
-``sync_to_async``. Run ``--workers N`` (one per core) with uvloop and httptools.
+and one Redis round trip (see auth_policy_redis.py). Django is still set up (settings,
+translations, the ORM), but the ORM runs only on a cache miss, a throttled last-use write or
+a block, each in a thread through ``sync_to_async``. Run ``--workers N`` (one per core) with
+uvloop and httptools.
 
 ``POST /auth-policy?command=allow|report`` with the ``X-API-Key`` header
 (``AUTH_POLICY_API_KEY``). Wrong or missing key: 401 and nothing recorded. Malformed JSON,
