@@ -405,3 +405,28 @@ class SendingLimit(models.Model):
 
     def __str__(self) -> str:
         return str(self.get_plan_display())
+
+
+class ServerMessage(models.Model):
+    """A block reason's server message, translated, for the Dovecot passdb view to read.
+
+    SQL cannot call gettext, so the texts of ``BlockReason.server_message`` and
+    ``ACCESS_OFF_SERVER_MESSAGE`` are copied here in every language of ``settings.LANGUAGES``
+    (see ``mailaccess/passdb.py``): on every ``migrate`` and by ``manage.py
+    sync_server_messages`` after the catalogues change. ``code`` is a block reason, or
+    ``access_off`` for a mailbox that simply has access off.
+    """
+
+    language = models.CharField(max_length=8)
+    code = models.CharField(max_length=16)
+    text = models.CharField(max_length=255)
+
+    class Meta:
+        verbose_name = _("server message")
+        verbose_name_plural = _("server messages")
+        constraints = [
+            models.UniqueConstraint(fields=["language", "code"], name="servermessage_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.language} {self.code}"

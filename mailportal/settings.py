@@ -251,3 +251,44 @@ MAILSERVER_REDIS_URL = os.environ.get(
     "MAILSERVER_REDIS_URL", REDIS_URL or "redis://127.0.0.1:6379/0"
 )
 MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5"))
+
+# The Dovecot auth-policy endpoint (mailaccess/mailserver/asgi.py). Dovecot sends this key in
+# X-API-Key (auth_policy_server_api_header); while it is empty every request gets a 401.
+AUTH_POLICY_API_KEY = os.environ.get("AUTH_POLICY_API_KEY", "")
+# "No checks more often than every five minutes" (the help page). What a check is: see
+# mailaccess/mailserver/auth_policy.py.
+AUTH_POLICY_CHECK_INTERVAL = envint("AUTH_POLICY_CHECK_INTERVAL", 300)
+# Checks a program may make ahead of that pace: start-up, waking from sleep and a person
+# pressing "Get mail" a few times right after an automatic check. A program set to check
+# every minute has spent them after about seven minutes and is then held to the pace.
+AUTH_POLICY_CHECK_BURST = envint("AUTH_POLICY_CHECK_BURST", 6)
+# Successful logins of one program within this many seconds of the first are one check:
+# Thunderbird opens up to 5 connections at once, Outlook a few in a row, slowly on a phone.
+AUTH_POLICY_CHECK_WINDOW = envint("AUTH_POLICY_CHECK_WINDOW", 60)
+# Twice Thunderbird's 5 cached connections; beyond that a burst counts as another check.
+AUTH_POLICY_CONNECTIONS_PER_CHECK = envint("AUTH_POLICY_CONNECTIONS_PER_CHECK", 10)
+# A program at most this many seconds early is delayed (it then gets in) rather than refused.
+# Dovecot's own penalty for failed logins grows to 15 s, which clients already put up with.
+AUTH_POLICY_MAX_DELAY = envint("AUTH_POLICY_MAX_DELAY", 15)
+# Successful IMAP/POP3 connections an hour past which a program is "faulty" and access is
+# blocked. Three devices, each checking every five minutes with five connections, make 180;
+# a program reconnecting in a loop (one every few seconds: 1,000 and more) crosses 300 in
+# minutes. SMTP logins are sendings, limited by the SMTP policy, and are not counted here.
+AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR = envint("AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR", 300)
+# Distinct wrong passwords within the window that lock a mailbox out of logins from networks
+# it does not know. The same wrong password again (a program with an ended password) counts
+# once; a person mistypes a few times. App passwords carry 99 bits, so this guards the servers'
+# time, and the web password (which never works here) against stuffing lists.
+AUTH_POLICY_MAILBOX_FAILURES = envint("AUTH_POLICY_MAILBOX_FAILURES", 10)
+# Distinct (login, wrong password) pairs from one client network (an IPv6 /64) within the
+# window that lock that network out of every mailbox it has not logged in to lately. Higher
+# than per mailbox: an office or mobile carrier NAT puts many people behind one address.
+AUTH_POLICY_IP_FAILURES = envint("AUTH_POLICY_IP_FAILURES", 30)
+# Seconds each failed login counts for; a lock ends once enough of them have aged out.
+AUTH_POLICY_FAILURE_WINDOW = envint("AUTH_POLICY_FAILURE_WINDOW", 900)
+# A network that logged in successfully within this many days is the owner's, exempt from locks.
+AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
+# Last use is written to the database at most this often per mailbox, protocol and network.
+AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
+# Seconds the cached database state lives; access changes invalidate it at once anyway.
+AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)

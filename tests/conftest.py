@@ -13,6 +13,9 @@ from django.test import Client
 from accounts import sudo
 from accounts.models import Mailbox, Plan
 
+# Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py).
+pytest_plugins = ["tests.mailservers"]
+
 ALICE_PASSWORD = "alice-web-password-1"
 BOB_PASSWORD = "bob-web-password-1"
 

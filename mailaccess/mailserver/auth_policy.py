@@ -1,0 +1,297 @@
+"""Dovecot's auth policy (``auth_policy_server_url``): what it asks, the rules, what we answer.
+
+Pure functions only: no Redis, no database, no clock. ``asgi.py`` feeds them what the Redis
+script read and sends back what they decide, so every rule is unit-tested on its own.
+
+A successful login costs three requests: ``allow`` before the password is checked, ``allow``
+again after it was right, and ``report`` (success true). A failed one costs two: ``allow`` and
+``report`` (success false). Both ``allow`` bodies are identical, so the two cannot be told
+apart; that is why ``allow`` only reads counters and ``report`` alone writes them: a password
+guesser, who never gets past the passdb, can neither use up the owner's checks nor trip the
+faulty-program block.
+
+What counts as a *check* (the help page: "no more often than every five minutes"): the
+successful IMAP or POP3 logins of one mailbox from one client network (an IPv4 address or an
+IPv6 /64) within ``check_window`` seconds of the first belong to one check, up to
+``connections_per_check`` of them. So Thunderbird opening five connections at once is one
+check, and IDLE, which keeps one connection open, costs nothing until it reconnects. Checks are
+paid from a token bucket per program: ``check_burst`` tokens, one more every
+``check_interval`` seconds. SMTP logins are sendings, not checks: the SMTP policy daemon
+limits those.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext, ngettext
+
+from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, BlockReason, Protocol
+
+# Dovecot sends %s, the service name. Postfix's SMTP AUTH arrives through Dovecot SASL as
+# "smtp"; Dovecot's own submission service says "submission". Both are SMTP to the user.
+PROTOCOLS: dict[str, Protocol] = {
+    "imap": Protocol.IMAP,
+    "pop3": Protocol.POP3,
+    "smtp": Protocol.SMTP,
+    "submission": Protocol.SMTP,
+}
+CHECKING_PROTOCOLS = frozenset({Protocol.IMAP, Protocol.POP3})
+MAX_BODY_BYTES = 16 * 1024
+
+
+class Command(StrEnum):
+    ALLOW = "allow"
+    REPORT = "report"
+
+
+class RequestError(ValueError):
+    """A request no correctly configured Dovecot sends; answered, never a 500."""
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    command: Command
+    login: str
+    protocol: Protocol | None
+    service: str
+    network: str | None  # the client's IPv4 address or IPv6 /64, for counting
+    remote: str | None  # the client's address as sent, for the panel
+    pwhash: str
+    session_id: str
+    success: bool = False
+    policy_reject: bool = False
+
+
+def parse_command(query_string: bytes) -> Command:
+    values = parse_qs(query_string.decode("latin-1")).get("command", [])
+    if len(values) != 1:
+        raise RequestError("command missing")
+    try:
+        return Command(values[0])
+    except ValueError:
+        raise RequestError("unknown command") from None
+
+
+def client_network(remote: str) -> tuple[str | None, str | None]:
+    """(network key, address) of a client: IPv6 counts per /64, what one subscriber holds."""
+    try:
+        address = ipaddress.ip_address(remote.strip())
+    except ValueError:
+        return None, None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        network = ipaddress.IPv6Network((address, 64), strict=False)
+        return str(network), str(address)
+    return str(address), str(address)
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    # Dovecot sends real booleans; a template attribute would arrive as a string.
+    value = data.get(key, False)
+    return value is True or (isinstance(value, str) and value.lower() in {"true", "yes", "1"})
+
+
+def parse_request(command: Command, body: bytes) -> PolicyRequest:
+    """The JSON Dovecot POSTs. Only ``login`` is required; the rest degrade gracefully."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError("body too large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("malformed JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("not a JSON object")
+    login = _text(data, "login").strip().lower()
+    if not login or len(login) > 254:
+        raise RequestError("login missing")
+    service = _text(data, "protocol").strip().lower()
+    network, remote = client_network(_text(data, "remote"))
+    return PolicyRequest(
+        command=command,
+        login=login,
+        protocol=PROTOCOLS.get(service),
+        service=service,
+        network=network,
+        remote=remote,
+        pwhash=_text(data, "pwhash")[:64],
+        session_id=_text(data, "session_id")[:64],
+        success=_flag(data, "success"),
+        policy_reject=_flag(data, "policy_reject"),
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The thresholds, from settings (defaults and why: ``mailportal/settings.py``)."""
+
+    check_interval: int = 300
+    check_burst: int = 6
+    check_window: int = 60
+    connections_per_check: int = 10
+    max_delay: int = 15
+    faulty_connections_per_hour: int = 300
+    mailbox_failures: int = 10
+    ip_failures: int = 30
+    failure_window: int = 900
+    known_ip_days: int = 30
+    use_record_interval: int = 60
+    state_ttl: int = 300
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        return cls(
+            check_interval=settings.AUTH_POLICY_CHECK_INTERVAL,
+            check_burst=settings.AUTH_POLICY_CHECK_BURST,
+            check_window=settings.AUTH_POLICY_CHECK_WINDOW,
+            connections_per_check=settings.AUTH_POLICY_CONNECTIONS_PER_CHECK,
+            max_delay=settings.AUTH_POLICY_MAX_DELAY,
+            faulty_connections_per_hour=settings.AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR,
+            mailbox_failures=settings.AUTH_POLICY_MAILBOX_FAILURES,
+            ip_failures=settings.AUTH_POLICY_IP_FAILURES,
+            failure_window=settings.AUTH_POLICY_FAILURE_WINDOW,
+            known_ip_days=settings.AUTH_POLICY_KNOWN_IP_DAYS,
+            use_record_interval=settings.AUTH_POLICY_USE_RECORD_INTERVAL,
+            state_ttl=settings.AUTH_POLICY_STATE_TTL,
+        )
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    """What the database says about a mailbox, as cached in Redis for the hot path."""
+
+    mailbox_id: int
+    enabled: bool
+    block_reason: str
+    plan: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What the Redis script read for one ``allow`` (see ``auth_policy_redis.py``)."""
+
+    check_open: bool = False  # a check of this program is under way and has room
+    check_tokens: float = 0.0  # checks left in the program's bucket
+    mailbox_failures: int = 0
+    mailbox_lock_seconds: int = 0
+    ip_failures: int = 0
+    ip_lock_seconds: int = 0
+    known_network: bool = False  # this network logged in to the mailbox successfully lately
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    UNKNOWN = "unknown"
+    ACCESS_OFF = "access_off"
+    BLOCKED = "blocked"
+    TOO_OFTEN = "too_often"
+    DELAYED = "delayed"
+    GUESSING = "guessing"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    status: int = 0
+    retry_at: float | None = None  # unix time, for "come back after"
+    block_reason: str = ""
+
+
+def decide_allow(
+    request: PolicyRequest,
+    state: MailboxState | None,
+    counters: Counters,
+    limits: Limits,
+    now: float,
+) -> Verdict:
+    """Before auth (and again after it): refuse, delay or let the passdb decide."""
+    if state is None:
+        # Unknown users go on to the passdb, which fails them like a wrong password: a
+        # distinct answer here would tell a stranger which addresses exist.
+        return Verdict(Outcome.UNKNOWN)
+    if not state.enabled:
+        if state.block_reason:
+            return Verdict(Outcome.BLOCKED, -1, block_reason=state.block_reason)
+        return Verdict(Outcome.ACCESS_OFF, -1)
+    if not counters.known_network:
+        # The owner's usual networks are exempt from both locks: a guesser elsewhere must
+        # not lock them out.
+        if counters.mailbox_failures >= limits.mailbox_failures:
+            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.mailbox_lock_seconds)
+        if counters.ip_failures >= limits.ip_failures:
+            return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.ip_lock_seconds)
+    checking = request.protocol in CHECKING_PROTOCOLS and not counters.check_open
+    if checking and counters.check_tokens < 1:
+        wait = (1 - counters.check_tokens) * limits.check_interval
+        if wait <= limits.max_delay:
+            # A program just a little early is slowed to the allowed pace, not refused.
+            return Verdict(Outcome.DELAYED, max(1, math.ceil(round(wait, 3))))
+        return Verdict(Outcome.TOO_OFTEN, -1, retry_at=now + wait)
+    return Verdict(Outcome.ALLOW)
+
+
+def _clock_time(when: float) -> str:
+    return (
+        datetime.fromtimestamp(math.ceil(when / 60) * 60, UTC)
+        .astimezone(ZoneInfo(settings.TIME_ZONE))
+        .strftime("%H:%M")
+    )
+
+
+def verdict_message(verdict: Verdict, language: str, limits: Limits) -> str:
+    """The one line the mail program shows, in the mailbox's language."""
+    with translation.override(language):
+        if verdict.outcome == Outcome.BLOCKED:
+            return str(BlockReason(verdict.block_reason).server_message)
+        if verdict.outcome == Outcome.ACCESS_OFF:
+            return str(ACCESS_OFF_SERVER_MESSAGE)
+        if verdict.outcome == Outcome.TOO_OFTEN and verdict.retry_at is not None:
+            minutes = max(1, limits.check_interval // 60)
+            return ngettext(
+                "Mail is checked too often: at most once in %(minutes)d minute is allowed. "
+                "Try again after %(time)s.",
+                "Mail is checked too often: at most once in %(minutes)d minutes is allowed. "
+                "Try again after %(time)s.",
+                minutes,
+            ) % {"minutes": minutes, "time": _clock_time(verdict.retry_at)}
+        if verdict.outcome == Outcome.GUESSING and verdict.retry_at is not None:
+            return gettext("Too many failed logins. Try again after %(time)s.") % {
+                "time": _clock_time(verdict.retry_at)
+            }
+    return ""
+
+
+def answer(verdict: Verdict, language: str, limits: Limits) -> dict[str, Any]:
+    """The JSON Dovecot reads: ``status`` (-1 refuse, 0 allow, N>0 delay N s) and ``msg``."""
+    message = verdict_message(verdict, language, limits) if verdict.status < 0 else ""
+    return {"status": verdict.status, "msg": message}
+
+
+def report_effects(request: PolicyRequest) -> str:
+    """What a report changes: "success", "failure" (a wrong password) or "none".
+
+    A login the policy refused never reached the passdb, so it tested no password: counting
+    it would keep a lock going by itself.
+    """
+    if request.success:
+        return "success"
+    if request.policy_reject:
+        return "none"
+    return "failure"

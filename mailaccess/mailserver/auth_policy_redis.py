@@ -1,0 +1,142 @@
+"""A multiplexed Redis connection for the auth policy's hot path.
+
+redis-py's asyncio client takes a connection from its pool for every command and writes and
+reads it on its own; on this two-core machine that measured about 1,300 PINGs a second from
+32 concurrent tasks, against 11,500 for a bare asyncio socket. Here every request of a process
+shares one connection: commands issued in the same turn of the event loop go out in one
+write, replies come back in order and hiredis (C) parses them. Redis answers commands of one
+connection in order, so the n-th reply belongs to the n-th waiter; a waiter that timed out
+stays in the queue, so the order never slips.
+
+Only what the policy needs: EVALSHA, SCRIPT LOAD, and SELECT/AUTH from the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def encode(*args: Any) -> bytes:
+    """RESP, by hiredis (C)."""
+    return bytes(hiredis.pack_command(cast(Any, args)))
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Queue for one write per turn of the event loop: one send for all requests."""
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.pending))
+        self.pending.clear()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(RedisConnectionError("Redis connection lost"))
+
+
+class MultiplexedRedis:
+    def __init__(self, url: str, timeout: float) -> None:
+        self.options = parse_url(url)
+        self.timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Protocol:
+        if self._protocol is not None and not self._protocol.closed:
+            return self._protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._protocol is None or self._protocol.closed:
+                loop = asyncio.get_running_loop()
+                try:
+                    _transport, protocol = await asyncio.wait_for(
+                        loop.create_connection(
+                            _Protocol,
+                            self.options.get("host", "127.0.0.1"),
+                            self.options.get("port", 6379),
+                        ),
+                        self.timeout,
+                    )
+                except (OSError, TimeoutError) as error:
+                    raise RedisConnectionError(f"Redis unreachable: {error}") from error
+                setup: list[tuple[Any, ...]] = []
+                if self.options.get("password"):
+                    username = self.options.get("username")
+                    setup.append(
+                        ("AUTH", username, self.options["password"])
+                        if username
+                        else ("AUTH", self.options["password"])
+                    )
+                if self.options.get("db"):
+                    setup.append(("SELECT", self.options["db"]))
+                self._protocol = protocol
+                for reply in await self._send(protocol, setup):
+                    if isinstance(reply, Exception):
+                        raise reply
+        assert self._protocol is not None
+        return self._protocol
+
+    async def _send(self, protocol: _Protocol, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        protocol.waiters.extend(futures)
+        protocol.write(b"".join(encode(*command) for command in commands))
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout))
+        except TimeoutError as error:
+            raise RedisTimeoutError("Redis did not answer in time") from error
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write; replies in order, errors as exception objects."""
+        replies = await self._send(await self._connection(), commands)
+        return [
+            NoScriptError(str(reply))
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+            else reply
+            for reply in replies
+        ]
+
+    async def script_load(self, script: str) -> str:
+        [sha] = await self.execute([("SCRIPT", "LOAD", script)])
+        if isinstance(sha, Exception):
+            raise sha
+        return str(sha)
+
+    async def aclose(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()

@@ -1,0 +1,310 @@
+"""The auth policy's Redis side: one round trip per request.
+
+One write carries the mailbox's script (its cached state and every counter of it, under its
+hash tag, so one Redis Cluster slot) and what concerns the client network (failed logins from
+that address across all mailboxes: another slot, so a command of its own). On one Redis both
+go in one round trip; on a cluster they go to two nodes at once.
+
+Keys of a mailbox (``mp:{address}:...``):
+- ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``);
+- ``check:<protocol>:<network>``: a program's check bucket (tokens, when, current check);
+- ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
+- ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``), by when;
+- ``nets``: networks that logged in successfully, by last time (the owner's usual places);
+- ``used:<protocol>:<network>``: when the last use was written to the database.
+And ``mp:{net:<network>}:fails``: the distinct (login, wrong password) pairs from a network.
+
+Times come from the caller (seconds since the epoch): the policy processes' clocks are kept
+by NTP, and a caller's clock makes the rules testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from mailaccess.mailserver import state as state_cache
+from mailaccess.mailserver.auth_policy import (
+    CHECKING_PROTOCOLS,
+    Counters,
+    Limits,
+    MailboxState,
+    PolicyRequest,
+)
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.mailserver.redis_client import mailbox_key
+
+FAILURES_LUA = """
+-- Failures are a sorted set: member (a distinct wrong password), score (when it last came).
+-- Each counts for the window after it came; past the limit, the lock ends when enough of
+-- them have aged out. Kept to twice the limit, so a flood cannot grow it.
+local function failures(key, now, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then return count, 0 end
+  local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  return count, math.ceil(tonumber(oldest[2]) + window - now)
+end
+local function fail(key, member, now, limit, window)
+  redis.call('ZADD', key, now, member)
+  redis.call('ZREMRANGEBYRANK', key, 0, -(2 * limit + 1))
+  redis.call('EXPIRE', key, window)
+end
+"""
+
+MAILBOX_SCRIPT = (
+    FAILURES_LUA
+    + """
+-- KEYS: 1 state, 2 gen, 3 check, 4 fails, 5 nets, 6 conns, 7 used
+-- ARGV: 1 mode (allow|success|failure), 2 now, 3 network or '', 4 failure member,
+--       5 checking (1 for IMAP/POP3), 6 check interval, 7 burst, 8 check window,
+--       9 connections per check, 10 faulty connections per hour, 11 mailbox failure limit,
+--       12 failure window, 13 known-network seconds, 14 use record interval
+local state = redis.call('HGETALL', KEYS[1])
+if #state == 0 then
+  return {'miss', redis.call('GET', KEYS[2]) or ''}
+end
+local fields = {}
+for i = 1, #state, 2 do fields[state[i]] = state[i + 1] end
+if fields['id'] == '0' then return {'state', state} end
+
+local mode, now, net = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local checking = ARGV[5] == '1' and net ~= ''
+local interval, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
+local window, per_check = tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local tokens, start, conns = burst, 0, 0
+if checking then
+  local c = redis.call('HMGET', KEYS[3], 'tokens', 'ts', 'start', 'conns')
+  if c[1] then
+    tokens = math.min(burst, tonumber(c[1]) + (now - tonumber(c[2])) / interval)
+    start, conns = tonumber(c[3]), tonumber(c[4])
+  end
+end
+local open = conns > 0 and conns < per_check and (now - start) < window
+
+local limit, failure_window = tonumber(ARGV[11]), tonumber(ARGV[12])
+if mode == 'allow' then
+  local fails, ttl = failures(KEYS[4], now, limit, failure_window)
+  local known = 0
+  if net ~= '' then
+    local seen = redis.call('ZSCORE', KEYS[5], net)
+    if seen and tonumber(seen) >= now - tonumber(ARGV[13]) then known = 1 end
+  end
+  return {'state', state, open and 1 or 0, tostring(tokens), fails, ttl, known}
+end
+
+if mode == 'failure' then
+  fail(KEYS[4], ARGV[4], now, limit, failure_window)
+  return {'state', state}
+end
+
+-- success: only while access is on (a nologin user's report says success too)
+if fields['on'] ~= '1' then return {'state', state, 0, 0} end
+if net ~= '' then
+  local known_seconds = tonumber(ARGV[13])
+  redis.call('ZADD', KEYS[5], now, net)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - known_seconds)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -21)
+  redis.call('EXPIRE', KEYS[5], known_seconds)
+end
+local faulty = 0
+if ARGV[5] == '1' then
+  if checking then
+    if open then
+      conns = conns + 1
+    else
+      tokens, start, conns = math.max(0, tokens - 1), now, 1
+    end
+    redis.call('HSET', KEYS[3], 'tokens', tostring(tokens), 'ts', tostring(now),
+               'start', tostring(start), 'conns', conns)
+    redis.call('EXPIRE', KEYS[3], math.ceil(burst * interval + window))
+  end
+  local limit = tonumber(ARGV[10])
+  local b = redis.call('HMGET', KEYS[6], 'level', 'ts')
+  local level = 0
+  if b[1] then
+    level = math.max(0, tonumber(b[1]) - (now - tonumber(b[2])) * limit / 3600)
+  end
+  level = level + 1
+  if level > limit then
+    -- Reported once: the block that follows switches access off, and a later switch-on
+    -- starts from an empty bucket.
+    faulty, level = 1, 0
+  end
+  redis.call('HSET', KEYS[6], 'level', tostring(level), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[6], 3600)
+end
+local record, last = 0, redis.call('GET', KEYS[7])
+if not last or now - tonumber(last) >= tonumber(ARGV[14]) then
+  record = 1
+  redis.call('SET', KEYS[7], tostring(now), 'EX', ARGV[14])
+end
+return {'state', state, record, faulty}
+"""
+)
+
+NETWORK_SCRIPT = (
+    FAILURES_LUA
+    + """
+-- KEYS: 1 the network's failures; ARGV: 1 mode, 2 member, 3 limit, 4 window, 5 now
+local now, limit, window = tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[1] == 'failure' then
+  fail(KEYS[1], ARGV[2], now, limit, window)
+  return {0, 0}
+end
+local count, wait = failures(KEYS[1], now, limit, window)
+return {count, wait}
+"""
+)
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+
+class Miss:
+    """The state was not cached; ``generation`` is what the store must compare."""
+
+    def __init__(self, generation: str) -> None:
+        self.generation = generation
+
+
+@dataclass(frozen=True)
+class Reported:
+    state: MailboxState | None
+    record_use: bool = False
+    faulty: bool = False
+
+
+class PolicyStore:
+    """Runs the scripts. One per process and event loop (it holds the connection pool)."""
+
+    scripts = {
+        "mailbox": MAILBOX_SCRIPT,
+        "network": NETWORK_SCRIPT,
+        "store": state_cache.STORE_SCRIPT,
+    }
+
+    def __init__(self, client: MultiplexedRedis, limits: Limits) -> None:
+        self.client = client
+        self.limits = limits
+        self.sha = {name: _sha(text) for name, text in self.scripts.items()}
+
+    async def load_scripts(self) -> None:
+        for text in self.scripts.values():
+            await self.client.script_load(text)
+
+    async def _run(
+        self, calls: list[tuple[str, list[str], list[Any]]], plain: tuple[Any, ...] = ()
+    ) -> list[Any]:
+        """EVALSHA each call, and one plain command, in one write.
+
+        After a Redis restart the scripts are gone: load them and go again.
+        """
+        commands = [
+            ("EVALSHA", self.sha[name], len(keys), *keys, *args) for name, keys, args in calls
+        ]
+        for attempt in range(2):
+            results = await self.client.execute([*commands, plain] if plain else commands)
+            if not any(isinstance(result, NoScriptError) for result in results) or attempt:
+                break
+            await self.load_scripts()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
+    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> tuple:
+        login, limits = request.login, self.limits
+        protocol = request.protocol.value if request.protocol else request.service
+        network = request.network or ""
+        keys = [
+            state_cache.state_key(login),
+            state_cache.generation_key(login),
+            mailbox_key(f"check:{protocol}:{network}", login),
+            mailbox_key("fails", login),
+            mailbox_key("nets", login),
+            mailbox_key("conns", login),
+            mailbox_key(f"used:{protocol}:{network}", login),
+        ]
+        args = [
+            mode,
+            repr(now),
+            network,
+            request.pwhash or request.session_id or repr(now),
+            "1" if request.protocol in CHECKING_PROTOCOLS else "0",
+            limits.check_interval,
+            limits.check_burst,
+            limits.check_window,
+            limits.connections_per_check,
+            limits.faulty_connections_per_hour,
+            limits.mailbox_failures,
+            limits.failure_window,
+            limits.known_ip_days * 86400,
+            limits.use_record_interval,
+        ]
+        return ("mailbox", keys, args)
+
+    def _network_call(self, request: PolicyRequest, mode: str, now: float) -> tuple | None:
+        if request.network is None:
+            return None
+        keys = [mailbox_key("fails", f"net:{request.network}")]
+        member = f"{request.login}\0{request.pwhash or request.session_id}"
+        args = [mode, member, self.limits.ip_failures, self.limits.failure_window, repr(now)]
+        return ("network", keys, args)
+
+    async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
+        ttl = self.limits.state_ttl if state is not None else min(60, self.limits.state_ttl)
+        keys = [state_cache.state_key(login), state_cache.generation_key(login)]
+        args = [generation, ttl, *state_cache.encode(state)]
+        [stored] = await self._run([("store", keys, args)])
+        return bool(stored)
+
+    async def allow(
+        self, request: PolicyRequest, now: float, *, with_network: bool = True
+    ) -> tuple[MailboxState | Miss | None, Counters]:
+        network = self._network_call(request, "allow", now) if with_network else None
+        # The network's failures: a plain ZCOUNT, cheaper for Redis than a script. Only past
+        # the limit (a refusal) does the script run to say when the lock ends.
+        plain: tuple[Any, ...] = ()
+        if network:
+            plain = ("ZCOUNT", network[1][0], repr(now - self.limits.failure_window), "+inf")
+        results = await self._run([self._mailbox_call(request, "allow", now)], plain)
+        ip_failures, ip_wait = (int(results[1]) if network else 0), 0
+        if network and ip_failures >= self.limits.ip_failures:
+            [[ip_failures, ip_wait]] = await self._run([network])
+        reply = results[0]
+        if reply[0] == "miss":
+            return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_lock_seconds=ip_wait)
+        state = state_cache.decode(reply[1])
+        if state is None:
+            return None, Counters()
+        return state, Counters(
+            check_open=bool(reply[2]),
+            check_tokens=float(reply[3]),
+            mailbox_failures=int(reply[4]),
+            mailbox_lock_seconds=max(0, int(reply[5])),
+            ip_failures=int(ip_failures),
+            ip_lock_seconds=max(0, int(ip_wait)),
+            known_network=bool(reply[6]),
+        )
+
+    async def report(
+        self, request: PolicyRequest, mode: str, now: float, *, with_network: bool = True
+    ) -> Reported | Miss:
+        """Count a report; ``mode`` is "success" or "failure"."""
+        calls = [self._mailbox_call(request, mode, now)]
+        network_call = self._network_call(request, mode, now) if with_network else None
+        if network_call and mode == "failure":
+            calls.append(network_call)
+        reply = (await self._run(calls))[0]
+        if reply[0] == "miss":
+            return Miss(reply[1])
+        state = state_cache.decode(reply[1])
+        if mode != "success" or state is None:
+            return Reported(state)
+        return Reported(state, record_use=bool(reply[2]), faulty=bool(reply[3]))

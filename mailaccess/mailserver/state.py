@@ -1,0 +1,127 @@
+"""The database's view of a mailbox, cached in Redis so a policy decision needs no SQL.
+
+The cache holds what a decision needs (mailbox id, access on/off, block reason, plan,
+language) as a hash under the mailbox's hash tag, read by the decision's Lua script in the same
+round trip as the counters. The access actions invalidate it after commit
+(``MailaccessConfig.ready`` registers ``invalidate``), so a switch-off is obeyed at once, not
+after a TTL; the TTL only bounds what no action announces (a deleted mailbox, a changed
+language).
+
+A reader that misses loads the row and writes it back only if no invalidation came in between:
+each invalidation bumps a generation counter, and the write compares it (``STORE_SCRIPT``).
+Without that, a switch-off committed while a miss was loading could be overwritten by the
+older "on" for a whole TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.db import close_old_connections
+
+from accounts.models import Mailbox, normalize_address
+from mailaccess.mailserver.auth_policy import MailboxState
+from mailaccess.mailserver.redis_client import mailbox_key, sync_client
+
+logger = logging.getLogger(__name__)
+
+# A day is far longer than any load-and-store takes; the counter only has to outlive that.
+GENERATION_TTL = 86400
+
+STORE_SCRIPT = """
+-- KEYS[1] state, KEYS[2] generation; ARGV[1] generation seen before the load, ARGV[2] TTL,
+-- ARGV[3...] field, value, ...
+local generation = redis.call('GET', KEYS[2]) or ''
+if generation ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def state_key(login: str) -> str:
+    return mailbox_key("state", login)
+
+
+def generation_key(login: str) -> str:
+    return mailbox_key("gen", login)
+
+
+def encode(state: MailboxState | None) -> list[str]:
+    """Hash fields; an unknown login is cached too (id 0), so a stranger costs no SQL."""
+    if state is None:
+        return ["id", "0"]
+    return [
+        "id",
+        str(state.mailbox_id),
+        "on",
+        "1" if state.enabled else "0",
+        "block",
+        state.block_reason,
+        "plan",
+        state.plan,
+        "lang",
+        state.language,
+    ]
+
+
+def decode(fields: list[str]) -> MailboxState | None:
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    mailbox_id = int(values.get("id", "0") or 0)
+    if not mailbox_id:
+        return None
+    return MailboxState(
+        mailbox_id=mailbox_id,
+        enabled=values.get("on") == "1",
+        block_reason=values.get("block", ""),
+        plan=values.get("plan", ""),
+        language=values.get("lang", ""),
+    )
+
+
+def load(login: str) -> MailboxState | None:
+    """The state from the database (sync: the policy server runs it in a thread)."""
+    close_old_connections()
+    row = (
+        Mailbox.objects.filter(address=normalize_address(login))
+        .values(
+            "pk", "plan", "language", "external_access__enabled", "external_access__block_reason"
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return MailboxState(
+        mailbox_id=row["pk"],
+        enabled=bool(row["external_access__enabled"]),
+        block_reason=row["external_access__block_reason"] or "",
+        plan=row["plan"],
+        language=row["language"],
+    )
+
+
+def invalidate_address(address: str, client: redis.Redis | None = None) -> None:
+    client = client or sync_client()
+    login = normalize_address(address)
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(generation_key(login))
+    pipe.expire(generation_key(login), GENERATION_TTL)
+    pipe.delete(state_key(login))
+    pipe.execute()
+
+
+def invalidate(mailbox_id: int) -> None:
+    """An ``access_changed_hooks`` hook: runs after the action's commit, in its process.
+
+    A Redis failure must not undo a committed switch-off in the panel: it is logged, and the
+    state's TTL bounds how long the policy can lag behind.
+    """
+    address = Mailbox.objects.filter(pk=mailbox_id).values_list("address", flat=True).first()
+    if address is None:
+        return
+    try:
+        invalidate_address(address)
+    except redis.RedisError:
+        logger.warning("auth-policy cache not invalidated for mailbox %s", mailbox_id)

@@ -1,0 +1,396 @@
+"""The auth-policy endpoint as Dovecot meets it: real Redis, the real database, the ASGI app.
+
+Each login is sent the way Dovecot 2.3 sends it: ``allow`` before auth, and for a right
+password ``allow`` again and ``report`` (success true); for a wrong one ``report`` (success
+false). The clock is the app's seam, so "five minutes later" needs no sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from accounts.models import Mailbox
+from mailaccess import actions
+from mailaccess.mailserver import redis_client, state
+from mailaccess.mailserver.asgi import AuthPolicyApp
+from mailaccess.mailserver.auth_policy import Command
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
+
+REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
+API_KEY = "policy-test-key"
+START = 1_800_000_000.0  # a Friday morning in 2027, Riga time
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis"),
+]
+
+
+class Dovecot:
+    """Speaks to the endpoint the way Dovecot's auth process does."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.now = START
+
+    def post(self, command: str, body: Any, *, key: str | None = API_KEY) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["X-API-Key"] = key
+
+        async def send() -> httpx.Response:
+            # A fresh app and pool per request: each asyncio.run is a new event loop.
+            client = MultiplexedRedis(self.url, 2)
+            app = AuthPolicyApp(client=client, clock=lambda: self.now)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
+                response = await http.post(
+                    f"/auth-policy?command={command}", content=content, headers=headers
+                )
+            await client.aclose()
+            return response
+
+        return asyncio.run(send())
+
+    def allow(
+        self, login: str, protocol: str = "imap", remote: str = "192.0.2.10", **extra: Any
+    ) -> dict[str, Any]:
+        body = {
+            "login": login,
+            "protocol": protocol,
+            "remote": remote,
+            "pwhash": "a1b",
+            "session_id": "s",
+            "device_id": "",
+            **extra,
+        }
+        response = self.post("allow", body)
+        assert response.status_code == 200
+        return response.json()
+
+    def login(
+        self,
+        login: str,
+        protocol: str = "imap",
+        remote: str = "192.0.2.10",
+        *,
+        right: bool = True,
+        pwhash: str = "a1b",
+    ) -> dict[str, Any]:
+        """One whole login; returns the answer before auth."""
+        body = {
+            "login": login,
+            "protocol": protocol,
+            "remote": remote,
+            "pwhash": pwhash,
+            "session_id": "s",
+            "device_id": "",
+        }
+        first = self.post("allow", body).json()
+        if first["status"] < 0:
+            self.post("report", {**body, "success": False, "policy_reject": True})
+            return first
+        if right:
+            self.post("allow", body)
+        self.post("report", {**body, "success": right, "policy_reject": False})
+        return first
+
+
+@pytest.fixture
+def redis_db(settings: Any) -> Iterator[redis.Redis]:
+    assert REDIS_URL
+    settings.MAILSERVER_REDIS_URL = REDIS_URL
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    redis_client.sync_client.cache_clear()
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    redis_client.sync_client.cache_clear()
+
+
+@pytest.fixture
+def dovecot(redis_db: redis.Redis, transactional_db: None) -> Dovecot:
+    # transactional_db: the app reads the database from its own threads, which see only
+    # committed rows, and the access actions' on_commit hooks must really run.
+    assert REDIS_URL
+    return Dovecot(REDIS_URL)
+
+
+def switch_on(mailbox: Mailbox) -> None:
+    actions.enable_access(mailbox, actor=Actor.user(mailbox))
+
+
+def access(mailbox: Mailbox) -> ExternalAccess:
+    return ExternalAccess.objects.get(mailbox=mailbox)
+
+
+def test_it_requires_the_api_key_and_records_nothing_without_it(
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
+) -> None:
+    switch_on(alice)
+    body = {
+        "login": "alice@inbox.lv",
+        "protocol": "imap",
+        "remote": "192.0.2.10",
+        "success": True,
+        "policy_reject": False,
+    }
+    for key in (None, "wrong-key", ""):
+        for command in ("allow", "report"):
+            assert dovecot.post(command, body, key=key).status_code == 401
+    # Only the invalidation counter that switching on bumped: no state, no counters.
+    assert redis_db.keys("*") == ["mp:{alice@inbox.lv}:gen"]
+    assert access(alice).imap_last_used_at is None
+
+
+def test_it_answers_only_post_on_its_path(dovecot: Dovecot) -> None:
+    async def get(path: str) -> httpx.Response:
+        app = AuthPolicyApp(client=MultiplexedRedis(dovecot.url, 2))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://policy"
+        ) as http:
+            return await http.get(path, headers={"X-API-Key": API_KEY})
+
+    assert asyncio.run(get("/auth-policy?command=allow")).status_code == 405
+    assert asyncio.run(get("/")).status_code == 404
+
+
+def test_malformed_json_missing_fields_and_unknown_users_get_a_well_formed_answer(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    for body in (b"{not json", b"[]", b'{"protocol":"imap"}', b"\xff" * 10):
+        for command in ("allow", "report", "nonsense"):
+            response = dovecot.post(command, body)
+            assert response.status_code == 200
+            assert response.json() == {"status": 0, "msg": ""}
+    assert dovecot.allow("nobody@inbox.lv") == {"status": 0, "msg": ""}
+    assert dovecot.login("nobody@inbox.lv", right=False) == {"status": 0, "msg": ""}
+
+
+def test_a_mailbox_with_access_off_is_refused_smtp_auth_with_the_reason_in_its_language(
+    dovecot: Dovecot, alice: Mailbox, bob: Mailbox
+) -> None:
+    reply = dovecot.allow("alice@inbox.lv", "smtp")
+    assert reply == {
+        "status": -1,
+        "msg": "Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta. Ieslēdziet to sadaļā Iestatījumi.",
+    }
+    reply = dovecot.allow("bob@mail.ee", "imap")
+    assert reply["status"] == -1
+    assert reply["msg"].startswith("External POP3/IMAP and SMTP access is switched off")
+
+
+def test_access_on_lets_every_protocol_in_and_the_panel_shows_each_last_use(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    switch_on(alice)
+    assert dovecot.login("alice@inbox.lv", "imap", "192.0.2.10") == {"status": 0, "msg": ""}
+    assert dovecot.login("alice@inbox.lv", "pop3", "192.0.2.11")["status"] == 0
+    assert dovecot.login("alice@inbox.lv", "submission", "2001:db8::5")["status"] == 0
+    state = access(alice)
+    assert state.imap_last_ip == "192.0.2.10"
+    assert state.pop3_last_ip == "192.0.2.11"
+    assert state.smtp_last_ip == "2001:db8::5"
+    assert state.imap_last_used_at is not None and state.imap_last_used_at.timestamp() == START
+    assert [use["protocol"] for use in state.last_uses()] == ["IMAP", "POP3", "SMTP"]
+
+
+def test_switching_access_off_is_obeyed_at_once_despite_the_cache(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    switch_on(alice)
+    assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == 0
+    actions.disable_access(alice, actor=Actor.user(alice))
+    assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == -1
+    switch_on(alice)
+    assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == 0
+
+
+def test_a_blocked_mailbox_hears_why(dovecot: Dovecot, bob: Mailbox) -> None:
+    switch_on(bob)
+    actions.block_access(bob, BlockReason.HOURLY_LIMIT, actor=Actor.system("test"))
+    reply = dovecot.allow("bob@mail.ee", "smtp")
+    assert reply["status"] == -1
+    assert "hourly sending limit" in reply["msg"]
+
+
+def test_failed_and_refused_logins_record_no_use(dovecot: Dovecot, alice: Mailbox) -> None:
+    dovecot.login("alice@inbox.lv")  # access off: refused before auth
+    switch_on(alice)
+    dovecot.login("alice@inbox.lv", right=False)
+    assert access(alice).imap_last_used_at is None
+
+
+def test_several_connections_of_one_program_at_once_are_one_check(
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
+) -> None:
+    switch_on(alice)
+    for _connection in range(5):
+        assert dovecot.login("alice@inbox.lv")["status"] == 0
+        dovecot.now += 2
+    check = redis_db.hgetall("mp:{alice@inbox.lv}:check:imap:192.0.2.10")
+    assert check["conns"] == "5"
+    assert float(check["tokens"]) == pytest.approx(5, abs=0.1)  # of 6: one check spent
+
+
+def test_checking_more_often_than_every_five_minutes_is_refused_saying_when_to_come_back(
+    dovecot: Dovecot, bob: Mailbox
+) -> None:
+    switch_on(bob)
+    # A program set to check every minute, from 10:00 Riga time: its six spare checks and
+    # what it earns meanwhile (one per five minutes) carry it to 10:06.
+    for minute in range(7):
+        assert dovecot.login("bob@mail.ee")["status"] == 0, minute
+        dovecot.now += 60
+    assert dovecot.login("bob@mail.ee") == {
+        "status": -1,
+        "msg": "Mail is checked too often: at most once in 5 minutes is allowed. "
+        "Try again after 10:10.",
+    }
+    # Ten seconds before its turn it is delayed until then instead of refused ...
+    dovecot.now = START + 600 - 10
+    assert dovecot.allow("bob@mail.ee") == {"status": 10, "msg": ""}
+    # ... and on time it gets in.
+    dovecot.now = START + 600
+    assert dovecot.login("bob@mail.ee")["status"] == 0
+
+
+def test_a_faulty_program_gets_access_blocked_its_password_ended_and_a_notice(
+    dovecot: Dovecot, alice: Mailbox, settings: Any
+) -> None:
+    settings.AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR = 12
+    switch_on(alice)
+    password = AppPassword.objects.get(mailbox=alice)
+    # Twelve networks, each within its own checks: only the hourly total is too much.
+    for n in range(13):
+        dovecot.login("alice@inbox.lv", remote=f"198.51.100.{n}")
+        dovecot.now += 1
+    state = access(alice)
+    assert not state.enabled
+    assert state.block_reason == BlockReason.FAULTY_PROGRAM
+    password.refresh_from_db()
+    assert password.revoked_at is not None
+    assert Notice.objects.filter(mailbox=alice, reason=BlockReason.FAULTY_PROGRAM).count() == 1
+    reply = dovecot.allow("alice@inbox.lv")
+    assert reply["status"] == -1
+    assert "pārāk daudz savienojumu" in reply["msg"]
+
+
+def test_password_guessing_locks_the_mailbox_but_not_from_the_owners_usual_address(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    switch_on(alice)
+    dovecot.login("alice@inbox.lv", remote="192.0.2.10")  # the owner, at home
+    for guess in range(10):
+        dovecot.login("alice@inbox.lv", remote="203.0.113.9", right=False, pwhash=f"{guess:03x}")
+    reply = dovecot.allow("alice@inbox.lv", remote="203.0.113.50")
+    assert reply["status"] == -1
+    assert reply["msg"] == (
+        "Pārāk daudz neveiksmīgu pieteikšanās mēģinājumu. Mēģiniet vēlreiz pēc plkst. 10:15."
+    )
+    assert dovecot.allow("alice@inbox.lv", remote="192.0.2.10")["status"] == 0
+    # The lock ends a failure window after the last counted failure.
+    dovecot.now += 15 * 60 + 1
+    assert dovecot.allow("alice@inbox.lv", remote="203.0.113.50")["status"] == 0
+
+
+def test_the_same_wrong_password_again_counts_once(dovecot: Dovecot, alice: Mailbox) -> None:
+    switch_on(alice)
+    for _check in range(20):  # a phone still holding the ended password
+        assert dovecot.login("alice@inbox.lv", remote="203.0.113.9", right=False)["status"] == 0
+        dovecot.now += 300
+
+
+def test_guessing_from_one_network_across_mailboxes_locks_that_network(
+    dovecot: Dovecot, alice: Mailbox, bob: Mailbox
+) -> None:
+    switch_on(alice)
+    switch_on(bob)
+    for n in range(30):
+        dovecot.login(f"user{n}@inbox.lv", remote="2001:db8:bad:1::7", right=False)
+    assert dovecot.allow("alice@inbox.lv", remote="2001:db8:bad:1::99")["status"] == -1
+    assert dovecot.allow("bob@mail.ee", "smtp", remote="2001:db8:bad:2::1")["status"] == 0
+
+
+def test_last_use_is_written_at_most_once_a_minute(dovecot: Dovecot, alice: Mailbox) -> None:
+    switch_on(alice)
+    dovecot.login("alice@inbox.lv", "smtp")
+    dovecot.now += 30
+    dovecot.login("alice@inbox.lv", "smtp")
+    assert access(alice).smtp_last_used_at.timestamp() == START
+    dovecot.now += 31
+    dovecot.login("alice@inbox.lv", "smtp")
+    assert access(alice).smtp_last_used_at.timestamp() == START + 61
+
+
+def test_a_switch_off_during_a_cache_load_is_not_overwritten_by_the_older_state(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    from mailaccess.mailserver.auth_policy import Limits, MailboxState, parse_request
+    from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
+
+    request = parse_request(Command.ALLOW, b'{"login":"alice@inbox.lv","protocol":"imap"}')
+    was_on = MailboxState(alice.pk, enabled=True, block_reason="", plan="free", language="lv")
+
+    async def race() -> tuple[bool, object]:
+        client = MultiplexedRedis(dovecot.url, 2)
+        store = PolicyStore(client, Limits())
+        miss, _counters = await store.allow(request, START)
+        assert isinstance(miss, Miss)
+        # The panel switches off and invalidates while this reader is loading "on".
+        state.invalidate_address("alice@inbox.lv")
+        stored = await store.store_state("alice@inbox.lv", miss.generation, was_on)
+        after, _counters = await store.allow(request, START)
+        await client.aclose()
+        return stored, after
+
+    stored, after = asyncio.run(race())
+    assert not stored
+    assert isinstance(after, Miss)  # the next reader loads afresh
+
+
+def test_every_key_of_a_mailbox_shares_its_cluster_hash_tag(
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
+) -> None:
+    switch_on(alice)
+    dovecot.login("alice@inbox.lv")
+    dovecot.login("alice@inbox.lv", "pop3", right=False)
+    keys = set(redis_db.keys("*"))
+    # The client network's failures count across mailboxes: a tag of their own.
+    assert keys - {"mp:{net:192.0.2.10}:fails"}
+    assert all(
+        key.startswith("mp:{alice@inbox.lv}:") for key in keys - {"mp:{net:192.0.2.10}:fails"}
+    )
+
+
+def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(
+    settings: Any, transactional_db: None, alice: Mailbox
+) -> None:
+    settings.AUTH_POLICY_API_KEY = API_KEY
+
+    async def ask() -> httpx.Response:
+        client = MultiplexedRedis("redis://127.0.0.1:1/0", 2)
+        app = AuthPolicyApp(client=client)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://policy"
+        ) as http:
+            return await http.post(
+                "/auth-policy?command=allow",
+                content=b'{"login":"alice@inbox.lv","protocol":"imap"}',
+                headers={"X-API-Key": API_KEY},
+            )
+
+    response = asyncio.run(ask())
+    assert response.status_code == 503
+    assert response.json()["status"] == 0
