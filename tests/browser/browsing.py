@@ -5,6 +5,9 @@ Later issues add their pages to `pages.py` (checked everywhere) or write journey
 """
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from axe_playwright_python.sync_playwright import Axe
@@ -72,6 +75,17 @@ class Browsing:
             + ", ".join(" ".join(node["target"]) for node in v["nodes"])
             for v in blocking
         )
+
+    @contextmanager
+    def timers_paused(self) -> Iterator[None]:
+        """Hold the page's timers (`page.clock.run_for(ms)` moves them on): feedback that goes
+        away by itself ("Copied") is then checked without racing a slow machine. They must run
+        again afterwards, or axe-core, which waits on timers, never finishes."""
+        self.page.clock.pause_at(time.time() + 1)
+        try:
+            yield
+        finally:
+            self.page.clock.resume()
 
     def sign_in(self, address: str, password: str) -> None:
         self.page.get_by_label("Pastkastītes adrese").fill(address)

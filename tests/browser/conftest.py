@@ -86,8 +86,12 @@ def browse(
         )
         if javascript:
             context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site)
+        page = context.new_page()
+        if javascript:
+            # Page timers run as usual until a test pauses them (see Browsing.pause_timers).
+            page.clock.install()
         folder = viewport if javascript else f"{viewport}-nojs"
         test_name = request.node.originalname
-        return Browsing(context.new_page(), SCREENSHOTS / test_name / folder, javascript)
+        return Browsing(page, SCREENSHOTS / test_name / folder, javascript)
 
     return open_context
