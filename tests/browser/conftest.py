@@ -88,7 +88,7 @@ def browse(
             context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site)
         page = context.new_page()
         if javascript:
-            # Page timers run as usual until a test pauses them (see Browsing.pause_timers).
+            # Page timers run as usual until a test pauses them (see Browsing.timers_paused).
             page.clock.install()
         folder = viewport if javascript else f"{viewport}-nojs"
         test_name = request.node.originalname
