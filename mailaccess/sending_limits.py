@@ -16,7 +16,7 @@ import holidays
 import redis
 from django.utils import timezone
 
-from accounts.models import Mailbox
+from accounts.models import Mailbox, Plan
 from mailaccess.mailserver import redis_client, sending_counters
 from mailaccess.models import SendingLimit
 
@@ -26,6 +26,31 @@ log = logging.getLogger(__name__)
 RIGA = ZoneInfo("Europe/Riga")
 # "Lifting the limit can take up to two working days for a new Mail+ user."
 LIFT_WORKING_DAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    per_minute: int | None
+    per_hour: int | None
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.per_minute and not self.per_hour
+
+
+# The published limits, for a plan whose row is missing: deleting a row must not make the
+# free plan unlimited. Support lifts a limit by emptying its fields instead.
+DEFAULT_LIMITS = {Plan.FREE.value: Limits(5, 15), Plan.PLUS.value: Limits(None, None)}
+
+
+def plan_limits() -> dict[str, Limits]:
+    """The sending limits of every plan, from the database (one small query)."""
+    table = dict(DEFAULT_LIMITS)
+    for plan, per_minute, per_hour in SendingLimit.objects.values_list(
+        "plan", "per_minute", "per_hour"
+    ):
+        table[plan] = Limits(per_minute, per_hour)
+    return table
 
 
 @cache
@@ -89,8 +114,8 @@ class SendingPanel:
 def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
     """Usage against the limits that apply now; None when no limit applies (Mail+)."""
     now = timezone.now()
-    limit = SendingLimit.objects.filter(plan=mailbox.sending_plan(now)).first()
-    if limit is None or (limit.per_minute is None and limit.per_hour is None):
+    limits = plan_limits()[mailbox.sending_plan(now)]
+    if limits.unlimited:
         return None
     last_minute = last_hour = None
     try:
@@ -102,8 +127,8 @@ def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
         log.warning("sending usage unavailable: Redis did not answer", exc_info=True)
     pending = mailbox.sending_limits_lift_at
     return SendingPanel(
-        per_minute=limit.per_minute,
-        per_hour=limit.per_hour,
+        per_minute=limits.per_minute,
+        per_hour=limits.per_hour,
         last_minute=last_minute,
         last_hour=last_hour,
         lift_day=lift_day(pending) if pending is not None and pending > now else None,

@@ -7,7 +7,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import Mailbox
-from mailaccess import actions, instructions
+from mailaccess import actions, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm
 from mailaccess.models import Actor, ExternalAccess, Notice
 
@@ -79,6 +79,7 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),
         "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)[:5],
+        "sending": sending_limits.sending_panel(mailbox),
     }
     return render(request, "mailaccess/mail_programs.html", context, status=status)
 

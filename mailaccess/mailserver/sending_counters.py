@@ -6,6 +6,9 @@ an hour"; a clock-hour counter would allow 30 messages across 10:59-11:01. Check
 counting happen inside one Lua script, which Redis runs atomically: two connections of one
 mailbox cannot both see "14 sent" and both send the 15th.
 
+Times come from the daemon (so every daemon process agrees, and tests can travel in time);
+markers hold their own time and are compared with it, and their Redis expiry only cleans up.
+
 Keys of one mailbox share a hash tag (``redis_client.mailbox_key``), so the script may touch
 several of them on Redis Cluster too.
 """
@@ -50,7 +53,9 @@ local in_minute = redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf')
 if per_hour > 0 and in_hour >= per_hour then
   local first = redis.call('ZRANGE', sent, in_hour - per_hour, in_hour - per_hour, 'WITHSCORES')
   local retry = tonumber(first[2]) + 3600000 - now
-  if redis.call('SET', blocked, ARGV[2], 'PX', 3600000, 'NX') then
+  local blocked_at = tonumber(redis.call('GET', blocked) or '0')
+  if now - blocked_at >= 3600000 then
+    redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
     return {'hour_block', in_minute, in_hour, retry}
   end
   return {'hour', in_minute, in_hour, retry}
@@ -81,10 +86,12 @@ redis.call('ZADD', bounces, ARGV[1], ARGV[3])
 redis.call('ZREMRANGEBYRANK', bounces, 0, -(limit + 1))
 redis.call('PEXPIRE', bounces, 3600000)
 local n = redis.call('ZCARD', bounces)
-if n >= limit and redis.call('EXISTS', last_sent) == 1 then
-  if redis.call('SET', reported, ARGV[1], 'PX', 3600000, 'NX') then
-    return {'block', n}
-  end
+local now = tonumber(ARGV[1])
+local sent_at = tonumber(redis.call('GET', last_sent) or '0')
+local reported_at = tonumber(redis.call('GET', reported) or '0')
+if n >= limit and now - sent_at < 86400000 and now - reported_at >= 3600000 then
+  redis.call('SET', reported, ARGV[1], 'PX', 3600000)
+  return {'block', n}
 end
 return {'ok', n}
 """

@@ -46,7 +46,8 @@ from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason, SendingLimit
+from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,6 @@ BOUNCE_SENDERS = {"", "<>", "mailer-daemon"}
 def is_bounce_sender(sender: str) -> bool:
     """Delivery reports come from the null sender; some old MTAs use MAILER-DAEMON@host."""
     return sender in BOUNCE_SENDERS or sender.partition("@")[0] == "mailer-daemon"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    per_minute: int | None
-    per_hour: int | None
-
-    @property
-    def unlimited(self) -> bool:
-        return not self.per_minute and not self.per_hour
-
-
-UNLIMITED = Limits(None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +96,7 @@ def _load_sender(address: str) -> Sender | None:
 
 def _load_limits() -> dict[str, Limits]:
     close_old_connections()
-    return {
-        plan: Limits(per_minute, per_hour)
-        for plan, per_minute, per_hour in SendingLimit.objects.values_list(
-            "plan", "per_minute", "per_hour"
-        )
-    }
+    return plan_limits()
 
 
 class SenderDirectory:
@@ -155,8 +138,7 @@ class SenderDirectory:
         if expires <= time.monotonic():
             table = await asyncio.get_running_loop().run_in_executor(self._executor, _load_limits)
             self._limits = (time.monotonic() + self._ttl, table)
-        # A plan without a row has no limit: support removes a limit by emptying it.
-        return table.get(plan, UNLIMITED)
+        return table.get(plan, DEFAULT_LIMITS[Plan.FREE])
 
 
 def _block_for_hourly_limit(mailbox_id: int, sent_last_hour: int, repeats: int) -> str:
