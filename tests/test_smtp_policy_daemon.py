@@ -244,3 +244,12 @@ def test_garbage_closes_the_connection_and_the_daemon_goes_on(test_redis: str) -
         assert client.read_reply() is None
         with daemon.connect() as client:
             assert client.ask(protocol_state="RCPT", sender="a@example.com") == "DUNNO"
+
+
+def test_a_request_without_its_empty_line_gets_no_answer_and_is_cut_off(
+    test_redis: str,
+) -> None:
+    with RunningDaemon(test_redis, request_timeout=0.5) as daemon, daemon.connect() as client:
+        client.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+        # No answer to half a request; the daemon hangs up once the request is overdue.
+        assert client.read_reply() is None

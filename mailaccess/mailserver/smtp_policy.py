@@ -46,6 +46,7 @@ from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
+from mailaccess.mailserver.redis_batch import ScriptBatcher
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 
@@ -208,6 +209,7 @@ class SmtpPolicy:
         )
         self._send_script = client.register_script(sending_counters.SEND_SCRIPT)
         self._bounce_script = client.register_script(sending_counters.BOUNCE_SCRIPT)
+        self._batcher = ScriptBatcher(client)
         self.on_redis_error = on_redis_error or settings.SMTP_POLICY_ON_REDIS_ERROR
         self.bounce_limit = bounce_limit or settings.SMTP_POLICY_BOUNCE_LIMIT
         self.hourly_blocks_before_compromised = (
@@ -274,9 +276,10 @@ class SmtpPolicy:
                 )
             return dunno()
         reply = await self._redis_call(
-            self._send_script(
-                keys=sending_counters.send_keys(address),
-                args=sending_counters.send_args(
+            self._batcher.run(
+                self._send_script,
+                sending_counters.send_keys(address),
+                sending_counters.send_args(
                     count_it=count_it,
                     now_ms=now,
                     per_minute=limits.per_minute,
@@ -324,9 +327,10 @@ class SmtpPolicy:
     async def _count_bounce(self, recipient: str) -> str:
         now = now_ms()
         reply = await self._redis_call(
-            self._bounce_script(
-                keys=sending_counters.bounce_keys(recipient),
-                args=[
+            self._batcher.run(
+                self._bounce_script,
+                sending_counters.bounce_keys(recipient),
+                [
                     now,
                     now - sending_counters.HOUR_MS,
                     sending_counters.unique_member(now),
