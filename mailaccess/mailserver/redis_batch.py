@@ -52,7 +52,7 @@ class ScriptBatcher:
             try:
                 await connection.send_packed_command(
                     b"".join(
-                        pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+                        pack_command(b"EVALSHA", _sha(script), len(keys), *keys, *args)
                         for script, keys, args, _ in batch
                     ),
                     check_health=False,
@@ -86,6 +86,11 @@ class ScriptBatcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+def _sha(script: AsyncScript) -> str:
+    sha: str = script.sha  # type: ignore[attr-defined]  # set by redis-py, absent from stubs
+    return sha
 
 
 def _encode(value: Any) -> bytes:
