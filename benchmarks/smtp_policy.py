@@ -179,12 +179,19 @@ async def warm_up(port: int, addresses: list[str]) -> None:
     await asyncio.gather(*(some(addresses[n::10]) for n in range(10)))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: per-check cost that other load cannot inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    name: str, connections: int, seconds: float, clients: int, addresses: list[str]
+    name: str, connections: int, seconds: float, clients: int, addresses: list[str], pid: int
 ) -> tuple[float, float]:
     asyncio.run(warm_up(PORTS[name], addresses))
     # A short run first (connection set-up, script loading), then the measured one.
     for duration in (1.0, seconds):
+        cpu_before = cpu_seconds(pid)
         pipes = []
         processes = []
         for _ in range(clients):
@@ -199,13 +206,15 @@ def measure(
         results = [pipe.recv() for pipe in pipes]
         for process in processes:
             process.join()
+    cpu = cpu_seconds(pid) - cpu_before
     total = sum(count for count, _ in results)
     latencies = sorted(latency for _, sample in results for latency in sample)
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     rate = total / seconds
     print(
         f"{name:8} {rate:10,.0f} checks/s   p50 {statistics.median(latencies) * 1000:.2f} ms"
-        f"   p99 {p99:.2f} ms   ({connections} connections, {total:,} checks)"
+        f"   p99 {p99:.2f} ms   server CPU {cpu / total * 1e6:.0f} µs/check"
+        f"   ({connections} connections, {total:,} checks)"
     )
     return rate, p99
 
@@ -236,10 +245,20 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; Redis {options.redis}; {options.mailboxes} free mailboxes")
     try:
         ceiling, _ = measure(
-            "ceiling", options.connections, options.seconds, options.clients, addresses
+            "ceiling",
+            options.connections,
+            options.seconds,
+            options.clients,
+            addresses,
+            servers["ceiling"].pid or 0,
         )
         rate, p99 = measure(
-            "policy", options.connections, options.seconds, options.clients, addresses
+            "policy",
+            options.connections,
+            options.seconds,
+            options.clients,
+            addresses,
+            servers["policy"].pid or 0,
         )
     finally:
         for process in servers.values():

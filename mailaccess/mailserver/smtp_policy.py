@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -179,6 +180,38 @@ def _block_for_bounces(address: str, bounces_last_hour: int) -> str | None:
     return BlockReason.COMPROMISED.value
 
 
+# A mail program over its limit retries again and again: the few distinct replies are
+# rendered once (switching Django's language costs more than the whole Redis check).
+@lru_cache(maxsize=1024)
+def _over_minute_reply(language: str, limit: int, seconds: int) -> str:
+    with translation.override(language):
+        return defer_if_permit(
+            ngettext(
+                "Sending limit of %(limit)s messages a minute reached. "
+                "Try again in %(seconds)s second.",
+                "Sending limit of %(limit)s messages a minute reached. "
+                "Try again in %(seconds)s seconds.",
+                seconds,
+            )
+            % {"limit": limit, "seconds": seconds}
+        )
+
+
+@lru_cache(maxsize=1024)
+def _over_hour_reply(language: str, limit: int, minutes: int) -> str:
+    with translation.override(language):
+        return defer_if_permit(
+            ngettext(
+                "Sending limit of %(limit)s messages an hour reached. "
+                "Try again in %(minutes)s minute.",
+                "Sending limit of %(limit)s messages an hour reached. "
+                "Try again in %(minutes)s minutes.",
+                minutes,
+            )
+            % {"limit": limit, "minutes": minutes}
+        )
+
+
 class RedisUnavailable(Exception):
     pass
 
@@ -290,38 +323,20 @@ class SmtpPolicy:
         verdict = sending_counters.SendVerdict.from_reply(reply)
         if verdict.verdict == sending_counters.OK:
             return dunno()
+        if verdict.verdict == sending_counters.OVER_MINUTE:
+            seconds = max(1, math.ceil(verdict.retry_ms / 1000))
+            return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
+        if verdict.verdict == sending_counters.OVER_HOUR:
+            minutes = max(1, math.ceil(verdict.retry_ms / 60_000))
+            return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
+        # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
+        self._in_background(
+            _block_for_hourly_limit,
+            sender.mailbox_id,
+            verdict.last_hour,
+            self.hourly_blocks_before_compromised,
+        )
         with translation.override(sender.language):
-            if verdict.verdict == sending_counters.OVER_MINUTE:
-                seconds = max(1, math.ceil(verdict.retry_ms / 1000))
-                return defer_if_permit(
-                    ngettext(
-                        "Sending limit of %(limit)s messages a minute reached. "
-                        "Try again in %(seconds)s second.",
-                        "Sending limit of %(limit)s messages a minute reached. "
-                        "Try again in %(seconds)s seconds.",
-                        seconds,
-                    )
-                    % {"limit": limits.per_minute, "seconds": seconds}
-                )
-            if verdict.verdict == sending_counters.OVER_HOUR:
-                minutes = max(1, math.ceil(verdict.retry_ms / 60_000))
-                return defer_if_permit(
-                    ngettext(
-                        "Sending limit of %(limit)s messages an hour reached. "
-                        "Try again in %(minutes)s minute.",
-                        "Sending limit of %(limit)s messages an hour reached. "
-                        "Try again in %(minutes)s minutes.",
-                        minutes,
-                    )
-                    % {"limit": limits.per_hour, "minutes": minutes}
-                )
-            # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
-            self._in_background(
-                _block_for_hourly_limit,
-                sender.mailbox_id,
-                verdict.last_hour,
-                self.hourly_blocks_before_compromised,
-            )
             return reject(str(BlockReason.HOURLY_LIMIT.server_message))
 
     async def _count_bounce(self, recipient: str) -> str:
