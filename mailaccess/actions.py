@@ -30,6 +30,7 @@ from mailaccess.models import (
     NoticeKind,
     Protocol,
 )
+from mailaccess.sending_limits import limits_lift_at
 
 # Functions called after commit with a mailbox id whenever its access state changes (the
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
@@ -256,9 +257,15 @@ def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
         return False
     previous = locked.plan
     locked.plan = plan
-    locked.save(update_fields=["plan"])
-    mailbox.plan = plan
-    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail={"from": previous, "to": plan})
+    # Free limits stay until the upgrade's lifting date; a downgrade applies them at once.
+    lift_at = limits_lift_at(timezone.now()) if plan == Plan.PLUS else None
+    locked.sending_limits_lift_at = lift_at
+    locked.save(update_fields=["plan", "sending_limits_lift_at"])
+    mailbox.plan, mailbox.sending_limits_lift_at = plan, lift_at
+    detail = {"from": previous, "to": plan}
+    if lift_at is not None:
+        detail["sending_limits_lift_at"] = lift_at.isoformat()
+    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail=detail)
     _access_changed(mailbox.pk)
     return True
 

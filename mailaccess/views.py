@@ -8,7 +8,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
-from mailaccess import actions, autoconfig, instructions
+from mailaccess import actions, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm
 from mailaccess.models import Actor, ExternalAccess, Notice
 
@@ -90,6 +90,7 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),
         "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)[:5],
+        "sending": sending_limits.sending_panel(mailbox),
     }
     return render(request, "mailaccess/mail_programs.html", context, status=status)
 

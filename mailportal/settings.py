@@ -292,3 +292,23 @@ AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
 # Seconds the cached database state lives; access changes invalidate it at once anyway.
 AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)
+
+# The SMTP policy daemon (`manage.py smtp_policy_server`, see deploy/postfix-policy.md).
+# Where it listens: host:port or unix:/path, comma separated.
+SMTP_POLICY_LISTEN = envlist("SMTP_POLICY_LISTEN", "127.0.0.1:10040")
+# Redis (or the database) unreachable: "dunno" lets mail through, "defer" answers 4xx.
+SMTP_POLICY_ON_REDIS_ERROR = os.environ.get("SMTP_POLICY_ON_REDIS_ERROR", "dunno")
+if SMTP_POLICY_ON_REDIS_ERROR not in {"dunno", "defer"}:
+    raise ImproperlyConfigured("SMTP_POLICY_ON_REDIS_ERROR must be 'dunno' or 'defer'.")
+# Seconds for one answer; keep it below Postfix's smtpd_policy_service_timeout.
+SMTP_POLICY_REQUEST_TIMEOUT = float(os.environ.get("SMTP_POLICY_REQUEST_TIMEOUT", "2"))
+# Longer than Postfix's smtpd_policy_service_max_idle (300 s): Postfix closes first.
+SMTP_POLICY_IDLE_TIMEOUT = float(os.environ.get("SMTP_POLICY_IDLE_TIMEOUT", "600"))
+# How long the daemon trusts its copy of a mailbox's plan and of the plans' limits.
+SMTP_POLICY_CACHE_SECONDS = float(os.environ.get("SMTP_POLICY_CACHE_SECONDS", "60"))
+# Bounces within an hour that mark a mailbox which sent through SMTP as compromised.
+SMTP_POLICY_BOUNCE_LIMIT = envint("SMTP_POLICY_BOUNCE_LIMIT", 30)
+# The n-th hourly-limit block within 24 hours blocks as compromised instead.
+SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED = envint(
+    "SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED", 3
+)
