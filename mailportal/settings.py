@@ -208,7 +208,7 @@ MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5
 # broker (the embedded default of `make run`) tasks run eagerly in the process that queues them:
 # a block notice is e-mailed synchronously once the block commits, and the periodic jobs run
 # through `manage.py run_job` instead of beat. Nothing then needs a worker.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not CELERY_BROKER_URL)
 # A task is acknowledged only once done, and requeued when its worker dies: every task is
 # idempotent, so running one twice is safe, and losing one is not.
