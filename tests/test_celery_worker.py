@@ -108,7 +108,9 @@ def celery(redis_url: str, tmp_path: Path) -> Iterator[Path]:
             logs[name].seek(0)
             print(f"--- celery {name} log ---\n{logs[name].read()[-4000:]}")
             logs[name].close()
-        redis.Redis.from_url(redis_url).delete(queue)
+        broker = redis.Redis.from_url(redis_url)
+        # The queue and the bindings kombu keeps for it.
+        broker.delete(queue, *broker.scan_iter(f"_kombu.binding*{queue}"))
 
 
 def wait_for(condition, seconds: float = 90):  # type: ignore[no-untyped-def]
