@@ -4,7 +4,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
@@ -110,3 +110,13 @@ def program_instructions(request: HttpRequest, slug: str) -> HttpResponse:
         "programs": instructions.PROGRAMS,
     }
     return render(request, "mailaccess/program.html", context)
+
+
+@login_required
+@require_POST
+def mark_notice_read(request: HttpRequest, notice_id: int) -> HttpResponse:
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    if not actions.mark_notice_read(mailbox, notice_id):
+        raise Http404(_("No such notice."))
+    return redirect("mailaccess:mail_programs")

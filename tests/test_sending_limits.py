@@ -159,3 +159,18 @@ def test_a_compromised_mailbox_must_change_the_web_password_first(
     assert f'href="{reverse("accounts:change_password")}"' in page
     with pytest.raises(actions.AccessError):
         actions.enable_access(alice, actor=Actor.user(alice))
+
+
+def test_the_hourly_beat_job_lifts_due_limits(alice: Mailbox) -> None:
+    from django.conf import settings
+
+    from mailaccess import tasks
+
+    schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "mailaccess.tasks.lift_due_sending_limits" in schedule
+    with time_machine.travel(riga(2026, 11, 9, 12, 0)):
+        actions.change_plan(alice, Plan.PLUS, actor=BILLING)
+    with time_machine.travel(riga(2026, 11, 12, 0, 30)):
+        assert tasks.lift_due_sending_limits.apply().get() == 1
+    alice.refresh_from_db()
+    assert alice.sending_limits_lift_at is None
