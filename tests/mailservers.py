@@ -542,9 +542,7 @@ def mail_servers_factory(
             # must reach their files inside.
             root = Path(tempfile.mkdtemp(prefix="mailportal-e2e-"))
             try:
-                running[key] = start_mail_servers(
-                    root, tls_files, policy, smtp_policy=smtp_policy
-                )
+                running[key] = start_mail_servers(root, tls_files, policy, smtp_policy=smtp_policy)
             except BaseException:
                 shutil.rmtree(root, ignore_errors=True)
                 raise

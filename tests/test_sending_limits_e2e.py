@@ -162,9 +162,11 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
 
     # The program's next SMTP AUTH is refused, and the auth policy says why (in Latvian:
     # Postfix passes UTF-8 through, smtputf8_enable = yes).
-    with pytest.raises(smtplib.SMTPAuthenticationError) as auth_refused:
-        with smtp_session(servers, address, app_password, implicit_tls=True, source="127.0.0.61"):
-            pass
+    with (
+        pytest.raises(smtplib.SMTPAuthenticationError) as auth_refused,
+        smtp_session(servers, address, app_password, implicit_tls=True, source="127.0.0.61"),
+    ):
+        pass
     assert auth_refused.value.smtp_code == 535
     assert reason in auth_refused.value.smtp_error.decode(), servers.logs()
 
