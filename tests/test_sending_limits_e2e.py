@@ -14,6 +14,7 @@ import secrets
 import smtplib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,13 @@ from mailaccess.models import (
     SendingLimit,
 )
 from mailaccess.sending_limits import sending_panel
-from tests.mailservers import MailServers, send_message, smtp_session
+from tests.mailservers import (
+    MailServers,
+    SmtpPolicyDaemon,
+    free_port,
+    send_message,
+    smtp_session,
+)
 from tests.policy_daemon import forget_counters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -187,3 +194,25 @@ def test_it_lets_a_mail_plus_mailbox_send_thirty_messages_in_a_row(
     access = ExternalAccess.objects.get(mailbox=mailbox)
     assert access.enabled and not access.block_reason
     assert sending_panel(mailbox) is None
+
+
+def test_it_lets_mail_through_while_the_policy_daemon_does_not_answer(
+    transactional_db: None,
+    policy_server: Any,
+    policy_redis: None,
+    smtp_policy_daemon: SmtpPolicyDaemon,
+    mail_servers_factory: Any,
+    new_mailbox: Callable[[Plan], Mailbox],
+) -> None:
+    """main.cf's deliberate default (DUNNO): an outage of the daemon holds nobody's mail."""
+    nobody_listens = SmtpPolicyDaemon(
+        f"inet:127.0.0.1:{free_port()}", smtp_policy_daemon.redis_url, Path("/dev/null")
+    )
+    servers = mail_servers_factory(policy=policy_server, smtp_policy=nobody_listens)
+    mailbox = new_mailbox(Plan.FREE)
+    app_password = switch_on(mailbox)
+
+    with smtp_session(servers, mailbox.address, app_password, implicit_tls=False) as client:
+        assert send_message(client, mailbox.address) == {}
+
+    assert "problem talking to server" in servers.postfix_log.read_text(), servers.logs()
