@@ -22,6 +22,7 @@ from django.utils import translation
 
 from accounts.models import Mailbox, Plan
 from mailaccess import actions
+from mailaccess.mailserver import redis_client, state
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.models import (
     Actor,
@@ -95,12 +96,18 @@ def latvian(message: Any) -> str:
         return str(message)
 
 
-def wait_until_blocked(mailbox: Mailbox) -> ExternalAccess:
-    """The daemon answers Postfix first and blocks right after, in the background."""
+def auth_policy_generation(mailbox: Mailbox) -> int:
+    """How many access changes have cleared the state the auth policy caches in Redis."""
+    return int(redis_client.sync_client().get(state.generation_key(mailbox.address)) or 0)
+
+
+def wait_until_blocked(mailbox: Mailbox, generation_before: int) -> ExternalAccess:
+    """The daemon answers Postfix first and blocks right after, in the background: the block
+    is complete once committed and, after the commit, cleared from the auth policy's cache."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         access = ExternalAccess.objects.get(mailbox=mailbox)
-        if access.block_reason:
+        if access.block_reason and auth_policy_generation(mailbox) > generation_before:
             return access
         time.sleep(0.1)
     raise AssertionError("the daemon did not block the mailbox")
@@ -153,6 +160,7 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
     with smtp_session(servers, address, app_password, implicit_tls=False) as client:
         for number in range(15):
             assert send_message(client, address, f"message {number + 1}") == {}
+        generation = auth_policy_generation(mailbox)
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send_message(client, address, "message 16")
 
@@ -162,7 +170,7 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
 
     # External access is switched off for the hourly limit: the password ends, the owner
     # gets a notice.
-    access = wait_until_blocked(mailbox)
+    access = wait_until_blocked(mailbox, generation)
     assert (access.enabled, access.block_reason) == (False, BlockReason.HOURLY_LIMIT)
     assert not AppPassword.objects.live().filter(mailbox=mailbox).exists()
     assert Notice.objects.filter(mailbox=mailbox, reason=BlockReason.HOURLY_LIMIT).exists()
