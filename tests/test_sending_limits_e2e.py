@@ -64,7 +64,7 @@ def servers(
 
 @pytest.fixture
 def new_mailbox(smtp_policy_daemon: Any) -> Iterator[Callable[[Plan], Mailbox]]:
-    """Mailboxes of this test, with access switched on; their counters leave Redis after."""
+    """New mailboxes (Latvian) of this test; their keys leave Redis after it."""
     made: list[str] = []
 
     def make(plan: Plan) -> Mailbox:
