@@ -150,7 +150,10 @@ class AuthPolicyApp:
             logger.exception("auth policy: no decision for %s", request.command)
             await self._send(send, 503, b'{"status": 0, "msg": ""}')
             return
-        await self._send(send, 200, json.dumps(reply, ensure_ascii=False).encode())
+        if reply["status"] == 0 and not reply["msg"]:
+            await self._send(send, 200, ALLOWED)  # nearly every answer: no JSON encoding
+        else:
+            await self._send(send, 200, json.dumps(reply, ensure_ascii=False).encode())
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

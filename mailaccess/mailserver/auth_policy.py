@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
@@ -73,7 +74,14 @@ class PolicyRequest:
     policy_reject: bool = False
 
 
+# What Dovecot always sends, decided without parsing a query string.
+_COMMANDS = {b"command=allow": Command.ALLOW, b"command=report": Command.REPORT}
+
+
 def parse_command(query_string: bytes) -> Command:
+    known = _COMMANDS.get(query_string)
+    if known is not None:
+        return known
     values = parse_qs(query_string.decode("latin-1")).get("command", [])
     if len(values) != 1:
         raise RequestError("command missing")
@@ -83,8 +91,13 @@ def parse_command(query_string: bytes) -> Command:
         raise RequestError("unknown command") from None
 
 
+@lru_cache(maxsize=65536)
 def client_network(remote: str) -> tuple[str | None, str | None]:
-    """(network key, address) of a client: IPv6 counts per /64, what one subscriber holds."""
+    """(network key, address) of a client: IPv6 counts per /64, what one subscriber holds.
+
+    Cached: the three requests of a login come from one address, and parsing it with
+    ``ipaddress`` cost as much as the rest of the request's parsing.
+    """
     try:
         address = ipaddress.ip_address(remote.strip())
     except ValueError:

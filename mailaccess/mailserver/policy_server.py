@@ -75,8 +75,12 @@ class PolicyServer:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    async def listen(self, spec: str) -> str:
-        """Start listening; returns the bound address (the real port for port 0)."""
+    async def listen(self, spec: str, *, reuse_port: bool = False) -> str:
+        """Start listening; returns the bound address (the real port for port 0).
+
+        ``reuse_port``: several processes listen on one TCP port (SO_REUSEPORT) and the
+        kernel spreads the connections between them.
+        """
         kind, where, port = parse_listen(spec)
         if kind == "unix":
             path = where
@@ -89,7 +93,12 @@ class PolicyServer:
             bound = f"unix:{path}"
         else:
             server = await asyncio.start_server(
-                self._serve, host=where, port=port, limit=READ_CHUNK, reuse_address=True
+                self._serve,
+                host=where,
+                port=port,
+                limit=READ_CHUNK,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
             )
             sockname = server.sockets[0].getsockname()
             bound = f"{sockname[0]}:{sockname[1]}"

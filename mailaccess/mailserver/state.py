@@ -16,6 +16,7 @@ older "on" for a whole TTL.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import redis
 from django.db import close_old_connections
@@ -68,6 +69,13 @@ def encode(state: MailboxState | None) -> list[str]:
 
 
 def decode(fields: list[str]) -> MailboxState | None:
+    return _decode(tuple(fields))
+
+
+# Every request decodes a mailbox's state, and a mailbox's state rarely changes: the cached
+# (immutable) object saves building a dict and a dataclass per request.
+@lru_cache(maxsize=65536)
+def _decode(fields: tuple[str, ...]) -> MailboxState | None:
     values = dict(zip(fields[::2], fields[1::2], strict=True))
     mailbox_id = int(values.get("id", "0") or 0)
     if not mailbox_id:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -30,6 +34,13 @@ class Command(BaseCommand):
             default="660",
             help="permissions of unix sockets, octal (default 660: Postfix's group)",
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="server processes sharing each TCP port with SO_REUSEPORT (one a core; "
+            "TCP only: a unix socket path has one owner)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         listen: list[str] = options["listen"] or settings.SMTP_POLICY_LISTEN
@@ -39,9 +50,51 @@ class Command(BaseCommand):
             unix_mode = int(options["unix_mode"], 8)
         except ValueError as error:
             raise CommandError(str(error)) from error
-        asyncio.run(self._run(listen, unix_mode))
+        processes: int = options["processes"]
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
+        if processes > 1 and any(parse_listen(spec)[0] == "unix" for spec in listen):
+            raise CommandError("--processes > 1 needs TCP listen addresses (SO_REUSEPORT)")
+        if processes == 1:
+            # uvloop: the event loop's own work (transports, timers, callbacks) was half of
+            # a check's CPU time on the standard loop.
+            uvloop.run(self._run(listen, unix_mode, reuse_port=False))
+            return
+        self._run_processes(listen, unix_mode, processes)
 
-    async def _run(self, listen: list[str], unix_mode: int) -> None:
+    def _run_processes(self, listen: list[str], unix_mode: int, processes: int) -> None:
+        """Fork the servers (one event loop each, the kernel spreads connections between
+        them) and wait; SIGTERM and SIGINT are passed on, each child stops gracefully."""
+        children: list[int] = []
+        for _ in range(processes):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    uvloop.run(self._run(listen, unix_mode, reuse_port=True))
+                except BaseException:
+                    code = 1
+                    raise
+                finally:
+                    sys.stdout.flush()
+                    os._exit(code)
+            children.append(pid)
+
+        def forward(signum: int, _frame: Any) -> None:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        failed = False
+        for child in children:
+            _, status = os.waitpid(child, 0)
+            failed = failed or os.waitstatus_to_exitcode(status) != 0
+        if failed:
+            raise CommandError("a server process failed")
+
+    async def _run(self, listen: list[str], unix_mode: int, *, reuse_port: bool) -> None:
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smtp-policy-db")
@@ -58,7 +111,9 @@ class Command(BaseCommand):
             loop.add_signal_handler(signum, server.request_stop)
         try:
             for spec in listen:
-                self.stdout.write(f"listening on {await server.listen(spec)}")
+                self.stdout.write(
+                    f"listening on {await server.listen(spec, reuse_port=reuse_port)}"
+                )
             self.stdout.flush()
             await server.wait_stopped()
         finally:
