@@ -174,6 +174,10 @@ MAIL_DOMAINS: dict[str, str] = dict(
 PORTAL_URL = os.environ.get("PORTAL_URL", "")
 # How long the Apple profile with the new password inside can be downloaded (once).
 APPLE_PROFILE_PASSWORD_MINUTES = envint("APPLE_PROFILE_PASSWORD_MINUTES", 10)
+# Live mail-program passwords a mailbox may hold (one per device). Ten covers a phone, a
+# tablet, two computers and an old desktop with room to spare; beyond it, a list nobody
+# reviews is where a forgotten, leaked password hides. The first password counts too.
+APP_PASSWORDS_PER_MAILBOX = envint("APP_PASSWORDS_PER_MAILBOX", 10)
 
 # Outgoing mail (notices).
 EMAIL_BACKEND = os.environ.get(
