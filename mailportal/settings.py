@@ -292,7 +292,7 @@ AUTH_POLICY_IP_FAILURES = envint("AUTH_POLICY_IP_FAILURES", 30)
 AUTH_POLICY_FAILURE_WINDOW = envint("AUTH_POLICY_FAILURE_WINDOW", 900)
 # A network that logged in successfully within this many days is the owner's, exempt from locks.
 AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
-# Last use is written to the database at most this often per mailbox, protocol and network.
+# Last use is written to the database at most this often per password, protocol and network.
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
 # Seconds the cached database state lives; access changes invalidate it at once anyway.
 AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)
