@@ -12,6 +12,7 @@ urlpatterns = [
         views.revoke_app_password,
         name="revoke_app_password",
     ),
+    path("notices/<int:notice_id>/read/", views.mark_notice_read, name="mark_notice_read"),
     path(
         "mail-programs/apple-profile/",
         autoconfig_views.apple_profile,

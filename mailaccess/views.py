@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
-from mailaccess import actions, autoconfig, instructions
+from mailaccess import actions, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
 from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice
 
@@ -149,6 +149,7 @@ def _panel(
         "device_form": device_form or DevicePasswordForm(),
         "device_form_once": _issue_form_token(request),
         "app_password_cap": settings.APP_PASSWORDS_PER_MAILBOX,
+        "sending": sending_limits.sending_panel(mailbox),
     }
     return render(request, "mailaccess/mail_programs.html", context, status=status)
 
@@ -227,3 +228,13 @@ def program_instructions(request: HttpRequest, slug: str) -> HttpResponse:
         "programs": instructions.PROGRAMS,
     }
     return render(request, "mailaccess/program.html", context)
+
+
+@login_required
+@require_POST
+def mark_notice_read(request: HttpRequest, notice_id: int) -> HttpResponse:
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    if not actions.mark_notice_read(mailbox, notice_id):
+        raise Http404(_("No such notice."))
+    return redirect("mailaccess:mail_programs")

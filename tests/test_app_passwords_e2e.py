@@ -103,9 +103,7 @@ def test_each_device_has_its_own_password_scoped_revocable_and_with_its_last_use
     client = signed_in_client(mailbox)
 
     # Access on: the first password, for every protocol. Then one for the phone, IMAP only.
-    first_text = shown_password(
-        post_panel_form(client, reverse(PANEL), {"external_access": "on"})
-    )
+    first_text = shown_password(post_panel_form(client, reverse(PANEL), {"external_access": "on"}))
     phone_page = post_panel_form(
         client, reverse("mailaccess:add_app_password"), {"label": "iPhone", "protocols": ["imap"]}
     )

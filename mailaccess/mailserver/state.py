@@ -129,11 +129,11 @@ def load(login: str) -> MailboxState | None:
         language=row["language"],
         passwords=tuple(
             PasswordScope(
-                id=password["pk"],
-                key=password["lookup_key"][: passwords.POLICY_KEY_HEX],
-                protocols=frozenset(p for p in Protocol if password[f"allow_{p.value}"]),
+                id=password.pk,
+                key=password.lookup_key[: passwords.POLICY_KEY_HEX],
+                protocols=frozenset(p for p in Protocol if getattr(password, f"allow_{p.value}")),
             )
-            for password in live.order_by("pk").values(
+            for password in live.order_by("pk").only(
                 "pk", "lookup_key", "allow_imap", "allow_pop3", "allow_smtp"
             )
         ),

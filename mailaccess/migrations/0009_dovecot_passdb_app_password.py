@@ -61,6 +61,9 @@ def restore_view(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("mailaccess", "0007_dovecot_passdb_view")]
+    dependencies = [
+        ("mailaccess", "0007_dovecot_passdb_view"),
+        ("mailaccess", "0008_notice_unsent_index"),
+    ]
 
     operations = [migrations.RunPython(create_view, restore_view)]
