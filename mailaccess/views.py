@@ -128,9 +128,14 @@ def _panel(
         "form": form or AccessSwitchForm(initial={"external_access": access.enabled}),
         "new_password": new_password,
         "new_app_password": new_app_password,
-        # A one-time download of an Apple profile with this password inside.
+        # A one-time download of an Apple profile with this password inside: the profile sets
+        # up IMAP and SMTP, so only for a password allowed both.
         "apple_profile_token": autoconfig.stash_profile_password(mailbox, new_password)
         if new_password
+        and (
+            new_app_password is None
+            or (new_app_password.allow_imap and new_app_password.allow_smtp)
+        )
         else None,
         "apple_profile_minutes": autoconfig.profile_password_minutes(),
         "servers": instructions.server_table(mailbox),

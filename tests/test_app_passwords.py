@@ -443,3 +443,17 @@ def test_support_sees_each_devices_password_but_never_a_hash(
             assert password.lookup_key not in text
             assert password.lookup_key[: passwords.POLICY_KEY_HEX + 8] not in text
     assert "IMAP, SMTP" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_apple_profile_is_offered_only_for_a_password_that_may_read_and_send(
+    alice: Mailbox, alice_client: Client
+) -> None:
+    switch_on(alice)
+    profile = reverse("mailaccess:apple_profile_with_password")
+
+    both = add(alice_client, "iPhone", ["imap", "smtp"]).content.decode()
+    imap_only = add(alice_client, "iPad", ["imap"]).content.decode()
+
+    assert profile in both
+    assert profile not in imap_only
