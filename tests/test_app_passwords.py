@@ -443,6 +443,7 @@ def test_support_sees_each_devices_password_but_never_a_hash(
             assert password.lookup_key not in text
             assert password.lookup_key[: passwords.POLICY_KEY_HEX + 8] not in text
     assert "IMAP, SMTP" in page.content.decode()
+    assert "IMAP, SMTP" in listing.content.decode()
 
 
 @pytest.mark.django_db
