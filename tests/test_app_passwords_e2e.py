@@ -67,7 +67,9 @@ def shown_password(page: str) -> str:
 def last_use_in_panel(client: Client, app_password: AppPassword) -> str:
     page = client.get(reverse(PANEL)).content.decode()
     row = re.search(
-        rf'<tr id="app-password-{app_password.pk}">.*?<td class="last-use">(.*?)</td>', page, re.S
+        rf'<tr id="app-password-{app_password.pk}">.*?<td class="last-use"[^>]*>(.*?)</td>',
+        page,
+        re.S,
     )
     assert row, f"password {app_password.pk} is not listed"
     return html.unescape(re.sub(r"\s+", " ", row[1])).strip()
