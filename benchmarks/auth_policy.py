@@ -100,17 +100,23 @@ def serve_ceiling(port: int) -> None:
 
 def requests_for(mailbox: int, protocol: str) -> list[bytes]:
     body = {
-        "device_id": "",
         "login": f"bench{mailbox}@inbox.lv",
         "protocol": protocol,
         "pwhash": "5e1",
         "remote": f"10.{mailbox // 250}.{mailbox % 250}.1",
         "session_id": f"s{mailbox}",
         "tls": True,
+        # As deploy/dovecot/dovecot.conf sends them: the password's 16-bit key in every
+        # request, the matching password's id (from the passdb) after the check, and the
+        # program's IMAP ID.
+        "password_key": f"{mailbox % 65536:04x}",
+        "app_password": "",
+        "device_id": '"name" "Thunderbird" "version" "115.0"' if protocol == "imap" else "",
     }
-    report = {**body, "success": True, "policy_reject": False}
+    checked = {**body, "app_password": str(mailbox + 1)}
+    report = {**checked, "success": True, "policy_reject": False}
     out = []
-    for command, payload in (("allow", body), ("allow", body), ("report", report)):
+    for command, payload in (("allow", body), ("allow", checked), ("report", report)):
         data = json.dumps(payload).encode()
         out.append(
             b"POST /auth-policy?command=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: %s\r\n"

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, Count, F, OuterRef, QuerySet, Subquery, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext_lazy
 
 from accounts.models import Mailbox, Plan, Status
 from mailaccess import passwords
@@ -95,7 +97,17 @@ def _create_password(
     mailbox: Mailbox, *, label: str = "", protocols: set[str] | None = None
 ) -> tuple[AppPassword, str]:
     protocols = {p.value for p in Protocol} if protocols is None else protocols
+    # The auth policy tells a mailbox's live passwords apart by a short prefix of their
+    # lookup key (passwords.policy_key): draw again in the rare case it is taken.
+    taken = {
+        key[: passwords.POLICY_KEY_HEX]
+        for key in AppPassword.objects.live()
+        .filter(mailbox=mailbox)
+        .values_list("lookup_key", flat=True)
+    }
     text = passwords.generate()
+    while passwords.policy_key(text) in taken:
+        text = passwords.generate()
     app_password = AppPassword.objects.create(
         mailbox=mailbox,
         label=label,
@@ -141,6 +153,87 @@ def enable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> s
     )
     _access_changed(mailbox.pk)
     return text
+
+
+@transaction.atomic
+def create_app_password(
+    mailbox: Mailbox,
+    *,
+    label: str,
+    protocols: set[str],
+    actor: Actor,
+    ip: str | None = None,
+) -> tuple[AppPassword, str]:
+    """Another password while access is on (one per device); returns it and its text, shown once.
+
+    Up to ``APP_PASSWORDS_PER_MAILBOX`` live ones, the first included. Switching access off
+    or a block still ends them all.
+    """
+    access = _locked_access(mailbox)
+    if not access.enabled:
+        raise AccessError(
+            _("Switch external access on first: passwords work only while it is on."),
+            code="access_off",
+        )
+    label = label.strip()
+    if not label:
+        raise AccessError(_("Give the password a name, e.g. the device's."), code="label")
+    protocols = protocols & {p.value for p in Protocol}
+    if not protocols:
+        raise AccessError(_("Choose at least one protocol."), code="protocols")
+    cap = settings.APP_PASSWORDS_PER_MAILBOX
+    if AppPassword.objects.live().filter(mailbox=mailbox).count() >= cap:
+        raise AccessError(
+            ngettext_lazy(
+                "You already have %(cap)d mail-program password, the most a mailbox may have. "
+                "Revoke one you no longer use, then add the new one.",
+                "You already have %(cap)d mail-program passwords, the most a mailbox may have. "
+                "Revoke one you no longer use, then add the new one.",
+                "cap",
+            )
+            % {"cap": cap},
+            code="cap",
+        )
+    app_password, text = _create_password(mailbox, label=label, protocols=protocols)
+    _audit(
+        mailbox,
+        AuditAction.PASSWORD_CREATED,
+        actor,
+        ip=ip,
+        detail={
+            "app_password": app_password.pk,
+            "label": label,
+            "protocols": sorted(protocols),
+        },
+    )
+    _access_changed(mailbox.pk)
+    return app_password, text
+
+
+@transaction.atomic
+def revoke_app_password(
+    mailbox: Mailbox, app_password_id: int, *, actor: Actor, ip: str | None = None
+) -> bool:
+    """End one password; the mailbox's others keep working. False if it was not live."""
+    _locked_access(mailbox)
+    app_password = (
+        AppPassword.objects.live()
+        .filter(mailbox=mailbox, pk=app_password_id)
+        .only("pk", "label")
+        .first()
+    )
+    if app_password is None:
+        return False
+    AppPassword.objects.filter(pk=app_password.pk).update(revoked_at=timezone.now())
+    _audit(
+        mailbox,
+        AuditAction.PASSWORD_REVOKED,
+        actor,
+        ip=ip,
+        detail={"app_password": app_password.pk, "label": app_password.label},
+    )
+    _access_changed(mailbox.pk)
+    return True
 
 
 @transaction.atomic

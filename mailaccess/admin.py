@@ -82,7 +82,17 @@ class ExternalAccessAdmin(ReadOnlyAdmin):
 
 @admin.register(AppPassword)
 class AppPasswordAdmin(ReadOnlyAdmin):
-    list_display = ["mailbox", "label", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "mailbox",
+        "label",
+        "allowed_protocols",
+        "created_at",
+        "last_used_at",
+        "last_used_protocol",
+        "last_used_ip",
+        "last_used_client",
+        "revoked_at",
+    ]
     list_select_related = ["mailbox"]
     search_fields = ["mailbox__address"]
     search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
@@ -103,6 +113,10 @@ class AppPasswordAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).defer("password_hash", "lookup_key")
+
+    @admin.display(description=_("protocols"))
+    def allowed_protocols(self, app_password: AppPassword) -> str:
+        return ", ".join(app_password.protocols())
 
 
 @admin.register(Notice)

@@ -3,6 +3,8 @@ from typing import Any
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from mailaccess.models import Protocol
+
 
 class AccessSwitchForm(forms.Form):
     """The switch: a checkbox (sent as "on" when ticked, absent when not).
@@ -23,3 +25,27 @@ class AccessSwitchForm(forms.Form):
                 code="bad_value",
             )
         return cleaned
+
+
+class DevicePasswordForm(forms.Form):
+    """ "Add a password for another device": a name, and the protocols it may use."""
+
+    label = forms.CharField(
+        label=_("Device or program"),
+        max_length=64,
+        help_text=_("For example: iPhone, work laptop, Thunderbird at home."),
+    )
+    protocols = forms.MultipleChoiceField(
+        label=_("May be used for"),
+        choices=Protocol.choices,
+        initial=[protocol.value for protocol in Protocol],
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": _("Choose at least one protocol.")},
+    )
+
+    def clean_label(self) -> str:
+        # Shown in lists and the admin: one line of printable text.
+        label = " ".join(str(self.cleaned_data["label"]).split())
+        if not label.isprintable():
+            raise forms.ValidationError(_("Use letters, digits and spaces."), code="label")
+        return label

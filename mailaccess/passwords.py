@@ -64,3 +64,14 @@ def lookup_key(password: str) -> str:
     99-bit random password an unsalted SHA-256 reveals nothing that can be guessed back.
     """
     return hashlib.sha256(password.encode()).hexdigest()
+
+
+# Hex digits of the lookup key that Dovecot's auth policy sends before the password is checked
+# (``%0.4{sha256:password}`` in deploy/dovecot/dovecot.conf): see
+# mailaccess/mailserver/auth_policy.py for why so few, and why they must differ between the
+# live passwords of one mailbox.
+POLICY_KEY_HEX = 4
+
+
+def policy_key(password: str) -> str:
+    return lookup_key(password)[:POLICY_KEY_HEX]

@@ -6,6 +6,12 @@ app_name = "mailaccess"
 urlpatterns = [
     path("", views.settings_index, name="settings"),
     path("mail-programs/", views.mail_programs, name="mail_programs"),
+    path("mail-programs/passwords/", views.add_app_password, name="add_app_password"),
+    path(
+        "mail-programs/passwords/<int:pk>/revoke/",
+        views.revoke_app_password,
+        name="revoke_app_password",
+    ),
     path("notices/<int:notice_id>/read/", views.mark_notice_read, name="mark_notice_read"),
     path(
         "mail-programs/apple-profile/",

@@ -1,7 +1,11 @@
+import hmac
+import secrets
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -9,8 +13,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
 from mailaccess import actions, autoconfig, instructions, sending_limits
-from mailaccess.forms import AccessSwitchForm
-from mailaccess.models import Actor, ExternalAccess, Notice
+from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
+from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice
 
 
 def _access_of(mailbox: Mailbox) -> ExternalAccess:
@@ -29,6 +33,30 @@ def _client_ip(request: HttpRequest) -> str | None:
 @require_GET
 def settings_index(request: HttpRequest) -> HttpResponse:
     return render(request, "mailaccess/settings_index.html")
+
+
+# "Add a password" answers its POST with the secret, so reloading that page would post again
+# and make a second password. Each rendered form carries a one-time token kept in the session;
+# a reload brings back a spent one. A few are kept, so two open tabs both work.
+FORM_TOKENS_SESSION_KEY = "device_password_form_tokens"
+FORM_TOKENS_KEPT = 5
+
+
+def _issue_form_token(request: HttpRequest) -> str:
+    token = secrets.token_urlsafe(16)
+    tokens = [*request.session.get(FORM_TOKENS_SESSION_KEY, [])][-(FORM_TOKENS_KEPT - 1) :]
+    request.session[FORM_TOKENS_SESSION_KEY] = [*tokens, token]
+    return token
+
+
+def _spend_form_token(request: HttpRequest, token: str) -> bool:
+    tokens = list(request.session.get(FORM_TOKENS_SESSION_KEY, []))
+    for kept in tokens:
+        if token and hmac.compare_digest(kept, token):
+            tokens.remove(kept)
+            request.session[FORM_TOKENS_SESSION_KEY] = tokens
+            return True
+    return False
 
 
 def _switching_access_on(request: HttpRequest) -> bool:
@@ -74,25 +102,120 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         else:
             status = 400
 
+    return _panel(
+        request,
+        mailbox,
+        form=None if status == 200 else form,
+        new_password=new_password,
+        status=status,
+    )
+
+
+def _panel(
+    request: HttpRequest,
+    mailbox: Mailbox,
+    *,
+    form: AccessSwitchForm | None = None,
+    device_form: DevicePasswordForm | None = None,
+    new_password: str | None = None,
+    new_app_password: AppPassword | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The panel page, with a password to show once when one was just made."""
     access = _access_of(mailbox)
     context = {
         "access": access,
-        "form": AccessSwitchForm(initial={"external_access": access.enabled})
-        if status == 200
-        else form,
+        "form": form or AccessSwitchForm(initial={"external_access": access.enabled}),
         "new_password": new_password,
-        # A one-time download of an Apple profile with this password inside.
+        "new_app_password": new_app_password,
+        # A one-time download of an Apple profile with this password inside: the profile sets
+        # up IMAP and SMTP, so only for a password allowed both.
         "apple_profile_token": autoconfig.stash_profile_password(mailbox, new_password)
         if new_password
+        and (
+            new_app_password is None
+            or (new_app_password.allow_imap and new_app_password.allow_smtp)
+        )
         else None,
         "apple_profile_minutes": autoconfig.profile_password_minutes(),
         "servers": instructions.server_table(mailbox),
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),
         "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)[:5],
+        # Never the hashes: what is not loaded cannot be rendered.
+        "app_passwords": list(
+            AppPassword.objects.live()
+            .filter(mailbox=mailbox)
+            .defer("password_hash", "lookup_key")
+            .order_by("created_at", "pk")
+        )
+        if access.enabled
+        else [],
+        "device_form": device_form or DevicePasswordForm(),
+        "device_form_once": _issue_form_token(request),
+        "app_password_cap": settings.APP_PASSWORDS_PER_MAILBOX,
         "sending": sending_limits.sending_panel(mailbox),
     }
     return render(request, "mailaccess/mail_programs.html", context, status=status)
+
+
+@never_cache
+@login_required
+@require_POST
+@require_sudo_mode(cancel="mailaccess:mail_programs")
+def add_app_password(request: HttpRequest) -> HttpResponse:
+    """ "Add a password for another device": answered like switching on, with the password in
+    this very response (no redirect, no session, no-store), shown once."""
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    form = DevicePasswordForm(request.POST)
+    if not form.is_valid():
+        return _panel(request, mailbox, device_form=form, status=400)
+    if not _spend_form_token(request, request.POST.get("once", "")):
+        messages.info(
+            request,
+            _("This form was already sent: its password is in the list. Nothing new was made."),
+        )
+        return _panel(request, mailbox, status=409)
+    try:
+        app_password, text = actions.create_app_password(
+            mailbox,
+            label=form.cleaned_data["label"],
+            protocols=set(form.cleaned_data["protocols"]),
+            actor=Actor.user(mailbox),
+            ip=_client_ip(request),
+        )
+    except actions.AccessError as error:
+        form.add_error(None, str(error.message))
+        return _panel(request, mailbox, device_form=form, status=409)
+    return _panel(
+        request,
+        mailbox,
+        new_password=text,
+        new_app_password=app_password,
+    )
+
+
+@login_required
+@require_POST
+def revoke_app_password(request: HttpRequest, pk: int) -> HttpResponse:
+    """End one device's password. Another mailbox's password is not found (404)."""
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    app_password = get_object_or_404(
+        AppPassword.objects.only("pk", "label", "revoked_at"), pk=pk, mailbox=mailbox
+    )
+    if actions.revoke_app_password(
+        mailbox, app_password.pk, actor=Actor.user(mailbox), ip=_client_ip(request)
+    ):
+        messages.success(
+            request,
+            _("The password “%(label)s” no longer works; your other passwords still do.")
+            % {"label": app_password.label or _("Mail programs")},
+        )
+    else:
+        messages.info(request, _("That password had already stopped working."))
+    return redirect("mailaccess:mail_programs")
 
 
 @login_required

@@ -176,6 +176,10 @@ MAIL_DOMAINS: dict[str, str] = dict(
 PORTAL_URL = os.environ.get("PORTAL_URL", "http://127.0.0.1:8000" if DEBUG else "").rstrip("/")
 # How long the Apple profile with the new password inside can be downloaded (once).
 APPLE_PROFILE_PASSWORD_MINUTES = envint("APPLE_PROFILE_PASSWORD_MINUTES", 10)
+# Live mail-program passwords a mailbox may hold (one per device). Ten covers a phone, a
+# tablet, two computers and an old desktop with room to spare; beyond it, a list nobody
+# reviews is where a forgotten, leaked password hides. The first password counts too.
+APP_PASSWORDS_PER_MAILBOX = envint("APP_PASSWORDS_PER_MAILBOX", 10)
 
 # Outgoing mail (notices).
 EMAIL_BACKEND = os.environ.get(
@@ -290,7 +294,7 @@ AUTH_POLICY_IP_FAILURES = envint("AUTH_POLICY_IP_FAILURES", 30)
 AUTH_POLICY_FAILURE_WINDOW = envint("AUTH_POLICY_FAILURE_WINDOW", 900)
 # A network that logged in successfully within this many days is the owner's, exempt from locks.
 AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
-# Last use is written to the database at most this often per mailbox, protocol and network.
+# Last use is written to the database at most this often per password, protocol and network.
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
 # Seconds the cached database state lives; access changes invalidate it at once anyway.
 AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)

@@ -224,7 +224,13 @@ def test_it_gives_the_block_reason_in_the_mailboxs_language(bob: Mailbox) -> Non
     with translation.override("en"):
         english = str(BlockReason.FAULTY_PROGRAM.server_message)
     assert rows == [
-        {"user": "bob@mail.ee", "password": rows[0]["password"], "nologin": "y", "reason": english}
+        {
+            "user": "bob@mail.ee",
+            "password": rows[0]["password"],
+            "nologin": "y",
+            "reason": english,
+            "app_password": None,
+        }
     ]
 
 

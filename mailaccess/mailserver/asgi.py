@@ -68,11 +68,14 @@ ALLOWED = json.dumps({"status": 0, "msg": ""}).encode()
 def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> None:
     close_old_connections()
     assert request.protocol is not None
+    password = state.password_for(request)
     actions.record_use(
         state.mailbox_id,
         request.protocol,
         request.remote,
         when=datetime.fromtimestamp(when, UTC),
+        app_password_id=password.id if password else None,
+        client=request.client,
     )
 
 
@@ -247,7 +250,7 @@ class AuthPolicyApp:
         if isinstance(result, Miss) or result.state is None:
             # Unknown login, or invalidated twice meanwhile: one report less is harmless.
             return
-        # Last use is written at most once a minute per mailbox, protocol and network
+        # Last use is written at most once a minute per password, protocol and network
         # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
         # and an UPDATE per login would make PostgreSQL the bottleneck at thousands of
         # logins a second, for a figure the panel shows to the minute and expiry counts in

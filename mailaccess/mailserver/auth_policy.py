@@ -18,6 +18,29 @@ check, and IDLE, which keeps one connection open, costs nothing until it reconne
 paid from a token bucket per program: ``check_burst`` tokens, one more every
 ``check_interval`` seconds. SMTP logins are sendings, not checks: the SMTP policy daemon
 limits those.
+
+Which of a mailbox's passwords (one per device) a request is about. Dovecot is configured
+(deploy/dovecot/dovecot.conf, ``auth_policy_request_attributes``) to send two more attributes,
+and what arrives was checked against Dovecot 2.3.19:
+
+- ``app_password``, the passdb's extra field ``%{passdb:app_password}``: the id of the
+  password that matched. Empty in the first ``allow`` (the passdb has not run yet) and in the
+  ``report`` of a failed login; set in the second ``allow`` and the ``report`` of a success.
+  It names the password exactly and carries nothing derived from it: each use is recorded
+  against it (time, protocol, client IP, program).
+- ``password_key``, ``%0.4{sha256:password}``: the first 16 bits of the SHA-256 of whatever
+  password was sent, present in every request. Needed because a password scoped to IMAP must
+  be refused by SMTP AUTH *with a message*: the passdb view has no SMTP row for it (so it
+  stays shut even when this service is down), the check fails, and no second ``allow`` ever
+  comes; only the first ``allow`` can answer with a message, and the passdb has told it
+  nothing yet. The cached state holds the same 16 bits of each live password's lookup key,
+  which ``actions._create_password`` keeps distinct within a mailbox, so a match names one
+  password. Why 16 bits and not the whole hash: the request also carries what people mistype,
+  such as their web password, and an unsalted SHA-256 of that, in transit or in a log, could be
+  guessed back; 16 bits leave any guess 65,536-fold ambiguous. A wrong password that happens
+  to share the prefix of a password without this protocol (16 bits against each of at most
+  ``APP_PASSWORDS_PER_MAILBOX`` passwords) gets the scope message where it would have got
+  a plain failure: nothing is let in by it.
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -72,6 +96,34 @@ class PolicyRequest:
     session_id: str
     success: bool = False
     policy_reject: bool = False
+    app_password_id: int | None = None  # the password that matched (after the check only)
+    password_key: str = ""  # 16 bits of the sent password's SHA-256 (every request)
+    client: str = ""  # the program's name from its IMAP ID
+
+
+# IMAP ID parameters as Dovecot passes them on: "name" "Thunderbird" "version" "115.0".
+_ID_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(NIL)|([^\s()"]+)', re.IGNORECASE)
+CLIENT_MAX_LENGTH = 128
+
+
+def client_name(device_id: str) -> str:
+    """The program's name (and version) from IMAP ID parameters; "" when it gave none."""
+    values: list[str | None] = []
+    for quoted, nil, atom in _ID_TOKEN.findall(device_id[:1024]):
+        values.append(None if nil else re.sub(r"\\(.)", r"\1", quoted) if quoted else atom)
+    fields = {
+        str(key).lower(): value
+        for key, value in zip(values[::2], values[1::2], strict=False)
+        if key is not None and value
+    }
+    text = " ".join(part for part in (fields.get("name"), fields.get("version")) if part)
+    # Shown in the panel and the admin: printable characters on one line only.
+    text = "".join(char for char in text if char.isprintable())
+    return " ".join(text.split())[:CLIENT_MAX_LENGTH]
+
+
+def _id(value: str) -> int | None:
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 # What Dovecot always sends, decided without parsing a query string.
@@ -147,6 +199,9 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
         session_id=_text(data, "session_id")[:64],
         success=_flag(data, "success"),
         policy_reject=_flag(data, "policy_reject"),
+        app_password_id=_id(_text(data, "app_password").strip()),
+        password_key=_text(data, "password_key").strip().lower()[:16],
+        client=client_name(_text(data, "device_id")),
     )
 
 
@@ -186,6 +241,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PasswordScope:
+    """A live password as the policy knows it: its id, key prefix and allowed protocols."""
+
+    id: int
+    key: str
+    protocols: frozenset[Protocol]
+
+
+@dataclass(frozen=True)
 class MailboxState:
     """What the database says about a mailbox, as cached in Redis for the hot path."""
 
@@ -194,6 +258,18 @@ class MailboxState:
     block_reason: str
     plan: str
     language: str
+    passwords: tuple[PasswordScope, ...] = ()
+
+    def password_for(self, request: PolicyRequest) -> PasswordScope | None:
+        """The live password the request is about: by the passdb's id once the password was
+        checked, before that by the key prefix (see the module's docstring)."""
+        for password in self.passwords:
+            if request.app_password_id is not None:
+                if password.id == request.app_password_id:
+                    return password
+            elif request.password_key and password.key == request.password_key:
+                return password
+        return None
 
 
 @dataclass(frozen=True)
@@ -217,6 +293,7 @@ class Outcome(StrEnum):
     TOO_OFTEN = "too_often"
     DELAYED = "delayed"
     GUESSING = "guessing"
+    WRONG_PROTOCOL = "wrong_protocol"
 
 
 @dataclass(frozen=True)
@@ -225,6 +302,8 @@ class Verdict:
     status: int = 0
     retry_at: float | None = None  # unix time, for "come back after"
     block_reason: str = ""
+    protocol: str = ""  # WRONG_PROTOCOL: the protocol refused ...
+    allowed: tuple[str, ...] = ()  # ... and those the password may use
 
 
 def decide_allow(
@@ -250,6 +329,20 @@ def decide_allow(
             return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.mailbox_lock_seconds)
         if counters.ip_failures >= limits.ip_failures:
             return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.ip_lock_seconds)
+    password = state.password_for(request)
+    if (
+        password is not None
+        and request.protocol is not None
+        and request.protocol not in password.protocols
+    ):
+        # The passdb has no row for it either; this only says why (SMTP AUTH can learn it no
+        # other way). See the module's docstring for when the password is known here.
+        return Verdict(
+            Outcome.WRONG_PROTOCOL,
+            -1,
+            protocol=request.protocol.label,
+            allowed=tuple(p.label for p in Protocol if p in password.protocols),
+        )
     checking = request.protocol in CHECKING_PROTOCOLS and not counters.check_open
     if checking and counters.check_tokens < 1:
         wait = (1 - counters.check_tokens) * limits.check_interval
@@ -284,6 +377,11 @@ def verdict_message(verdict: Verdict, language: str, limits: Limits) -> str:
                 "Try again after %(time)s.",
                 minutes,
             ) % {"minutes": minutes, "time": _clock_time(verdict.retry_at)}
+        if verdict.outcome == Outcome.WRONG_PROTOCOL:
+            return gettext(
+                "This password is not for %(protocol)s, only for %(allowed)s. Add a password "
+                "that allows %(protocol)s in Settings."
+            ) % {"protocol": verdict.protocol, "allowed": ", ".join(verdict.allowed)}
         if verdict.outcome == Outcome.GUESSING and verdict.retry_at is not None:
             return gettext("Too many failed logins. Try again after %(time)s.") % {
                 "time": _clock_time(verdict.retry_at)

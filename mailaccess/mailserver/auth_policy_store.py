@@ -11,7 +11,8 @@ Keys of a mailbox (``mp:{address}:...``):
 - ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
 - ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``), by when;
 - ``nets``: networks that logged in successfully, by last time (the owner's usual places);
-- ``used:<protocol>:<network>``: when the last use was written to the database.
+- ``used:<protocol>:<network>:<password>``: when the last use of that password was written to
+  the database (per password: a phone and a laptop behind one home router are two devices).
 And ``mp:{net:<network>}:fails``: the distinct (login, wrong password) pairs from a network.
 
 Times come from the caller (seconds since the epoch): the policy processes' clocks are kept
@@ -229,7 +230,10 @@ class PolicyStore:
             mailbox_key("fails", login),
             mailbox_key("nets", login),
             mailbox_key("conns", login),
-            mailbox_key(f"used:{protocol}:{network}", login),
+            mailbox_key(
+                f"used:{protocol}:{network}:{request.app_password_id or request.password_key}",
+                login,
+            ),
         ]
         args = [
             mode,

@@ -1,11 +1,11 @@
 """The database's view of a mailbox, cached in Redis so a policy decision needs no SQL.
 
 The cache holds what a decision needs (mailbox id, access on/off, block reason, plan,
-language) as a hash under the mailbox's hash tag, read by the decision's Lua script in the same
-round trip as the counters. The access actions invalidate it after commit
-(``MailaccessConfig.ready`` registers ``invalidate``), so a switch-off is obeyed at once, not
-after a TTL; the TTL only bounds what no action announces (a deleted mailbox, a changed
-language).
+language, and each live password's id, key prefix and protocols) as a hash under the
+mailbox's hash tag, read by the decision's Lua script in the same round trip as the counters.
+The access actions invalidate it after commit (``MailaccessConfig.ready`` registers
+``invalidate``), so a switch-off is obeyed at once, not after a TTL; the TTL only bounds what
+no action announces (a deleted mailbox, a changed language).
 
 A reader that misses loads the row and writes it back only if no invalidation came in between:
 each invalidation bumps a generation counter, and the write compares it (``STORE_SCRIPT``).
@@ -22,8 +22,10 @@ import redis
 from django.db import close_old_connections
 
 from accounts.models import Mailbox, normalize_address
-from mailaccess.mailserver.auth_policy import MailboxState
+from mailaccess import passwords
+from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
+from mailaccess.models import AppPassword, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,31 @@ def encode(state: MailboxState | None) -> list[str]:
         state.plan,
         "lang",
         state.language,
+        *[
+            field
+            for password in state.passwords
+            for field in (
+                f"pw:{password.id}",
+                f"{password.key}:{','.join(sorted(p.value for p in password.protocols))}",
+            )
+        ],
     ]
+
+
+def _decode_passwords(values: dict[str, str]) -> tuple[PasswordScope, ...]:
+    scopes = []
+    for name, value in values.items():
+        if not name.startswith("pw:"):
+            continue
+        key, _sep, protocols = value.partition(":")
+        scopes.append(
+            PasswordScope(
+                id=int(name[3:]),
+                key=key,
+                protocols=frozenset(Protocol(p) for p in protocols.split(",") if p),
+            )
+        )
+    return tuple(sorted(scopes, key=lambda scope: scope.id))
 
 
 def decode(fields: list[str]) -> MailboxState | None:
@@ -86,6 +112,7 @@ def _decode(fields: tuple[str, ...]) -> MailboxState | None:
         block_reason=values.get("block", ""),
         plan=values.get("plan", ""),
         language=values.get("lang", ""),
+        passwords=_decode_passwords(values),
     )
 
 
@@ -101,12 +128,23 @@ def load(login: str) -> MailboxState | None:
     )
     if row is None:
         return None
+    live = AppPassword.objects.live().filter(mailbox_id=row["pk"])
     return MailboxState(
         mailbox_id=row["pk"],
         enabled=bool(row["external_access__enabled"]),
         block_reason=row["external_access__block_reason"] or "",
         plan=row["plan"],
         language=row["language"],
+        passwords=tuple(
+            PasswordScope(
+                id=password.pk,
+                key=password.lookup_key[: passwords.POLICY_KEY_HEX],
+                protocols=frozenset(p for p in Protocol if getattr(password, f"allow_{p.value}")),
+            )
+            for password in live.order_by("pk").only(
+                "pk", "lookup_key", "allow_imap", "allow_pop3", "allow_smtp"
+            )
+        ),
     )
 
 
