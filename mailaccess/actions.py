@@ -9,6 +9,7 @@ only once the transaction has committed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,10 @@ from mailaccess.models import (
     NoticeKind,
     Protocol,
 )
+from mailportal import metrics
+from mailportal.logging import Event
+
+logger = logging.getLogger("mailaccess.actions")
 
 # Functions called after commit with a mailbox id whenever its access state changes (the
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
@@ -62,6 +67,10 @@ def _audit(
     ip: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
+    fields: dict[str, Any] = {"mailbox": mailbox.address, "actor": f"{actor.kind}:{actor.label}"}
+    fields.update({"reason": reason or None, "ip": ip, **(detail or {})})
+    # The log line, like the mail and the notices, only for what was committed.
+    transaction.on_commit(lambda: logger.info(Event(f"access.{action}", fields)))
     return AuditEvent.objects.create(
         mailbox=mailbox,
         address=mailbox.address,
@@ -192,6 +201,7 @@ def block_access(
     )
     _access_changed(mailbox.pk)
     _notice_created(notice.pk)
+    transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc())
     return notice
 
 

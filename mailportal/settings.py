@@ -59,6 +59,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics answer before the HTTPS redirect and the host check.
+    "mailportal.health.health_middleware",
     "django.middleware.security.SecurityMiddleware",
     "mailportal.middleware.content_security_policy_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -236,11 +238,12 @@ OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Inbox")
 # Support staff may remove a lost authenticator in the admin, but never see its key or QR code.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
+# One key=value line per decision or action, never a secret (mailportal/logging.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"kv": {"()": "mailportal.logging.KeyValueFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -292,3 +295,9 @@ AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
 # Seconds the cached database state lives; access changes invalidate it at once anyway.
 AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)
+
+# Operations (mailportal/health.py, mailportal/metrics.py). Readiness gives each of PostgreSQL
+# and Redis this many seconds: a load balancer's probe must finish well inside its interval.
+HEALTH_CHECK_TIMEOUT = float(os.environ.get("HEALTH_CHECK_TIMEOUT", "1.0"))
+# Prometheus sends it as "Authorization: Bearer <token>" to every /metrics; empty: no scraping.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

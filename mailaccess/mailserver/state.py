@@ -23,6 +23,8 @@ from django.db import close_old_connections
 from accounts.models import Mailbox, normalize_address
 from mailaccess.mailserver.auth_policy import MailboxState
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
+from mailportal import metrics
+from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -123,5 +125,12 @@ def invalidate(mailbox_id: int) -> None:
         return
     try:
         invalidate_address(address)
-    except redis.RedisError:
-        logger.warning("auth-policy cache not invalidated for mailbox %s", mailbox_id)
+    except redis.RedisError as error:
+        metrics.REDIS_ERRORS.labels(service="invalidation").inc()
+        log_event(
+            logger,
+            "auth_policy.cache_not_invalidated",
+            logging.WARNING,
+            mailbox=address,
+            error=type(error).__name__,
+        )
