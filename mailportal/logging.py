@@ -32,10 +32,10 @@ _BARE = re.compile(r"[A-Za-z0-9_.@:/+\-*\[\]]+")
 
 
 def short_id(value: str | None, keep: int = 6) -> str:
-    """Enough of a session id to match lines of one login, never enough to reuse it."""
+    """Enough of a session id to find its lines in Dovecot's log, never enough to reuse it."""
     if not value:
         return ""
-    return value[:keep] + "…" if len(value) > keep else value
+    return value[:keep]
 
 
 def format_value(value: Any) -> str:
