@@ -9,7 +9,8 @@ adds them up, whichever worker answers the scrape. Without it (``make run``, the
 process's own registry is served.
 
 Label values are closed sets (protocols, outcomes, reasons, job names), never a mailbox or an
-address: one series per mailbox would swamp Prometheus.
+address: one series per mailbox would swamp Prometheus. The jobs' label is ``job_name``:
+Prometheus keeps ``job`` for the scrape job and would rename ours.
 """
 
 from __future__ import annotations
@@ -68,23 +69,23 @@ NOTICES_SENT = Counter(
 JOB_RUNS = Counter(
     "mailportal_job_runs_total",
     "Runs of the scheduled jobs, by job and outcome (ok, failed).",
-    ["job", "outcome"],
+    ["job_name", "outcome"],
 )
 JOB_ROWS = Counter(
     "mailportal_job_rows_total",
     "Rows (mailboxes, notices, audit rows) the scheduled jobs changed.",
-    ["job"],
+    ["job_name"],
 )
 JOB_SECONDS = Histogram(
     "mailportal_job_duration_seconds",
     "Wall time of one run of a scheduled job.",
-    ["job"],
+    ["job_name"],
     buckets=_JOB_BUCKETS,
 )
 JOB_LAST_SUCCESS = Gauge(
     "mailportal_job_last_success_timestamp_seconds",
     "When each job last finished without error (Unix time): alert when it grows old.",
-    ["job"],
+    ["job_name"],
     multiprocess_mode="max",
 )
 REDIS_ERRORS = Counter(
