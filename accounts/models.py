@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -83,6 +84,11 @@ class Mailbox(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(_("support staff"), default=False)
     is_active = models.BooleanField(_("may sign in"), default=True)
     date_joined = models.DateTimeField(_("created"), default=timezone.now)
+    # Set when the mailbox moves to Inbox Mail+: until then the free sending limits still
+    # apply (lifting them can take up to two working days); cleared when they are lifted.
+    sending_limits_lift_at = models.DateTimeField(
+        _("sending limits lifted by"), null=True, blank=True
+    )
 
     objects = MailboxManager()
 
@@ -126,6 +132,13 @@ class Mailbox(AbstractBaseUser, PermissionsMixin):
     @property
     def is_free_plan(self) -> bool:
         return self.plan == Plan.FREE
+
+    def sending_plan(self, now: datetime) -> Plan:
+        """The plan whose SMTP sending limits apply now: the free one until an upgrade's
+        limits are lifted (the daemon honours the date even if the lifting job runs late)."""
+        if self.sending_limits_lift_at is not None and self.sending_limits_lift_at > now:
+            return Plan.FREE
+        return Plan(self.plan)
 
 
 class RecoveryCodeQuerySet(models.QuerySet["RecoveryCode"]):

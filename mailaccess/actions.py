@@ -10,17 +10,19 @@ only once the transaction has committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Case, Count, F, OuterRef, QuerySet, Subquery, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Mailbox, Plan, Status
 from mailaccess import passwords
 from mailaccess.models import (
+    IDLE_EXPIRY,
     Actor,
     AppPassword,
     AuditAction,
@@ -31,6 +33,7 @@ from mailaccess.models import (
     NoticeKind,
     Protocol,
 )
+from mailaccess.sending_limits import limits_lift_at
 from mailportal import metrics
 from mailportal.logging import Event
 
@@ -40,8 +43,9 @@ logger = logging.getLogger("mailaccess.actions")
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
 # of the dependency graph.
 access_changed_hooks: list[Callable[[int], None]] = []
-# Called after commit with a Notice id when a notice is created (the notices mailer).
-notice_created_hooks: list[Callable[[int], None]] = []
+# Called after commit with the ids of the notices one transaction created (the notices
+# mailer): a list, so a job's batch of a thousand blocks queues a few tasks, not a thousand.
+notice_created_hooks: list[Callable[[list[int]], None]] = []
 
 
 class AccessError(Exception):
@@ -200,15 +204,15 @@ def block_access(
         mailbox=mailbox, kind=NoticeKind.BLOCKED, reason=reason, key=f"block:{event.pk}"
     )
     _access_changed(mailbox.pk)
-    _notice_created(notice.pk)
+    _notices_created([notice.pk])
     transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc())
     return notice
 
 
-def _notice_created(notice_id: int) -> None:
+def _notices_created(notice_ids: list[int]) -> None:
     def run() -> None:
         for hook in notice_created_hooks:
-            hook(notice_id)
+            hook(notice_ids)
 
     transaction.on_commit(run)
 
@@ -266,9 +270,15 @@ def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
         return False
     previous = locked.plan
     locked.plan = plan
-    locked.save(update_fields=["plan"])
-    mailbox.plan = plan
-    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail={"from": previous, "to": plan})
+    # Free limits stay until the upgrade's lifting date; a downgrade applies them at once.
+    lift_at = limits_lift_at(timezone.now()) if plan == Plan.PLUS else None
+    locked.sending_limits_lift_at = lift_at
+    locked.save(update_fields=["plan", "sending_limits_lift_at"])
+    mailbox.plan, mailbox.sending_limits_lift_at = plan, lift_at
+    detail = {"from": previous, "to": plan}
+    if lift_at is not None:
+        detail["sending_limits_lift_at"] = lift_at.isoformat()
+    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail=detail)
     _access_changed(mailbox.pk)
     return True
 
@@ -311,3 +321,237 @@ def record_use(
         AppPassword.objects.filter(pk=app_password_id, mailbox_id=mailbox_id).update(
             last_used_at=when, last_used_protocol=protocol, last_used_ip=ip, last_used_client=client
         )
+
+
+# Bulk variants for the jobs. Each takes a bounded page of rows as a QuerySet (the caller
+# slices it), locks them, and changes them all in a constant number of queries: one SELECT
+# ... FOR UPDATE, one UPDATE per table and one INSERT per kind of row, however big the page.
+# With ``skip_locked`` rows another transaction is changing right now are left out (a job's
+# next run finds them again if they still qualify) instead of waiting for them.
+
+
+def _access_changed_many(mailbox_ids: Sequence[int]) -> None:
+    def run() -> None:
+        for hook in access_changed_hooks:
+            for mailbox_id in mailbox_ids:
+                hook(mailbox_id)
+
+    transaction.on_commit(run)
+
+
+def _locked_with_address(
+    accesses: QuerySet[ExternalAccess], skip_locked: bool, *fields: str
+) -> QuerySet[ExternalAccess, tuple[Any, ...]]:
+    """Lock a page of access rows and read each mailbox's address with them.
+
+    The address comes from a subquery, not a join: joined, PostgreSQL merge-scans the mailbox
+    table from its first row for every page, and a job over a million mailboxes slows down
+    page by page.
+    """
+    return (
+        accesses.select_for_update(skip_locked=skip_locked, of=("self",))
+        .annotate(
+            address=Subquery(Mailbox.objects.filter(pk=OuterRef("mailbox_id")).values("address"))
+        )
+        .values_list("mailbox_id", "address", *fields)
+    )
+
+
+def _system_audits(
+    rows: Sequence[tuple[int, str]],
+    action: str,
+    actor: Actor,
+    now: datetime,
+    *,
+    reason: str = "",
+    details: Sequence[dict[str, Any]],
+) -> list[AuditEvent]:
+    def log() -> None:
+        for (_mailbox_id, address), detail in zip(rows, details, strict=True):
+            fields = {"mailbox": address, "actor": f"{actor.kind}:{actor.label}"}
+            logger.info(Event(f"access.{action}", {**fields, "reason": reason or None, **detail}))
+
+    # One line per mailbox, as for a single action: support looks a mailbox up by its address.
+    transaction.on_commit(log)
+    return AuditEvent.objects.bulk_create(
+        AuditEvent(
+            mailbox_id=mailbox_id,
+            address=address,
+            action=action,
+            reason=reason,
+            actor_kind=actor.kind,
+            actor=actor.mailbox,
+            actor_label=actor.label,
+            detail=detail,
+            created_at=now,
+        )
+        for (mailbox_id, address), detail in zip(rows, details, strict=True)
+    )
+
+
+@transaction.atomic
+def block_access_many(
+    accesses: QuerySet[ExternalAccess],
+    reason: BlockReason,
+    *,
+    actor: Actor,
+    skip_locked: bool = False,
+) -> list[int]:
+    """``block_access`` for every row of a page: the same audit rows and one notice per block.
+
+    Returns the ids of the mailboxes blocked; rows already blocked for this reason stay as
+    they are.
+    """
+    rows = [
+        (mailbox_id, address)
+        for mailbox_id, address, enabled, block_reason in _locked_with_address(
+            accesses, skip_locked, "enabled", "block_reason"
+        )
+        if enabled or block_reason != reason
+    ]
+    if not rows:
+        return []
+    ids = [mailbox_id for mailbox_id, _address in rows]
+    now = timezone.now()
+    live = AppPassword.objects.live().filter(mailbox_id__in=ids)
+    revoked = dict(live.order_by().values_list("mailbox_id").annotate(count=Count("pk")))
+    live.update(revoked_at=now)
+    ExternalAccess.objects.filter(pk__in=ids).update(
+        enabled=False,
+        block_reason=reason,
+        blocked_at=now,
+        disabled_at=Case(When(enabled=True, then=Value(now)), default=F("disabled_at")),
+        **({"requires_password_change": True} if reason == BlockReason.COMPROMISED else {}),
+    )
+    events = _system_audits(
+        rows,
+        AuditAction.ACCESS_BLOCKED,
+        actor,
+        now,
+        reason=reason,
+        details=[{"revoked": revoked.get(mailbox_id, 0)} for mailbox_id in ids],
+    )
+    notices = Notice.objects.bulk_create(
+        Notice(
+            mailbox_id=mailbox_id,
+            kind=NoticeKind.BLOCKED,
+            reason=reason,
+            key=f"block:{event.pk}",
+            created_at=now,
+        )
+        for mailbox_id, event in zip(ids, events, strict=True)
+    )
+    _access_changed_many(ids)
+    _notices_created([notice.pk for notice in notices])
+    transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc(len(ids)))
+    return ids
+
+
+@transaction.atomic
+def warn_expiry_many(
+    accesses: QuerySet[ExternalAccess], *, actor: Actor, skip_locked: bool = False
+) -> list[int]:
+    """Tell each owner that their idle access is about to expire: once per idle stretch.
+
+    The notice key names the last activity it warns about, so the same stretch can never be
+    warned about twice even if ``expiry_warned_at`` were lost.
+    """
+    rows = [
+        (mailbox_id, address, last)
+        for mailbox_id, address, last in _locked_with_address(
+            accesses, skip_locked, "last_activity_at"
+        )
+        if last is not None
+    ]
+    if not rows:
+        return []
+    ids = [mailbox_id for mailbox_id, _address, _last in rows]
+    now = timezone.now()
+    ExternalAccess.objects.filter(pk__in=ids).update(expiry_warned_at=now)
+    _system_audits(
+        [(mailbox_id, address) for mailbox_id, address, _last in rows],
+        AuditAction.EXPIRY_WARNED,
+        actor,
+        now,
+        details=[{"expires_at": (last + IDLE_EXPIRY).isoformat()} for _id, _address, last in rows],
+    )
+    notices = Notice.objects.bulk_create(
+        Notice(
+            mailbox_id=mailbox_id,
+            kind=NoticeKind.EXPIRY_WARNING,
+            key=f"expiry:{mailbox_id}:{last.timestamp():.6f}",
+            created_at=now,
+        )
+        for mailbox_id, _address, last in rows
+    )
+    _notices_created([notice.pk for notice in notices])
+    return ids
+
+
+@transaction.atomic
+def mark_inactive_many(
+    mailboxes: QuerySet[Mailbox], *, actor: Actor, skip_locked: bool = False
+) -> list[int]:
+    """``change_status`` to inactive for every active mailbox of a page."""
+    rows = [
+        (mailbox_id, address)
+        for mailbox_id, address, status in mailboxes.select_for_update(
+            skip_locked=skip_locked, of=("self",)
+        ).values_list("pk", "address", "status")
+        if status == Status.ACTIVE
+    ]
+    if not rows:
+        return []
+    ids = [mailbox_id for mailbox_id, _address in rows]
+    now = timezone.now()
+    Mailbox.objects.filter(pk__in=ids).update(status=Status.INACTIVE, status_changed_at=now)
+    _system_audits(
+        rows,
+        AuditAction.STATUS_CHANGED,
+        actor,
+        now,
+        details=[{"to": Status.INACTIVE.value}] * len(rows),
+    )
+    _access_changed_many(ids)
+    return ids
+
+
+@transaction.atomic
+def deliver_notice(notice_id: int, send: Callable[[Notice], object]) -> bool:
+    """Hand a notice to ``send`` (the mailer) unless it was e-mailed already.
+
+    The guard is in the database: the conditional UPDATE claims the notice and holds its row
+    lock while ``send`` runs, so a retried or redelivered task, or two workers at once, find
+    ``emailed_at`` set (the second waits for the first to commit) and send nothing. If
+    ``send`` raises, the claim rolls back and a retry may send it. The one window left is a
+    crash between the mail server accepting the message and this commit.
+    """
+    claimed = Notice.objects.filter(pk=notice_id, emailed_at__isnull=True).update(
+        emailed_at=timezone.now()
+    )
+    if not claimed:
+        return False
+    notice = Notice.objects.select_related("mailbox__external_access").get(pk=notice_id)
+    send(notice)
+
+    def sent() -> None:
+        metrics.NOTICES_SENT.labels(kind=notice.kind).inc()
+        logger.info(
+            Event(
+                "notice.sent",
+                {"mailbox": notice.mailbox.address, "kind": notice.kind, "reason": notice.reason},
+            )
+        )
+
+    transaction.on_commit(sent)
+    return True
+
+
+def mark_notice_read(mailbox: Mailbox, notice_id: int) -> bool:
+    """The owner dismissed a notice in the panel. False if it is not one of theirs.
+
+    Not audited: reading a notice changes no access.
+    """
+    notices = Notice.objects.filter(pk=notice_id, mailbox=mailbox)
+    notices.filter(read_at__isnull=True).update(read_at=timezone.now())
+    return notices.exists()

@@ -9,7 +9,7 @@ class MailaccessConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from mailaccess import actions, passdb
+        from mailaccess import actions, notices, passdb
         from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
@@ -18,3 +18,6 @@ class MailaccessConfig(AppConfig):
         # The auth policy's cached state must follow every access change at once.
         if state.invalidate not in actions.access_changed_hooks:
             actions.access_changed_hooks.append(state.invalidate)
+
+        if notices.queue not in actions.notice_created_hooks:
+            actions.notice_created_hooks.append(notices.queue)

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from dateutil.relativedelta import relativedelta
 from django.db import models
 from django.utils import timezone
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Mailbox, Plan
+from accounts.models import Mailbox, Plan, Status
 
 
 class Protocol(models.TextChoices):
@@ -139,6 +141,37 @@ class Actor:
         return cls(ActorKind.SYSTEM, None, label)
 
 
+# Access nobody used for two months is switched off (the provider's rule), counted from the
+# last successful use or from switching on; the owner is warned a week before.
+IDLE_EXPIRY = relativedelta(months=2)
+EXPIRY_WARNING_BEFORE = timedelta(days=7)
+
+
+class ExternalAccessQuerySet(models.QuerySet["ExternalAccess"]):
+    def of_inactive_mailboxes(self) -> ExternalAccessQuerySet:
+        return self.filter(enabled=True, mailbox__status=Status.INACTIVE)
+
+    def idle_at(self, now: datetime) -> ExternalAccessQuerySet:
+        """Access on and unused for two months: due to be blocked as idle."""
+        return self.filter(enabled=True, last_activity_at__lte=now - IDLE_EXPIRY)
+
+    def due_expiry_warning(self, now: datetime) -> ExternalAccessQuerySet:
+        """Access that expires within a week and whose owner was not warned since its last use.
+
+        A use after a warning moves ``last_activity_at`` past ``expiry_warned_at``, so the next
+        idle stretch earns its own warning.
+        """
+        expiry_cutoff = now - IDLE_EXPIRY
+        return self.filter(
+            enabled=True,
+            last_activity_at__lte=expiry_cutoff + EXPIRY_WARNING_BEFORE,
+            last_activity_at__gt=expiry_cutoff,
+        ).filter(
+            models.Q(expiry_warned_at__isnull=True)
+            | models.Q(expiry_warned_at__lt=models.F("last_activity_at"))
+        )
+
+
 class ExternalAccess(models.Model):
     """The state of the switch "Atļaut ārējo POP3\\IMAP un SMTP pieeju" for one mailbox.
 
@@ -171,6 +204,8 @@ class ExternalAccess(models.Model):
     last_activity_at = models.DateTimeField(_("last activity"), null=True, blank=True)
     expiry_warned_at = models.DateTimeField(_("expiry warning sent"), null=True, blank=True)
 
+    objects = ExternalAccessQuerySet.as_manager()
+
     class Meta:
         verbose_name = _("external access")
         verbose_name_plural = _("external access")
@@ -199,6 +234,13 @@ class ExternalAccess(models.Model):
     @property
     def block(self) -> BlockReason | None:
         return BlockReason(self.block_reason) if self.block_reason else None
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the idle-expiry job switches this access off unless a mail program uses it."""
+        if not self.enabled or self.last_activity_at is None:
+            return None
+        return self.last_activity_at + IDLE_EXPIRY
 
     def last_uses(self) -> list[dict[str, Any]]:
         """The last use of each protocol, most recent first, for the panel."""
@@ -382,6 +424,12 @@ class Notice(models.Model):
             ),
             # The support dashboard counts notices of the last days.
             models.Index(fields=["created_at"], name="notice_created_idx"),
+            # The sweep that re-sends notices whose e-mail has not gone out yet.
+            models.Index(
+                fields=["created_at"],
+                name="notice_unsent_idx",
+                condition=models.Q(emailed_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ app_name = "mailaccess"
 urlpatterns = [
     path("", views.settings_index, name="settings"),
     path("mail-programs/", views.mail_programs, name="mail_programs"),
+    path("notices/<int:notice_id>/read/", views.mark_notice_read, name="mark_notice_read"),
     path(
         "mail-programs/apple-profile/",
         autoconfig_views.apple_profile,

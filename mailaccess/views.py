@@ -4,11 +4,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
-from mailaccess import actions, autoconfig, instructions
+from mailaccess import actions, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm
 from mailaccess.models import Actor, ExternalAccess, Notice
 
@@ -90,6 +90,7 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),
         "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)[:5],
+        "sending": sending_limits.sending_panel(mailbox),
     }
     return render(request, "mailaccess/mail_programs.html", context, status=status)
 
@@ -109,3 +110,13 @@ def program_instructions(request: HttpRequest, slug: str) -> HttpResponse:
         "programs": instructions.PROGRAMS,
     }
     return render(request, "mailaccess/program.html", context)
+
+
+@login_required
+@require_POST
+def mark_notice_read(request: HttpRequest, notice_id: int) -> HttpResponse:
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    if not actions.mark_notice_read(mailbox, notice_id):
+        raise Http404(_("No such notice."))
+    return redirect("mailaccess:mail_programs")

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -172,8 +173,9 @@ MAIL_DOMAINS: dict[str, str] = dict(
 )
 
 # The settings panel's own address, e.g. https://settings.inbox.lv: links in documents that
-# mail programs fetch from other hosts (autoconfig.<domain>) point there. Empty: the host asked.
-PORTAL_URL = os.environ.get("PORTAL_URL", "")
+# mail programs fetch from other hosts (autoconfig.<domain>) and the links in e-mailed notices
+# point there. Production must set it; `make run` serves on 127.0.0.1:8000.
+PORTAL_URL = os.environ.get("PORTAL_URL", "http://127.0.0.1:8000" if DEBUG else "").rstrip("/")
 # How long the Apple profile with the new password inside can be downloaded (once).
 APPLE_PROFILE_PASSWORD_MINUTES = envint("APPLE_PROFILE_PASSWORD_MINUTES", 10)
 
@@ -295,6 +297,85 @@ AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
 # Seconds the cached database state lives; access changes invalidate it at once anyway.
 AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)
+
+# The SMTP policy daemon (`manage.py smtp_policy_server`, see deploy/postfix-policy.md).
+# Where it listens: host:port or unix:/path, comma separated.
+SMTP_POLICY_LISTEN = envlist("SMTP_POLICY_LISTEN", "127.0.0.1:10040")
+# Redis (or the database) unreachable: "dunno" lets mail through, "defer" answers 4xx.
+SMTP_POLICY_ON_REDIS_ERROR = os.environ.get("SMTP_POLICY_ON_REDIS_ERROR", "dunno")
+if SMTP_POLICY_ON_REDIS_ERROR not in {"dunno", "defer"}:
+    raise ImproperlyConfigured("SMTP_POLICY_ON_REDIS_ERROR must be 'dunno' or 'defer'.")
+# Seconds for one answer; keep it below Postfix's smtpd_policy_service_timeout.
+SMTP_POLICY_REQUEST_TIMEOUT = float(os.environ.get("SMTP_POLICY_REQUEST_TIMEOUT", "2"))
+# Longer than Postfix's smtpd_policy_service_max_idle (300 s): Postfix closes first.
+SMTP_POLICY_IDLE_TIMEOUT = float(os.environ.get("SMTP_POLICY_IDLE_TIMEOUT", "600"))
+# How long the daemon trusts its copy of a mailbox's plan and of the plans' limits.
+SMTP_POLICY_CACHE_SECONDS = float(os.environ.get("SMTP_POLICY_CACHE_SECONDS", "60"))
+# Bounces within an hour that mark a mailbox which sent through SMTP as compromised.
+SMTP_POLICY_BOUNCE_LIMIT = envint("SMTP_POLICY_BOUNCE_LIMIT", 30)
+# The n-th hourly-limit block within 24 hours blocks as compromised instead.
+SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED = envint(
+    "SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED", 3
+)
+
+# Celery: Redis is the broker (REDIS_URL, or CELERY_BROKER_URL to keep it apart). Without a
+# broker (the embedded default of `make run`) tasks run eagerly in the process that queues them:
+# a block notice is e-mailed synchronously once the block commits, and the periodic jobs run
+# through `manage.py run_job` instead of beat. Nothing then needs a worker.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not CELERY_BROKER_URL)
+# A task is acknowledged only once done, and requeued when its worker dies: every task is
+# idempotent, so running one twice is safe, and losing one is not.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis redelivers a task not acknowledged within this many seconds: longer than any job runs.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = TIME_ZONE
+# Exactly one `celery -A mailportal beat` runs; several workers share the queue. Each job
+# is hourly or daily and works in bounded batches; a run that finds nothing costs one query.
+CELERY_BEAT_SCHEDULE = {
+    "block-inactive-access": {
+        "task": "mailaccess.tasks.block_inactive_access",
+        "schedule": crontab(minute="5"),
+    },
+    "block-idle-access": {
+        "task": "mailaccess.tasks.block_idle_access",
+        "schedule": crontab(minute="15"),
+    },
+    "warn-expiring-access": {
+        "task": "mailaccess.tasks.warn_expiring_access",
+        "schedule": crontab(minute="25"),
+    },
+    "mark-inactive-mailboxes": {
+        "task": "mailaccess.tasks.mark_inactive_mailboxes",
+        "schedule": crontab(hour="3", minute="35"),
+    },
+    "lift-due-sending-limits": {
+        "task": "mailaccess.tasks.lift_due_sending_limits",
+        "schedule": crontab(minute="45"),
+    },
+    "prune-old-records": {
+        "task": "mailaccess.tasks.prune_old_records",
+        "schedule": crontab(hour="4", minute="45"),
+    },
+    "send-pending-notices": {
+        "task": "mailaccess.tasks.send_pending_notices",
+        "schedule": crontab(minute="*/10"),
+    },
+}
+
+# Jobs. A mailbox nobody signed in to on the web for this many months becomes inactive (the
+# provider's published figure is nine); 0 turns the job off where another system owns the status.
+MAILBOX_INACTIVE_AFTER_MONTHS = envint("MAILBOX_INACTIVE_AFTER_MONTHS", 9)
+# Audit rows and notices older than these are deleted.
+AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 730)
+NOTICE_RETENTION_DAYS = envint("NOTICE_RETENTION_DAYS", 365)
+# Rows a job changes in one transaction: big enough to amortise the round trips, small enough
+# that its row locks are held for well under a second.
+JOB_BATCH_SIZE = envint("JOB_BATCH_SIZE", 1000)
 
 # Operations (mailportal/health.py, mailportal/metrics.py). Readiness gives each of PostgreSQL
 # and Redis this many seconds: a load balancer's probe must finish well inside its interval.

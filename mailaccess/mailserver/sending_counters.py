@@ -1,0 +1,176 @@
+"""The Redis side of the SMTP sending limits: the rolling log of sent messages and bounces.
+
+Every mailbox has a sorted set of the messages it sent through SMTP in the last hour (score:
+the time in milliseconds). Counting "the last 60 minutes" from it is what users mean by "15
+an hour"; a clock-hour counter would allow 30 messages across 10:59-11:01. Checking and
+counting happen inside one Lua script, which Redis runs atomically: two connections of one
+mailbox cannot both see "14 sent" and both send the 15th.
+
+Times come from the daemon (so every daemon process agrees, and tests can travel in time);
+markers hold their own time and are compared with it, and their Redis expiry only cleans up.
+
+Keys of one mailbox share a hash tag (``redis_client.mailbox_key``), so the script may touch
+several of them on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from itertools import count
+
+import redis
+
+from mailaccess.mailserver.redis_client import mailbox_key
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+# The verdicts of the sending script.
+OK = "ok"
+OVER_MINUTE = "minute"
+OVER_HOUR = "hour"
+OVER_HOUR_BLOCK = "hour_block"
+
+# KEYS: sent log, "blocked in this window" marker, last-sent stamp.
+# ARGV: count (1 at END-OF-MESSAGE, 0 at DATA), now, minute start, hour start, per minute,
+# per hour (0: no limit), log member.
+# Returns {verdict, sent in the last minute, sent in the last hour, ms until a retry helps}.
+#
+# Over the hourly limit the first message blocks access; the marker then lives as long as
+# the window that caused it, so further messages of the same window (a mail program still
+# connected, or the owner switching access on again at once) are deferred until the window
+# has room, instead of blocking again for the same excess.
+SEND_SCRIPT = """
+local sent, blocked, last_sent = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[2])
+local per_minute = tonumber(ARGV[5])
+local per_hour = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', sent, '-inf', ARGV[4])
+local in_hour = redis.call('ZCARD', sent)
+local in_minute = redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf')
+if per_hour > 0 and in_hour >= per_hour then
+  local first = redis.call('ZRANGE', sent, in_hour - per_hour, in_hour - per_hour, 'WITHSCORES')
+  local retry = tonumber(first[2]) + 3600000 - now
+  local blocked_at = tonumber(redis.call('GET', blocked) or '0')
+  if now - blocked_at >= 3600000 then
+    redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
+    return {'hour_block', in_minute, in_hour, retry}
+  end
+  return {'hour', in_minute, in_hour, retry}
+end
+if per_minute > 0 and in_minute >= per_minute then
+  local first = redis.call('ZRANGE', sent, in_hour - per_minute, in_hour - per_minute, 'WITHSCORES')
+  return {'minute', in_minute, in_hour, tonumber(first[2]) + 60000 - now}
+end
+if ARGV[1] == '1' then
+  redis.call('ZADD', sent, now, ARGV[7])
+  redis.call('PEXPIRE', sent, 3600000)
+  redis.call('SET', last_sent, ARGV[2], 'PX', 86400000)
+  in_hour = in_hour + 1
+  in_minute = in_minute + 1
+end
+return {'ok', in_minute, in_hour, 0}
+"""
+
+# KEYS: bounce log, last-sent stamp, "reported" marker. ARGV: now, window start, member, limit.
+# The log keeps at most `limit` entries, so a flood costs no memory. A flood counts only when
+# the mailbox itself sent through SMTP in the last day: bounces for a forged sender
+# (backscatter) arrive whether or not the password was stolen, and must not block anyone.
+BOUNCE_SCRIPT = """
+local bounces, last_sent, reported = KEYS[1], KEYS[2], KEYS[3]
+local limit = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', bounces, '-inf', ARGV[2])
+redis.call('ZADD', bounces, ARGV[1], ARGV[3])
+redis.call('ZREMRANGEBYRANK', bounces, 0, -(limit + 1))
+redis.call('PEXPIRE', bounces, 3600000)
+local n = redis.call('ZCARD', bounces)
+local now = tonumber(ARGV[1])
+local sent_at = tonumber(redis.call('GET', last_sent) or '0')
+local reported_at = tonumber(redis.call('GET', reported) or '0')
+if n >= limit and now - sent_at < 86400000 and now - reported_at >= 3600000 then
+  redis.call('SET', reported, ARGV[1], 'PX', 3600000)
+  return {'block', n}
+end
+return {'ok', n}
+"""
+
+
+def sent_key(address: str) -> str:
+    return mailbox_key("smtp-sent", address)
+
+
+def hourly_blocked_key(address: str) -> str:
+    return mailbox_key("smtp-hour-blocked", address)
+
+
+def last_sent_key(address: str) -> str:
+    return mailbox_key("smtp-last-sent", address)
+
+
+def bounces_key(address: str) -> str:
+    return mailbox_key("bounces", address)
+
+
+def bounce_reported_key(address: str) -> str:
+    return mailbox_key("bounces-reported", address)
+
+
+def send_keys(address: str) -> list[str]:
+    return [sent_key(address), hourly_blocked_key(address), last_sent_key(address)]
+
+
+def bounce_keys(address: str) -> list[str]:
+    return [bounces_key(address), last_sent_key(address), bounce_reported_key(address)]
+
+
+_sequence = count()
+
+
+def unique_member(now_ms: int) -> str:
+    """A log entry name no other message of this or another daemon process can share."""
+    return f"{now_ms}:{os.getpid()}:{next(_sequence)}"
+
+
+def send_args(
+    *, count_it: bool, now_ms: int, per_minute: int | None, per_hour: int | None
+) -> list[str | int]:
+    return [
+        1 if count_it else 0,
+        now_ms,
+        now_ms - MINUTE_MS,
+        now_ms - HOUR_MS,
+        per_minute or 0,
+        per_hour or 0,
+        unique_member(now_ms),
+    ]
+
+
+@dataclass(frozen=True)
+class SendVerdict:
+    verdict: str
+    last_minute: int
+    last_hour: int
+    retry_ms: int
+
+    @classmethod
+    def from_reply(cls, reply: list[bytes | str | int]) -> SendVerdict:
+        verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return cls(verdict, int(reply[1]), int(reply[2]), max(0, int(reply[3])))
+
+
+@dataclass(frozen=True)
+class Usage:
+    last_minute: int
+    last_hour: int
+
+
+def read_usage(client: redis.Redis, address: str, now_ms: int) -> Usage:
+    """Messages sent in the last minute and hour, for the panel (read-only)."""
+    pipe = client.pipeline(transaction=False)
+    key = sent_key(address)
+    pipe.zcount(key, f"({now_ms - MINUTE_MS}", "+inf")
+    pipe.zcount(key, f"({now_ms - HOUR_MS}", "+inf")
+    minute, hour = pipe.execute()
+    return Usage(int(minute), int(hour))

@@ -1,0 +1,424 @@
+"""What the SMTP policy daemon answers Postfix: sending limits and hijack detection.
+
+Submission (the mail programs' port 587/465, the sender signed in with SMTP AUTH):
+
+- at DATA, a read-only check: over a limit, the client is refused before it sends the body;
+- at END-OF-MESSAGE, the same check and the count, in one atomic Lua script, so concurrent
+  connections of one mailbox cannot overshoot. END-OF-MESSAGE is the authoritative check:
+  it also sees messages sent with BDAT, which skips the DATA restrictions.
+
+A message counts once, however many recipients it has: the published limit is "15 messages
+(vēstules) an hour", which is what a user counts when writing to three colleagues at once.
+The recipients of one message are bounded by Postfix's ``smtpd_recipient_limit`` on the
+submission service (see ``deploy/postfix-policy.md``), and a spam run shows up as a flood of
+bounces, which blocks the mailbox as compromised.
+
+Inbound (port 25, mail arriving for our mailboxes): bounces (null sender, MAILER-DAEMON) are
+counted per recipient at RCPT; a flood of them for a mailbox that sent through SMTP recently
+means its password is being used for spam. Inbound mail is never refused here: the owner
+should see the bounces.
+
+Nothing here runs SQL per check: mailboxes and plan limits are cached in the process for a
+minute (``SMTP_POLICY_CACHE_SECONDS``), so a change of plan or of the limits in the admin
+reaches the daemon within that time. A plan change lifts the limits only days later anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import redis
+import redis.asyncio
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone, translation
+from django.utils.translation import gettext, ngettext
+
+from accounts.models import Mailbox, Plan
+from mailaccess import actions
+from mailaccess.mailserver import sending_counters
+from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
+from mailaccess.mailserver.redis_batch import ScriptBatcher
+from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
+
+log = logging.getLogger(__name__)
+
+ACTOR_LABEL = "smtp-policy-daemon"
+BOUNCE_SENDERS = {"", "<>", "mailer-daemon"}
+
+
+def is_bounce_sender(sender: str) -> bool:
+    """Delivery reports come from the null sender; some old MTAs use MAILER-DAEMON@host."""
+    return sender in BOUNCE_SENDERS or sender.partition("@")[0] == "mailer-daemon"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """What the daemon needs of a mailbox, cached; ``lift_at`` in epoch milliseconds."""
+
+    mailbox_id: int
+    address: str
+    plan: str
+    lift_at: int | None
+    language: str
+
+    def sending_plan(self, now_ms: int) -> str:
+        """Mirror of ``Mailbox.sending_plan`` on the cached copy."""
+        if self.lift_at is not None and self.lift_at > now_ms:
+            return Plan.FREE.value
+        return self.plan
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _load_sender(address: str) -> Sender | None:
+    close_old_connections()
+    row = (
+        Mailbox.objects.filter(address=address)
+        .values_list("pk", "plan", "sending_limits_lift_at", "language")
+        .first()
+    )
+    if row is None:
+        return None
+    pk, plan, lift_at, language = row
+    return Sender(pk, address, plan, int(lift_at.timestamp() * 1000) if lift_at else None, language)
+
+
+def _load_limits() -> dict[str, Limits]:
+    close_old_connections()
+    return plan_limits()
+
+
+class SenderDirectory:
+    """Mailboxes and plan limits, cached in the process so that a check runs no SQL.
+
+    Loads run in a small thread pool (the ORM is synchronous); concurrent misses for one
+    address share a single load.
+    """
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, executor: Executor, ttl: float) -> None:
+        self._executor = executor
+        self._ttl = ttl
+        self._senders: dict[str, tuple[float, Sender | None]] = {}
+        self._loading: dict[str, asyncio.Future[Sender | None]] = {}
+        self._limits: tuple[float, dict[str, Limits]] = (0.0, {})
+
+    async def sender(self, address: str) -> Sender | None:
+        cached = self._senders.get(address)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        loading = self._loading.get(address)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, _load_sender, address)
+        self._loading[address] = future
+        try:
+            sender = await asyncio.shield(future)
+        finally:
+            self._loading.pop(address, None)
+        if len(self._senders) >= self.MAX_ENTRIES:
+            self._senders.clear()
+        self._senders[address] = (time.monotonic() + self._ttl, sender)
+        return sender
+
+    async def limits(self, plan: str) -> Limits:
+        expires, table = self._limits
+        if expires <= time.monotonic():
+            table = await asyncio.get_running_loop().run_in_executor(self._executor, _load_limits)
+            self._limits = (time.monotonic() + self._ttl, table)
+        return table.get(plan, DEFAULT_LIMITS[Plan.FREE])
+
+
+def _block_for_hourly_limit(mailbox_id: int, sent_last_hour: int, repeats: int) -> str:
+    """Block for the hourly limit, or as compromised when it is the n-th time in a day.
+
+    The audit log is the record of earlier blocks: it survives a Redis restart.
+    """
+    close_old_connections()
+    mailbox = Mailbox.objects.get(pk=mailbox_id)
+    earlier = AuditEvent.objects.filter(
+        mailbox=mailbox,
+        action=AuditAction.ACCESS_BLOCKED,
+        reason=BlockReason.HOURLY_LIMIT,
+        created_at__gte=timezone.now() - timedelta(hours=24),
+    ).count()
+    reason = BlockReason.COMPROMISED if earlier + 1 >= repeats else BlockReason.HOURLY_LIMIT
+    actions.block_access(
+        mailbox,
+        reason,
+        actor=Actor.system(ACTOR_LABEL),
+        detail={"sent_last_hour": sent_last_hour, "hourly_blocks_24h": earlier + 1},
+    )
+    return reason.value
+
+
+def _block_for_bounces(address: str, bounces_last_hour: int) -> str | None:
+    close_old_connections()
+    mailbox = Mailbox.objects.filter(address=address).first()
+    if mailbox is None:
+        return None
+    actions.block_access(
+        mailbox,
+        BlockReason.COMPROMISED,
+        actor=Actor.system(ACTOR_LABEL),
+        detail={"bounces_last_hour": bounces_last_hour},
+    )
+    return BlockReason.COMPROMISED.value
+
+
+# A mail program over its limit retries again and again: the few distinct replies are
+# rendered once (switching Django's language costs more than the whole Redis check).
+@lru_cache(maxsize=1024)
+def _over_minute_reply(language: str, limit: int, seconds: int) -> str:
+    with translation.override(language):
+        return defer_if_permit(
+            ngettext(
+                "Sending limit of %(limit)s messages a minute reached. "
+                "Try again in %(seconds)s second.",
+                "Sending limit of %(limit)s messages a minute reached. "
+                "Try again in %(seconds)s seconds.",
+                seconds,
+            )
+            % {"limit": limit, "seconds": seconds}
+        )
+
+
+@lru_cache(maxsize=1024)
+def _over_hour_reply(language: str, limit: int, minutes: int) -> str:
+    with translation.override(language):
+        return defer_if_permit(
+            ngettext(
+                "Sending limit of %(limit)s messages an hour reached. "
+                "Try again in %(minutes)s minute.",
+                "Sending limit of %(limit)s messages an hour reached. "
+                "Try again in %(minutes)s minutes.",
+                minutes,
+            )
+            % {"limit": limit, "minutes": minutes}
+        )
+
+
+class RedisUnavailable(Exception):
+    pass
+
+
+class SmtpPolicy:
+    """Decides one request at a time; shared by every connection of a daemon process."""
+
+    # After Redis fails, answer without it for this long instead of making every request
+    # wait for its own timeout.
+    REDIS_RETRY_SECONDS = 1.0
+    LOG_EVERY_SECONDS = 10.0
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        executor: Executor,
+        *,
+        on_redis_error: str | None = None,
+        bounce_limit: int | None = None,
+        hourly_blocks_before_compromised: int | None = None,
+        cache_seconds: float | None = None,
+    ) -> None:
+        self._redis = client
+        self._executor = executor
+        self._directory = SenderDirectory(
+            executor,
+            settings.SMTP_POLICY_CACHE_SECONDS if cache_seconds is None else cache_seconds,
+        )
+        self._send_script = client.register_script(sending_counters.SEND_SCRIPT)
+        self._bounce_script = client.register_script(sending_counters.BOUNCE_SCRIPT)
+        self._batcher = ScriptBatcher(client)
+        self.on_redis_error = on_redis_error or settings.SMTP_POLICY_ON_REDIS_ERROR
+        self.bounce_limit = bounce_limit or settings.SMTP_POLICY_BOUNCE_LIMIT
+        self.hourly_blocks_before_compromised = (
+            hourly_blocks_before_compromised
+            or settings.SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED
+        )
+        self._redis_down_until = 0.0
+        self._last_outage_log = 0.0
+        self._fallbacks = 0
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- the decision -------------------------------------------------------------------
+
+    async def decide(self, request: PolicyRequest) -> str:
+        if request.request != "smtpd_access_policy":
+            return dunno()
+        state = request.protocol_state
+        try:
+            if request.sasl_username:
+                if state == "DATA":
+                    return await self._check_sender(request, count_it=False)
+                if state == "END-OF-MESSAGE":
+                    return await self._check_sender(request, count_it=True)
+            elif (
+                state == "RCPT"
+                and request.policy_context != "submission"
+                and request.recipient
+                and is_bounce_sender(request.sender)
+            ):
+                return await self._count_bounce(request.recipient)
+        except RedisUnavailable:
+            return self.fallback_action()
+        return dunno()
+
+    def fallback_action(self) -> str:
+        """The answer when the counters cannot be reached (setting SMTP_POLICY_ON_REDIS_ERROR).
+
+        The default lets mail through: a mail program does not retry a 4xx by itself, so
+        deferring would turn a Redis outage into every customer's outage, while a spammer
+        gains minutes at most (Postfix's own anvil rate limits still apply).
+        """
+        if self.on_redis_error == "defer":
+            return defer_if_permit(
+                gettext("Sending is unavailable for a moment. Please try again in a few minutes.")
+            )
+        return dunno()
+
+    async def _check_sender(self, request: PolicyRequest, *, count_it: bool) -> str:
+        address = request.sasl_username
+        sender = await self._lookup(address)
+        if sender is None:
+            log.debug("no mailbox for sasl_username %s", address)
+            return dunno()
+        now = now_ms()
+        plan = sender.sending_plan(now)
+        limits = await self._directory_limits(plan)
+        if limits.unlimited:
+            if count_it:
+                # Only the "sent recently" stamp that the bounce detector needs.
+                await self._redis_call(
+                    self._redis.set(
+                        sending_counters.last_sent_key(address), now, px=sending_counters.DAY_MS
+                    )
+                )
+            return dunno()
+        reply = await self._redis_call(
+            self._batcher.run(
+                self._send_script,
+                sending_counters.send_keys(address),
+                sending_counters.send_args(
+                    count_it=count_it,
+                    now_ms=now,
+                    per_minute=limits.per_minute,
+                    per_hour=limits.per_hour,
+                ),
+            )
+        )
+        verdict = sending_counters.SendVerdict.from_reply(reply)
+        if verdict.verdict == sending_counters.OK:
+            return dunno()
+        if verdict.verdict == sending_counters.OVER_MINUTE:
+            seconds = max(1, math.ceil(verdict.retry_ms / 1000))
+            return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
+        if verdict.verdict == sending_counters.OVER_HOUR:
+            minutes = max(1, math.ceil(verdict.retry_ms / 60_000))
+            return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
+        # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
+        self._in_background(
+            _block_for_hourly_limit,
+            sender.mailbox_id,
+            verdict.last_hour,
+            self.hourly_blocks_before_compromised,
+        )
+        with translation.override(sender.language):
+            return reject(str(BlockReason.HOURLY_LIMIT.server_message))
+
+    async def _count_bounce(self, recipient: str) -> str:
+        now = now_ms()
+        reply = await self._redis_call(
+            self._batcher.run(
+                self._bounce_script,
+                sending_counters.bounce_keys(recipient),
+                [
+                    now,
+                    now - sending_counters.HOUR_MS,
+                    sending_counters.unique_member(now),
+                    self.bounce_limit,
+                ],
+            )
+        )
+        verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if verdict == "block":
+            log.warning("bounce flood for %s: blocking as compromised", recipient)
+            self._in_background(_block_for_bounces, recipient, int(reply[1]))
+        return dunno()
+
+    # -- Redis and the database, failing soft ----------------------------------------------
+
+    async def _redis_call(self, awaitable: Coroutine[Any, Any, Any] | Any) -> Any:
+        if self._redis_down_until > time.monotonic():
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            self._note_fallback(None)
+            raise RedisUnavailable
+        try:
+            return await awaitable
+        except (redis.RedisError, OSError) as error:
+            self._redis_down_until = time.monotonic() + self.REDIS_RETRY_SECONDS
+            self._note_fallback(error)
+            raise RedisUnavailable from error
+
+    def _note_fallback(self, error: Exception | None) -> None:
+        """Log the outage at most every few seconds: Postfix asks thousands of times."""
+        self._fallbacks += 1
+        moment = time.monotonic()
+        if moment - self._last_outage_log >= self.LOG_EVERY_SECONDS:
+            self._last_outage_log = moment
+            log.error(
+                "Redis unavailable (%s): answering %s; %d answers without Redis so far",
+                error or "still down",
+                self.fallback_action().split(" ", 1)[0],
+                self._fallbacks,
+            )
+
+    async def _lookup(self, address: str) -> Sender | None:
+        try:
+            return await self._directory.sender(address)
+        except Exception as error:
+            # The database is down or slow: the same choice as for Redis.
+            log.error("mailbox lookup failed for %s: %s", address, error)
+            raise RedisUnavailable from error
+
+    async def _directory_limits(self, plan: str) -> Limits:
+        try:
+            return await self._directory.limits(plan)
+        except Exception as error:
+            log.error("sending limits lookup failed: %s", error)
+            raise RedisUnavailable from error
+
+    def _in_background(self, function: Callable[..., str | None], *args: Any) -> None:
+        """Run a blocking action after answering: Postfix must not wait on the database."""
+
+        async def run() -> None:
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, function, *args
+                )
+                log.warning("%s%r: %s", function.__name__, args, result)
+            except Exception:
+                log.exception("%s%r failed", function.__name__, args)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def wait_for_background(self) -> None:
+        """Let pending blocks finish (graceful shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

@@ -1,0 +1,117 @@
+"""Notices by e-mail: what the owner reads, in their language, and its delivery exactly once.
+
+``mailaccess.actions`` creates the Notice rows and announces them after commit; ``queue`` is
+registered for that (apps.py) and hands them to Celery, which calls ``send_notice``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.urls import reverse
+from django.utils import formats, timezone, translation
+from django.utils.translation import gettext as _
+
+from mailaccess import actions
+from mailaccess.models import EXPIRY_WARNING_BEFORE, ExternalAccess, Notice, NoticeKind
+
+logger = logging.getLogger(__name__)
+
+# Notices per task: one SMTP connection serves them all, and a retry repeats few.
+NOTICES_PER_TASK = 100
+
+
+def queue(notice_ids: Sequence[int]) -> None:
+    """Queue the e-mails of new notices (runs after commit). Never raises.
+
+    Without a broker the task runs here and now (eager mode). If the broker cannot be
+    reached, the notices stay unsent and the ``send_pending_notices`` job queues them again:
+    the block itself has committed and must not fail because of its notice.
+    """
+    # Imported here: the tasks module imports the jobs, which import this module.
+    from mailaccess import tasks
+
+    for start in range(0, len(notice_ids), NOTICES_PER_TASK):
+        chunk = list(notice_ids[start : start + NOTICES_PER_TASK])
+        try:
+            tasks.send_notices.delay(chunk)
+        except Exception:
+            logger.exception("notices=%s not queued; the sweep job will retry", chunk)
+
+
+def send_notice(notice_id: int, *, connection: Any = None) -> bool:
+    """E-mail one notice unless it went out already; True if this call sent it."""
+    return actions.deliver_notice(notice_id, lambda notice: message(notice, connection).send())
+
+
+def message(notice: Notice, connection: Any = None) -> EmailMessage:
+    mailbox = notice.mailbox
+    with translation.override(mailbox.language):
+        if notice.kind == NoticeKind.EXPIRY_WARNING:
+            subject, paragraphs = _expiry_warning(notice)
+        else:
+            subject, paragraphs = _blocked(notice)
+        settings_url = settings.PORTAL_URL + reverse("mailaccess:mail_programs")
+        body = "\n\n".join(
+            [
+                _("Hello,"),
+                *paragraphs,
+                _("Settings: %(url)s") % {"url": settings_url},
+                _("This message was sent automatically; please do not reply to it."),
+            ]
+        )
+    return EmailMessage(
+        subject,
+        body + "\n",
+        to=[mailbox.address],
+        connection=connection,
+        headers={"Auto-Submitted": "auto-generated"},
+    )
+
+
+def _blocked(notice: Notice) -> tuple[str, list[str]]:
+    address = notice.mailbox.address
+    block = notice.block
+    assert block is not None, "a block notice names its reason"
+    return (
+        _("POP3/IMAP access to %(address)s is blocked") % {"address": address},
+        [
+            _(
+                "External POP3/IMAP and SMTP access to your mailbox %(address)s was switched "
+                "off: mail programs can no longer sign in, and their password no longer works."
+            )
+            % {"address": address},
+            _("Why: %(explanation)s") % {"explanation": block.explanation},
+            _("What to do: %(cure)s") % {"cure": block.cure},
+        ],
+    )
+
+
+def _expiry_warning(notice: Notice) -> tuple[str, list[str]]:
+    address = notice.mailbox.address
+    try:
+        expires_at = notice.mailbox.external_access.expires_at
+    except ExternalAccess.DoesNotExist:
+        expires_at = None
+    expires_on = formats.date_format(
+        timezone.localtime(expires_at or notice.created_at + EXPIRY_WARNING_BEFORE), "DATE_FORMAT"
+    )
+    return (
+        _("POP3/IMAP access to %(address)s will be switched off in a week") % {"address": address},
+        [
+            _(
+                "No mail program has used POP3, IMAP or SMTP access to your mailbox %(address)s "
+                "for almost two months. Access unused for two months is switched off "
+                "automatically: yours will be switched off on %(date)s."
+            )
+            % {"address": address, "date": expires_on},
+            _(
+                "To keep it, check your mail with your mail program before then. If you no "
+                "longer need it, you need not do anything."
+            ),
+        ],
+    )

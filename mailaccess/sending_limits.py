@@ -1,0 +1,135 @@
+"""SMTP sending limits on the web side: the Mail+ lifting date, the lifting job, the panel.
+
+The policy daemon enforces the limits (``mailaccess/mailserver/smtp_policy.py``); this module
+holds what the portal and the Celery jobs need.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import holidays
+import redis
+from django.utils import timezone
+
+from accounts.models import Mailbox, Plan
+from mailaccess.mailserver import redis_client, sending_counters
+from mailaccess.models import SendingLimit
+
+log = logging.getLogger(__name__)
+
+# Working days are those of the provider's staff in Riga, whatever the server's zone.
+RIGA = ZoneInfo("Europe/Riga")
+# "Lifting the limit can take up to two working days for a new Mail+ user."
+LIFT_WORKING_DAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    per_minute: int | None
+    per_hour: int | None
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.per_minute and not self.per_hour
+
+
+# The published limits, for a plan whose row is missing: deleting a row must not make the
+# free plan unlimited. Support lifts a limit by emptying its fields instead.
+DEFAULT_LIMITS = {Plan.FREE.value: Limits(5, 15), Plan.PLUS.value: Limits(None, None)}
+
+
+def plan_limits() -> dict[str, Limits]:
+    """The sending limits of every plan, from the database (one small query)."""
+    table = dict(DEFAULT_LIMITS)
+    for plan, per_minute, per_hour in SendingLimit.objects.values_list(
+        "plan", "per_minute", "per_hour"
+    ):
+        table[plan] = Limits(per_minute, per_hour)
+    return table
+
+
+@cache
+def _latvian_holidays() -> holidays.HolidayBase:
+    # The library adds each year on first use and is maintained as the law changes
+    # (including days off moved to a Saturday, which it lists as holidays).
+    return holidays.country_holidays("LV")
+
+
+def is_working_day(day: date) -> bool:
+    return day.weekday() < 5 and day not in _latvian_holidays()
+
+
+def end_of_working_days(moment: datetime, days: int) -> datetime:
+    """Midnight (Riga) ending the ``days``-th working day after the day of ``moment``.
+
+    A Saturday working day (when Latvia moves a day off) is not counted: the date promised
+    can only come a day late, never early.
+    """
+    day = timezone.localtime(moment, RIGA).date()
+    left = days
+    while left:
+        day += timedelta(days=1)
+        if is_working_day(day):
+            left -= 1
+    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=RIGA)
+
+
+def limits_lift_at(upgraded_at: datetime) -> datetime:
+    return end_of_working_days(upgraded_at, LIFT_WORKING_DAYS)
+
+
+def lift_day(lift_at: datetime) -> date:
+    """The last working day the lifting may take, for the panel ("by 20 November")."""
+    return timezone.localtime(lift_at, RIGA).date() - timedelta(days=1)
+
+
+def lift_due_sending_limits(now: datetime | None = None) -> int:
+    """Lift the free limits of every Mail+ mailbox whose date has come; returns how many.
+
+    One UPDATE for all of them, for a Celery beat job (hourly is plenty). Not audited per
+    mailbox: the plan change that set the date was, and its detail records the date.
+    """
+    now = now or timezone.now()
+    return Mailbox.objects.filter(sending_limits_lift_at__lte=now).update(
+        sending_limits_lift_at=None
+    )
+
+
+@dataclass(frozen=True)
+class SendingPanel:
+    """What the panel shows about sending limits; None usage when Redis did not answer."""
+
+    per_minute: int | None
+    per_hour: int | None
+    last_minute: int | None
+    last_hour: int | None
+    lift_day: date | None
+
+
+def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
+    """Usage against the limits that apply now; None when no limit applies (Mail+)."""
+    now = timezone.now()
+    limits = plan_limits()[mailbox.sending_plan(now)]
+    if limits.unlimited:
+        return None
+    last_minute = last_hour = None
+    try:
+        usage = sending_counters.read_usage(
+            redis_client.sync_client(), mailbox.address, int(now.timestamp() * 1000)
+        )
+        last_minute, last_hour = usage.last_minute, usage.last_hour
+    except redis.RedisError:
+        log.warning("sending usage unavailable: Redis did not answer", exc_info=True)
+    pending = mailbox.sending_limits_lift_at
+    return SendingPanel(
+        per_minute=limits.per_minute,
+        per_hour=limits.per_hour,
+        last_minute=last_minute,
+        last_hour=last_hour,
+        lift_day=lift_day(pending) if pending is not None and pending > now else None,
+    )

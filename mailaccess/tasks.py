@@ -1,0 +1,87 @@
+"""Celery tasks: thin. Each calls a job or the mailer and retries with back-off when the error
+passes by itself (a lost database, SMTP or Redis connection).
+
+Every task is idempotent, so acks_late (settings) may run one twice after a worker dies: the
+jobs take only rows still due, and a notice is e-mailed only while ``emailed_at`` is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from smtplib import SMTPRecipientsRefused
+from typing import Any
+
+import redis
+from celery import shared_task
+from django.core.mail import get_connection
+from django.db import InterfaceError, OperationalError
+
+from mailaccess import jobs, notices
+
+logger = logging.getLogger(__name__)
+
+# OSError covers SMTP (smtplib.SMTPException is one) and socket errors.
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+RETRIED: dict[str, Any] = {
+    "acks_late": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 10,
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
+@shared_task(**RETRIED)
+def block_inactive_access() -> int:
+    return jobs.run("block_inactive_access")
+
+
+@shared_task(**RETRIED)
+def block_idle_access() -> int:
+    return jobs.run("block_idle_access")
+
+
+@shared_task(**RETRIED)
+def warn_expiring_access() -> int:
+    return jobs.run("warn_expiring_access")
+
+
+@shared_task(**RETRIED)
+def mark_inactive_mailboxes() -> int:
+    return jobs.run("mark_inactive_mailboxes")
+
+
+@shared_task(**RETRIED)
+def lift_due_sending_limits() -> int:
+    return jobs.run("lift_due_sending_limits")
+
+
+@shared_task(**RETRIED)
+def prune_old_records() -> int:
+    return jobs.run("prune_old_records")
+
+
+@shared_task(**RETRIED)
+def send_pending_notices() -> int:
+    return jobs.run("send_pending_notices")
+
+
+@shared_task(**RETRIED)
+def send_notices(notice_ids: list[int]) -> int:
+    """E-mail these notices over one SMTP connection; those sent already are skipped."""
+    sent = 0
+    with get_connection() as connection:
+        for notice_id in notice_ids:
+            try:
+                sent += notices.send_notice(notice_id, connection=connection)
+            except SMTPRecipientsRefused:
+                # Permanent for this address: retrying the task would not help the others.
+                logger.warning("notice=%s refused by the mail server", notice_id)
+    return sent

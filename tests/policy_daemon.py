@@ -1,0 +1,164 @@
+"""A real SMTP policy daemon for tests: its own thread and event loop, a real TCP socket
+(on the first free port of 21100-21899, the range this project's tests may use).
+
+The end-to-end tests through Postfix can start it the same way and point Postfix's
+``check_policy_service inet:127.0.0.1:PORT`` at ``daemon.port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from mailaccess.mailserver import redis_client
+from mailaccess.mailserver.policy_server import PolicyServer
+from mailaccess.mailserver.smtp_policy import SmtpPolicy
+
+
+def redis_url_for_tests() -> str:
+    url = os.environ.get("REDIS_URL_FOR_TESTS")
+    if not url:
+        pytest.skip("REDIS_URL_FOR_TESTS is not set: the SMTP policy tests need a real Redis")
+    return url
+
+
+def forget_counters(url: str, *addresses: str) -> None:
+    client = redis.Redis.from_url(url)
+    for address in addresses:
+        keys = list(client.scan_iter(match=f"mp:{{{address}}}:*"))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(name="test_redis")
+def test_redis_fixture(settings: Any) -> Iterator[str]:
+    """The tests' Redis as the mail-server Redis, with no counters of the named mailboxes."""
+    url = redis_url_for_tests()
+    settings.MAILSERVER_REDIS_URL = url
+    redis_client.sync_client.cache_clear()
+    redis_client.async_client.cache_clear()
+    forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
+    yield url
+    redis_client.sync_client.cache_clear()
+    redis_client.async_client.cache_clear()
+
+
+class RunningDaemon:
+    """``SmtpPolicy`` behind ``PolicyServer`` on 127.0.0.1, in a background thread."""
+
+    def __init__(self, redis_url: str, request_timeout: float = 2.0, **policy: Any) -> None:
+        self.redis_url = redis_url
+        self.request_timeout = request_timeout
+        self.policy_options = policy
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="policy-daemon", daemon=True)
+
+    def __enter__(self) -> RunningDaemon:
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.server.request_stop)
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as error:
+            self._error = error
+            self._ready.set()
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        executor = ThreadPoolExecutor(max_workers=2)
+        client = redis.asyncio.Redis.from_url(
+            self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        self.policy = SmtpPolicy(client, executor, **self.policy_options)
+        self.server = PolicyServer(
+            self.policy, request_timeout=self.request_timeout, idle_timeout=60
+        )
+        for port in range(21100, 21900):
+            try:
+                bound = await self.server.listen(f"127.0.0.1:{port}")
+            except OSError:
+                continue
+            self.port = int(bound.rpartition(":")[2])
+            break
+        self._ready.set()
+        await self.server.wait_stopped()
+        await client.aclose()
+        executor.shutdown(wait=True)
+
+    def finish_blocks(self) -> None:
+        """Wait until the blocks the daemon started in the background are written."""
+        asyncio.run_coroutine_threadsafe(self.policy.wait_for_background(), self.loop).result(15)
+
+    def connect(self) -> PolicyClient:
+        return PolicyClient(socket.create_connection(("127.0.0.1", self.port), timeout=10))
+
+
+class PolicyClient:
+    """Speaks to the daemon the way Postfix's smtpd does: one persistent connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_reply(self) -> str | None:
+        """The next reply's action, or None when the daemon closed the connection."""
+        while b"\n\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        reply, _, self._buffer = self._buffer.partition(b"\n\n")
+        assert reply.startswith(b"action="), reply
+        return reply[len(b"action=") :].decode()
+
+    def ask(self, **attributes: str) -> str:
+        request = {"request": "smtpd_access_policy", **attributes}
+        self.send_raw(b"".join(f"{k}={v}\n".encode() for k, v in request.items()) + b"\n")
+        reply = self.read_reply()
+        assert reply is not None, "the daemon closed the connection"
+        return reply
+
+    def send_message(self, login: str, instance: str, recipients: int = 1) -> str:
+        """DATA, then END-OF-MESSAGE if DATA passed: the daemon's view of one message."""
+        common = {
+            "sasl_username": login,
+            "sender": login,
+            "instance": instance,
+            "client_address": "192.0.2.10",
+        }
+        at_data = self.ask(protocol_state="DATA", recipient_count=str(recipients), **common)
+        if at_data != "DUNNO":
+            return at_data
+        return self.ask(protocol_state="END-OF-MESSAGE", recipient_count=str(recipients), **common)

@@ -1,0 +1,143 @@
+"""A real Celery beat and worker against the real Redis: the wiring the other tests skip.
+
+Beat sends the idle-expiry job as scheduled in settings; the worker, another process on
+the test database, blocks the idle access, and the notice task it queues on commit e-mails
+the owner.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from email import message_from_bytes
+from email.header import decode_header, make_header
+from pathlib import Path
+
+import pytest
+import redis
+import time_machine
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from accounts.models import Mailbox
+from mailaccess import actions
+from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL_FOR_TESTS")
+    if not url:
+        pytest.skip("REDIS_URL_FOR_TESTS is not set: the real Celery worker needs Redis")
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError as error:
+        pytest.skip(f"Redis at {url} does not answer ({error}): the Celery worker needs it")
+    return url
+
+
+def worker_database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture
+def celery(redis_url: str, tmp_path: Path) -> Iterator[Path]:
+    """Start `celery -A mailportal beat` and `... worker`; yield the folder mail goes to."""
+    queue = f"mailportal-e2e-{uuid.uuid4().hex}"
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.celery_worker_settings",
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": worker_database_url(),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DEBUG": "0",
+        "E2E_CELERY_QUEUE": queue,
+        "E2E_EMAIL_DIR": str(mail_dir),
+    }
+    celery = [sys.executable, "-m", "celery", "-A", "mailportal"]
+    logs = {name: (tmp_path / f"{name}.log").open("w+") for name in ("worker", "beat")}
+    processes = {
+        "worker": subprocess.Popen(
+            [
+                *celery,
+                "worker",
+                "--pool=solo",
+                "--loglevel=INFO",
+                f"--hostname={queue}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=logs["worker"],
+            stderr=subprocess.STDOUT,
+        ),
+        "beat": subprocess.Popen(
+            [*celery, "beat", "--loglevel=INFO", f"--schedule={tmp_path / 'beat-schedule'}"],
+            cwd=ROOT,
+            env=env,
+            stdout=logs["beat"],
+            stderr=subprocess.STDOUT,
+        ),
+    }
+    try:
+        yield mail_dir
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            logs[name].seek(0)
+            print(f"--- celery {name} log ---\n{logs[name].read()[-4000:]}")
+            logs[name].close()
+        broker = redis.Redis.from_url(redis_url)
+        # The queue and the bindings kombu keeps for it.
+        broker.delete(queue, *broker.scan_iter(f"_kombu.binding*{queue}"))
+
+
+def wait_for(condition, seconds: float = 90):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
+    celery: Path, alice: Mailbox, bob: Mailbox
+) -> None:
+    with time_machine.travel(timezone.now() - timedelta(days=70), tick=False):
+        actions.enable_access(alice, actor=Actor.user(alice))
+    actions.enable_access(bob, actor=Actor.user(bob))
+    mail_dir = celery
+
+    assert wait_for(
+        lambda: Notice.objects.filter(mailbox=alice, emailed_at__isnull=False).exists()
+    ), "the worker blocked alice's idle access and e-mailed the notice"
+
+    access = ExternalAccess.objects.get(mailbox=alice)
+    assert (access.enabled, access.block) == (False, BlockReason.IDLE)
+    assert ExternalAccess.objects.get(mailbox=bob).enabled, "access used recently stays on"
+    messages = [message_from_bytes(path.read_bytes()) for path in mail_dir.iterdir()]
+    assert [message["To"] for message in messages] == ["alice@inbox.lv"]
+    subject = str(make_header(decode_header(messages[0]["Subject"])))
+    assert subject == "POP3\\IMAP pieeja pastkastītei alice@inbox.lv ir bloķēta"

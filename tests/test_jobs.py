@@ -1,0 +1,316 @@
+"""The periodic jobs: idle expiry, inactive mailboxes, the expiry warning and pruning."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from dateutil.relativedelta import relativedelta
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from accounts.models import Mailbox, Status
+from mailaccess import actions, jobs
+from mailaccess.models import (
+    Actor,
+    AppPassword,
+    AuditAction,
+    AuditEvent,
+    BlockReason,
+    ExternalAccess,
+    Notice,
+    NoticeKind,
+    Protocol,
+)
+
+T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def switch_on(mailbox: Mailbox, when: datetime) -> None:
+    with time_machine.travel(when, tick=False):
+        assert actions.enable_access(mailbox, actor=Actor.user(mailbox))
+
+
+def access_of(mailbox: Mailbox) -> ExternalAccess:
+    return ExternalAccess.objects.get(mailbox=mailbox)
+
+
+def run_at(when: datetime, job: str, **options: object) -> int:
+    with time_machine.travel(when, tick=False):
+        return jobs.run(job, **options)
+
+
+def make_due_mailboxes(count: int, last_activity: datetime, prefix: str = "due") -> list[int]:
+    """Mailboxes with access on, one live password each, last used at ``last_activity``."""
+    mailboxes = Mailbox.objects.bulk_create(
+        Mailbox(address=f"{prefix}{n}@inbox.lv", password="!") for n in range(count)
+    )
+    ExternalAccess.objects.bulk_create(
+        ExternalAccess(
+            mailbox=mailbox, enabled=True, enabled_at=last_activity, last_activity_at=last_activity
+        )
+        for mailbox in mailboxes
+    )
+    AppPassword.objects.bulk_create(
+        AppPassword(mailbox=mailbox, password_hash="x", lookup_key=f"{prefix}-{mailbox.pk}")
+        for mailbox in mailboxes
+    )
+    return [mailbox.pk for mailbox in mailboxes]
+
+
+# Two months without use
+
+
+def test_access_unused_for_two_months_stays_on_until_the_two_months_are_up(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    assert run_at(T0 + relativedelta(months=2) - MINUTE, "block_idle_access") == 0
+    assert access_of(alice).enabled
+
+
+def test_access_unused_for_two_months_is_blocked_when_they_are_up(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    assert run_at(T0 + relativedelta(months=2) + MINUTE, "block_idle_access") == 1
+
+    access = access_of(alice)
+    assert not access.enabled
+    assert access.block == BlockReason.IDLE
+    assert not AppPassword.objects.live().filter(mailbox=alice).exists()
+    event = AuditEvent.objects.get(mailbox=alice, action=AuditAction.ACCESS_BLOCKED)
+    assert event.reason == BlockReason.IDLE
+    assert event.actor_kind == "system"
+    assert event.detail == {"revoked": 1}
+    notice = Notice.objects.get(mailbox=alice)
+    assert (notice.kind, notice.reason) == (NoticeKind.BLOCKED, BlockReason.IDLE)
+
+
+def test_a_use_restarts_the_two_months(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    used = T0 + relativedelta(months=1)
+    actions.record_use(alice.pk, Protocol.POP3, "192.0.2.7", when=used)
+
+    assert run_at(T0 + relativedelta(months=2) + MINUTE, "block_idle_access") == 0
+    assert run_at(used + relativedelta(months=2) - MINUTE, "block_idle_access") == 0
+    assert access_of(alice).enabled
+    assert run_at(used + relativedelta(months=2) + MINUTE, "block_idle_access") == 1
+    assert access_of(alice).block == BlockReason.IDLE
+
+
+def test_access_already_blocked_for_another_reason_is_left_alone(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
+
+    assert run_at(T0 + relativedelta(months=3), "block_idle_access") == 0
+    assert access_of(alice).block == BlockReason.HOURLY_LIMIT
+    assert Notice.objects.filter(mailbox=alice).count() == 1
+
+
+def test_running_the_idle_job_twice_blocks_once(alice: Mailbox, bob: Mailbox) -> None:
+    switch_on(alice, T0)
+    switch_on(bob, T0)
+    later = T0 + relativedelta(months=3)
+    assert run_at(later, "block_idle_access") == 2
+    assert run_at(later, "block_idle_access") == 0
+    assert Notice.objects.count() == 2
+    assert AuditEvent.objects.filter(action=AuditAction.ACCESS_BLOCKED).count() == 2
+
+
+# The expiry warning, a week before
+
+
+def test_no_warning_more_than_a_week_before_expiry(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    expiry = T0 + relativedelta(months=2)
+    assert run_at(expiry - timedelta(days=7) - MINUTE, "warn_expiring_access") == 0
+    assert not Notice.objects.exists()
+
+
+def test_the_owner_is_warned_a_week_before_expiry_once(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    expiry = T0 + relativedelta(months=2)
+
+    assert run_at(expiry - timedelta(days=7) + MINUTE, "warn_expiring_access") == 1
+    assert run_at(expiry - timedelta(days=3), "warn_expiring_access") == 0
+
+    notice = Notice.objects.get(mailbox=alice)
+    assert notice.kind == NoticeKind.EXPIRY_WARNING
+    access = access_of(alice)
+    assert access.enabled
+    assert access.expiry_warned_at == expiry - timedelta(days=7) + MINUTE
+    assert AuditEvent.objects.filter(mailbox=alice, action=AuditAction.EXPIRY_WARNED).count() == 1
+
+
+def test_using_access_after_the_warning_keeps_it_and_earns_a_new_warning_later(
+    alice: Mailbox,
+) -> None:
+    switch_on(alice, T0)
+    expiry = T0 + relativedelta(months=2)
+    run_at(expiry - timedelta(days=6), "warn_expiring_access")
+    used = expiry - timedelta(days=2)
+    actions.record_use(alice.pk, Protocol.IMAP, "192.0.2.7", when=used)
+
+    assert run_at(expiry + MINUTE, "block_idle_access") == 0
+    assert run_at(used + relativedelta(months=2) - timedelta(days=6), "warn_expiring_access") == 1
+    assert Notice.objects.filter(mailbox=alice, kind=NoticeKind.EXPIRY_WARNING).count() == 2
+
+
+def test_expired_access_is_blocked_not_warned(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    assert run_at(T0 + relativedelta(months=2) + MINUTE, "warn_expiring_access") == 0
+
+
+# Inactive mailboxes
+
+
+def test_access_of_a_mailbox_that_became_inactive_is_blocked(alice: Mailbox, bob: Mailbox) -> None:
+    switch_on(alice, T0)
+    switch_on(bob, T0)
+    actions.change_status(alice, Status.INACTIVE, actor=Actor.system("crm"))
+
+    assert jobs.run("block_inactive_access") == 1
+    assert access_of(alice).block == BlockReason.INACTIVE
+    assert access_of(bob).enabled
+    assert jobs.run("block_inactive_access") == 0
+
+
+def test_a_mailbox_stays_active_until_nine_months_without_sign_in(alice: Mailbox) -> None:
+    Mailbox.objects.filter(pk=alice.pk).update(last_login=T0)
+    assert run_at(T0 + relativedelta(months=9) - MINUTE, "mark_inactive_mailboxes") == 0
+    alice.refresh_from_db()
+    assert alice.status == Status.ACTIVE
+
+
+def test_a_mailbox_becomes_inactive_after_nine_months_without_sign_in(alice: Mailbox) -> None:
+    Mailbox.objects.filter(pk=alice.pk).update(last_login=T0)
+    switch_on(alice, T0)
+    later = T0 + relativedelta(months=9) + MINUTE
+
+    assert run_at(later, "mark_inactive_mailboxes") == 1
+    alice.refresh_from_db()
+    assert alice.status == Status.INACTIVE
+    assert alice.status_changed_at == later
+    assert AuditEvent.objects.filter(mailbox=alice, action=AuditAction.STATUS_CHANGED).exists()
+    # The same `run_job all` goes on to block its access.
+    assert run_at(later, "block_inactive_access") == 1
+    assert access_of(alice).block == BlockReason.INACTIVE
+
+
+def test_a_mailbox_never_signed_in_counts_from_its_creation(db: None) -> None:
+    with time_machine.travel(T0, tick=False):
+        mailbox = Mailbox.objects.create_user("never@inbox.lv", None)
+    assert run_at(T0 + relativedelta(months=9) - MINUTE, "mark_inactive_mailboxes") == 0
+    assert run_at(T0 + relativedelta(months=9) + MINUTE, "mark_inactive_mailboxes") == 1
+    mailbox.refresh_from_db()
+    assert mailbox.status == Status.INACTIVE
+
+
+def test_marking_inactive_can_be_turned_off(alice: Mailbox, settings: object) -> None:
+    settings.MAILBOX_INACTIVE_AFTER_MONTHS = 0  # type: ignore[attr-defined]
+    Mailbox.objects.filter(pk=alice.pk).update(last_login=T0)
+    assert run_at(T0 + relativedelta(years=3), "mark_inactive_mailboxes") == 0
+    alice.refresh_from_db()
+    assert alice.status == Status.ACTIVE
+
+
+# Retention
+
+
+def test_audit_rows_and_notices_past_their_retention_are_pruned(
+    alice: Mailbox, settings: object
+) -> None:
+    settings.AUDIT_RETENTION_DAYS = 30  # type: ignore[attr-defined]
+    settings.NOTICE_RETENTION_DAYS = 10  # type: ignore[attr-defined]
+    switch_on(alice, T0)
+    with time_machine.travel(T0 + timedelta(days=1), tick=False):
+        actions.block_access(alice, BlockReason.SUPPORT, actor=Actor.system("support"))
+    switch_on(alice, T0 + timedelta(days=25))
+
+    assert run_at(T0 + timedelta(days=32), "prune_old_records", batch_size=1) == 4
+    assert set(AuditEvent.objects.values_list("created_at", flat=True)) == {T0 + timedelta(days=25)}
+    assert not Notice.objects.exists()
+
+
+def test_the_audit_log_stays_append_only(alice: Mailbox) -> None:
+    switch_on(alice, T0)
+    with pytest.raises(TypeError):
+        AuditEvent.objects.filter(mailbox=alice).update(reason="")
+    event = AuditEvent.objects.filter(mailbox=alice).first()
+    assert event is not None
+    with pytest.raises(TypeError):
+        event.save()
+
+
+def test_retention_zero_keeps_everything(alice: Mailbox, settings: object) -> None:
+    settings.AUDIT_RETENTION_DAYS = 0  # type: ignore[attr-defined]
+    switch_on(alice, T0)
+    assert run_at(T0 + relativedelta(years=10), "prune_old_records") == 0
+    assert AuditEvent.objects.filter(mailbox=alice).count() == 2
+
+
+# At scale: batches, interruption, query counts
+
+
+def test_a_job_interrupted_halfway_finishes_on_the_next_run_without_doubling(db: None) -> None:
+    ids = make_due_mailboxes(5, T0)
+    later = T0 + relativedelta(months=3)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_batch(done: int) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_at(later, "block_idle_access", batch_size=2, on_batch=stop_after_first_batch)
+    assert ExternalAccess.objects.filter(enabled=False).count() == 2
+
+    assert run_at(later, "block_idle_access", batch_size=2) == 3
+    assert not ExternalAccess.objects.filter(pk__in=ids, enabled=True).exists()
+    assert Notice.objects.count() == 5
+    assert AuditEvent.objects.filter(action=AuditAction.ACCESS_BLOCKED).count() == 5
+    assert set(Notice.objects.values_list("mailbox_id", flat=True)) == set(ids)
+
+
+# One SELECT ... FOR UPDATE, one SELECT of password counts, one UPDATE each for passwords and
+# access, one INSERT each for audit rows and notices, and the savepoint around them (the test
+# runs inside a transaction). The run ends with a page that comes back empty.
+QUERIES_PER_BATCH = 8
+QUERIES_FOR_THE_EMPTY_PAGE = 3
+
+
+@pytest.mark.parametrize("rows", [1, 10, 60])
+def test_blocking_a_batch_takes_the_same_queries_whatever_its_size(
+    db: None, rows: int, django_assert_num_queries: object
+) -> None:
+    make_due_mailboxes(rows, T0)
+    with (
+        time_machine.travel(T0 + relativedelta(months=3), tick=False),
+        django_assert_num_queries(QUERIES_PER_BATCH + QUERIES_FOR_THE_EMPTY_PAGE),  # type: ignore[operator]
+    ):
+        assert jobs.block_idle_access(batch_size=rows) == rows
+
+
+def test_every_batch_of_a_run_takes_the_same_queries(db: None) -> None:
+    make_due_mailboxes(10, T0)
+    per_batch: list[int] = []
+    with CaptureQueriesContext(connection) as queries:
+
+        def count(done: int) -> None:
+            per_batch.append(len(queries) - sum(per_batch))
+
+        assert (
+            run_at(T0 + relativedelta(months=3), "block_idle_access", batch_size=3, on_batch=count)
+            == 10
+        )
+    assert per_batch == [QUERIES_PER_BATCH] * 4
+
+
+def test_the_run_job_command_runs_a_job_once(alice: Mailbox) -> None:
+    from io import StringIO
+
+    switch_on(alice, T0)
+    out = StringIO()
+    with time_machine.travel(T0 + relativedelta(months=3), tick=False):
+        call_command("run_job", "all", stdout=out)
+    assert "block_idle_access: 1" in out.getvalue()
+    assert access_of(alice).block == BlockReason.IDLE

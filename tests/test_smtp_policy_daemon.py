@@ -1,0 +1,255 @@
+"""The SMTP policy daemon over a real TCP socket, with real Redis: what Postfix is told.
+
+The same scenarios through real Postfix with SASL follow once the Postfix harness exists.
+"""
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import redis
+import time_machine
+
+from accounts.models import Mailbox, Plan
+from mailaccess import actions
+from mailaccess.mailserver import sending_counters
+from mailaccess.models import (
+    Actor,
+    AppPassword,
+    BlockReason,
+    ExternalAccess,
+    Notice,
+    SendingLimit,
+)
+from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MONDAY = datetime(2026, 11, 9, 10, 0, tzinfo=UTC)
+ALICE = "alice@inbox.lv"
+BOB = "bob@mail.ee"
+
+
+def switch_on(mailbox: Mailbox) -> None:
+    assert actions.enable_access(mailbox, actor=Actor.user(mailbox)) is not None
+
+
+def access_of(mailbox: Mailbox) -> ExternalAccess:
+    return ExternalAccess.objects.get(mailbox=mailbox)
+
+
+def send_fifteen_in_three_minutes(client, traveller, tag: str) -> None:  # type: ignore[no-untyped-def]
+    for minute in range(3):
+        for number in range(5):
+            assert client.send_message(ALICE, f"{tag}-{minute}-{number}") == "DUNNO"
+        traveller.shift(61)
+
+
+def test_the_sixth_message_inside_a_minute_is_deferred_with_a_retry_time(
+    alice: Mailbox, test_redis: str
+) -> None:
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        for number in range(5):
+            assert client.send_message(ALICE, f"m{number}") == "DUNNO"
+            traveller.shift(5)
+        sixth = client.send_message(ALICE, "m5")
+        # The first message leaves the rolling minute 60 s after it was sent: 35 s on.
+        assert sixth.startswith("DEFER_IF_PERMIT ")
+        assert "pec 35 sekundem" in sixth
+        traveller.shift(36)
+        assert client.send_message(ALICE, "m6") == "DUNNO"
+
+
+def test_the_sixteenth_message_inside_an_hour_blocks_access(
+    alice: Mailbox, test_redis: str
+) -> None:
+    switch_on(alice)
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        send_fifteen_in_three_minutes(client, traveller, "a")
+        sixteenth = client.send_message(ALICE, "a-16")
+        assert sixteenth.startswith("REJECT ")
+        daemon.finish_blocks()
+        # A mail program still connected is deferred, not blocked a second time.
+        assert client.send_message(ALICE, "a-17").startswith("DEFER_IF_PERMIT ")
+        daemon.finish_blocks()
+
+    access = access_of(alice)
+    assert not access.enabled
+    assert access.block == BlockReason.HOURLY_LIMIT
+    assert not AppPassword.objects.live().filter(mailbox=alice).exists()
+    assert Notice.objects.filter(mailbox=alice, reason=BlockReason.HOURLY_LIMIT).count() == 1
+
+
+def test_the_third_hourly_block_in_a_day_blocks_as_compromised(
+    alice: Mailbox, test_redis: str
+) -> None:
+    switch_on(alice)
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        for round_number in range(3):
+            send_fifteen_in_three_minutes(client, traveller, f"r{round_number}")
+            assert client.send_message(ALICE, f"r{round_number}-16").startswith("REJECT ")
+            daemon.finish_blocks()
+            if round_number < 2:
+                assert access_of(alice).block == BlockReason.HOURLY_LIMIT
+                switch_on(alice)
+            traveller.shift(3600)
+
+    access = access_of(alice)
+    assert access.block == BlockReason.COMPROMISED
+    assert access.requires_password_change
+    with pytest.raises(actions.AccessError):
+        actions.enable_access(alice, actor=Actor.user(alice))
+
+
+def test_mail_plus_sends_thirty_in_a_row(bob: Mailbox, test_redis: str) -> None:
+    with (
+        time_machine.travel(MONDAY, tick=False),
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        assert [client.send_message(BOB, f"b{n}") for n in range(30)] == ["DUNNO"] * 30
+
+
+def test_a_new_mail_plus_user_keeps_the_free_limits_until_they_are_lifted(
+    alice: Mailbox, test_redis: str
+) -> None:
+    with time_machine.travel(MONDAY, tick=False) as traveller:
+        actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
+        with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+            for number in range(5):
+                assert client.send_message(ALICE, f"u{number}") == "DUNNO"
+            assert client.send_message(ALICE, "u5").startswith("DEFER_IF_PERMIT ")
+        # Monday 9 November: lifted by the end of Wednesday the 11th at the latest.
+        traveller.move_to(datetime(2026, 11, 11, 22, 1, tzinfo=UTC))
+        with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+            assert [client.send_message(ALICE, f"v{n}") for n in range(10)] == ["DUNNO"] * 10
+
+
+def test_support_changes_limits_in_the_database(alice: Mailbox, test_redis: str) -> None:
+    SendingLimit.objects.update_or_create(plan=Plan.FREE, defaults={"per_minute": 2})
+    with (
+        time_machine.travel(MONDAY, tick=False),
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        assert client.send_message(ALICE, "s1") == "DUNNO"
+        assert client.send_message(ALICE, "s2") == "DUNNO"
+        assert "2 " in client.send_message(ALICE, "s3")
+
+
+def test_concurrent_connections_cannot_overshoot_the_limit(alice: Mailbox, test_redis: str) -> None:
+    connections = 20
+    barrier = threading.Barrier(connections)
+    answers: list[str] = []
+
+    def end_of_message(daemon: RunningDaemon, number: int) -> None:
+        with daemon.connect() as client:
+            client.ask(protocol_state="RCPT", sasl_username=ALICE, instance=f"c{number}")
+            barrier.wait()
+            answers.append(
+                client.ask(
+                    protocol_state="END-OF-MESSAGE", sasl_username=ALICE, instance=f"c{number}"
+                )
+            )
+
+    with time_machine.travel(MONDAY, tick=False), RunningDaemon(test_redis) as daemon:
+        threads = [
+            threading.Thread(target=end_of_message, args=(daemon, n)) for n in range(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    assert answers.count("DUNNO") == 5
+    assert len(answers) == connections
+    assert redis.Redis.from_url(test_redis).zcard(sending_counters.sent_key(ALICE)) == 5
+
+
+def test_a_flood_of_bounces_blocks_a_sending_mailbox_as_compromised(
+    alice: Mailbox, bob: Mailbox, test_redis: str
+) -> None:
+    switch_on(alice)
+    switch_on(bob)
+    with (
+        time_machine.travel(MONDAY, tick=False),
+        RunningDaemon(test_redis, bounce_limit=5) as d,
+        d.connect() as submission,
+        d.connect() as inbound,
+    ):
+        assert submission.send_message(ALICE, "spam-1", recipients=50) == "DUNNO"
+        for number in range(6):
+            for recipient, sender in ((ALICE, ""), (BOB, "MAILER-DAEMON@mx.example")):
+                answer = inbound.ask(
+                    protocol_state="RCPT",
+                    sender=sender,
+                    recipient=recipient,
+                    instance=f"i{number}",
+                )
+                assert answer == "DUNNO", "bounces are delivered, never refused"
+        d.finish_blocks()
+
+    access = access_of(alice)
+    assert access.block == BlockReason.COMPROMISED
+    assert access.requires_password_change
+    assert Notice.objects.filter(mailbox=alice, reason=BlockReason.COMPROMISED).exists()
+    # Bob sent nothing through SMTP: his bounces are backscatter of a forged sender.
+    assert access_of(bob).enabled
+
+
+@pytest.mark.parametrize(
+    ("on_redis_error", "expected"), [("dunno", "DUNNO"), ("defer", "DEFER_IF_PERMIT ")]
+)
+def test_without_redis_mail_goes_through_or_is_deferred_as_configured(
+    alice: Mailbox, test_redis: str, on_redis_error: str, expected: str, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    closed_port = "redis://127.0.0.1:21999/0"
+    with (
+        RunningDaemon(closed_port, on_redis_error=on_redis_error) as daemon,
+        daemon.connect() as client,
+    ):
+        for number in range(3):
+            assert client.send_message(ALICE, f"d{number}").startswith(expected)
+    assert "Redis unavailable" in caplog.text
+
+
+def test_a_redis_that_hangs_still_gets_postfix_an_answer(alice: Mailbox, test_redis: str) -> None:
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with RunningDaemon(url, request_timeout=1.0) as daemon, daemon.connect() as client:
+            assert client.send_message(ALICE, "h1") == "DUNNO"
+            assert client.send_message(ALICE, "h2") == "DUNNO"
+    finally:
+        silent.close()
+
+
+def test_garbage_closes_the_connection_and_the_daemon_goes_on(test_redis: str) -> None:
+    with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+        client.send_raw(b"GET / HTTP/1.1\r\nHost: policy\r\n\r\n\n\n")
+        assert client.read_reply() is None
+        with daemon.connect() as client:
+            assert client.ask(protocol_state="RCPT", sender="a@example.com") == "DUNNO"
+
+
+def test_a_request_without_its_empty_line_gets_no_answer_and_is_cut_off(
+    test_redis: str,
+) -> None:
+    with RunningDaemon(test_redis, request_timeout=0.5) as daemon, daemon.connect() as client:
+        client.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+        # No answer to half a request; the daemon hangs up once the request is overdue.
+        assert client.read_reply() is None

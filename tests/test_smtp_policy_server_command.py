@@ -1,0 +1,52 @@
+"""`manage.py smtp_policy_server` as Postfix meets it: a unix socket, and SIGTERM to stop."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.policy_daemon import PolicyClient, redis_url_for_tests
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_daemon_answers_on_a_unix_socket_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "policy.sock"
+    env = {**os.environ, "MAILSERVER_REDIS_URL": redis_url_for_tests(), "DEBUG": "1"}
+    daemon = subprocess.Popen(
+        [sys.executable, "manage.py", "smtp_policy_server", "--listen", f"unix:{path}"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            if path.exists() or daemon.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert path.exists(), daemon.stdout.read().decode() if daemon.stdout else ""
+        assert oct(path.stat().st_mode & 0o777) == "0o660"
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(path))
+        with PolicyClient(sock) as client:
+            # Not signed in, not a bounce: no opinion, on one persistent connection.
+            for _ in range(3):
+                assert client.ask(protocol_state="RCPT", sender="a@example.com") == "DUNNO"
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(15) == 0
+            assert client.read_reply() is None
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert not path.exists()
+    assert daemon.stdout is not None
+    assert "stopped" in daemon.stdout.read().decode()
