@@ -382,3 +382,7 @@ JOB_BATCH_SIZE = envint("JOB_BATCH_SIZE", 1000)
 HEALTH_CHECK_TIMEOUT = float(os.environ.get("HEALTH_CHECK_TIMEOUT", "1.0"))
 # Prometheus sends it as "Authorization: Bearer <token>" to every /metrics; empty: no scraping.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# host:port where `smtp_policy_server` answers /healthz, /readyz and /metrics over HTTP, and
+# where a Celery worker serves /metrics (each process of a host needs its own port).
+SMTP_POLICY_HEALTH_LISTEN = os.environ.get("SMTP_POLICY_HEALTH_LISTEN", "")
+CELERY_METRICS_LISTEN = os.environ.get("CELERY_METRICS_LISTEN", "")
