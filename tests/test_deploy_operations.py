@@ -39,14 +39,30 @@ def test_every_alert_and_dashboard_name_is_a_metric_the_services_export() -> Non
     assert used <= exported, f"alerts name unknown metrics: {sorted(used - exported)}"
 
 
-def test_every_unit_waits_for_its_own_health_port() -> None:
-    for unit in ("mailportal-web.service", "mailportal-auth-policy.service"):
-        text = (DEPLOY / "systemd" / unit).read_text()
-        port = re.search(r"--port (\d+)", text)
+def test_every_service_unit_waits_for_its_own_health_port_and_the_watchdog_knows_it() -> None:
+    watchdog = (DEPLOY / "watchdog").read_text()
+    port_option = (
+        r"(?:--port |--health-listen 127\.0\.0\.1:|CELERY_METRICS_LISTEN=127\.0\.0\.1:)(\d+)"
+    )
+    for unit in (
+        "mailportal-web",
+        "mailportal-auth-policy",
+        "mailportal-smtp-policy",
+        "mailportal-celery-worker",
+    ):
+        text = (DEPLOY / "systemd" / f"{unit}.service").read_text()
+        port = re.search(port_option, text)
         assert port, unit
-        assert f"wait-healthy http://127.0.0.1:{port.group(1)}/healthz" in text, unit
-        assert "PROMETHEUS_MULTIPROC_DIR=/run/" in text and "RuntimeDirectory=" in text, unit
+        health = f"http://127.0.0.1:{port.group(1)}/healthz"
+        assert f"wait-healthy {health}" in text, unit
+        assert f"check {unit} {health}" in watchdog, unit
+    for unit in ("mailportal-web", "mailportal-auth-policy", "mailportal-celery-worker"):
+        # The servers that fork: one metrics folder each, emptied at every start.
+        text = (DEPLOY / "systemd" / f"{unit}.service").read_text()
+        assert f"RuntimeDirectory={unit}\n" in text, unit
+        assert f"PROMETHEUS_MULTIPROC_DIR=/run/{unit}\n" in text, unit
     assert os.access(WAIT_HEALTHY, os.X_OK)
+    assert os.access(DEPLOY / "watchdog", os.X_OK)
 
 
 def test_wait_healthy_fails_on_a_port_nobody_answers() -> None:
