@@ -75,6 +75,7 @@ def test_it_shows_what_the_auth_policy_counts_in_redis(
     assert "1 distinct in the last 15 min" in text
     assert "known network 192.0.2.10" in text
     assert "IMAP checks left" in text
+    assert "SMTP messages sent" in text and "limits 5/min, 15/h" in text
 
 
 def test_an_unknown_mailbox_is_an_error(db: None) -> None:

@@ -23,9 +23,11 @@ from django.core.management.base import (
 from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
+from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
 from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, Protocol
+from mailaccess.sending_limits import plan_limits
 
 
 def when(moment: datetime | None) -> str:
@@ -77,20 +79,21 @@ class Command(BaseCommand):
         access = ExternalAccess.objects.filter(mailbox=mailbox).first()
         self.access(access)
         self.passwords(mailbox)
-        self.counters(address)
+        self.counters(mailbox)
         self.audit(mailbox, options["events"])
         self.notices(mailbox)
 
     def mailbox(self, mailbox: Mailbox) -> None:
         self.section("Mailbox")
         self.line("plan", mailbox.get_plan_display())
-        self.line(
-            "status", f"{mailbox.get_status_display()} since {when(mailbox.status_changed_at)}"
-        )
+        since = f" since {when(mailbox.status_changed_at)}" if mailbox.status_changed_at else ""
+        self.line("status", f"{mailbox.get_status_display()}{since}")
         self.line("language", mailbox.language)
         self.line("last web sign-in", when(mailbox.last_login))
         self.line("web password changed", when(mailbox.password_changed_at))
         self.line("may sign in", "yes" if mailbox.is_active else "no")
+        if mailbox.sending_limits_lift_at is not None:
+            self.line("free sending limits until", when(mailbox.sending_limits_lift_at))
 
     def access(self, access: ExternalAccess | None) -> None:
         self.section("External access")
@@ -131,13 +134,35 @@ class Command(BaseCommand):
                     f"from {password.last_used_ip}{client}",
                 )
 
-    def counters(self, address: str) -> None:
-        """What the auth policy decides on: its cached state and the counters, read only."""
-        self.section("Auth policy in Redis (what the next login is decided on)")
+    def counters(self, mailbox: Mailbox) -> None:
+        """What the policies decide on: cached state and counters in Redis, read only."""
+        self.section("Auth policy and SMTP policy in Redis (what the next login is decided on)")
         try:
-            self._counters(sync_client(), address)
+            self._counters(sync_client(), mailbox.address)
+            self._sending(sync_client(), mailbox)
         except redis.RedisError as error:
             self.line("Redis", f"not reachable ({type(error).__name__}): counters unknown")
+
+    def _sending(self, client: redis.Redis, mailbox: Mailbox) -> None:
+        now = timezone.now()
+        limits = plan_limits()[mailbox.sending_plan(now)]
+        now_ms = int(now.timestamp() * 1000)
+        usage = sending_counters.read_usage(client, mailbox.address, now_ms)
+        if limits.unlimited:
+            allowed = "no limit"
+        else:
+            allowed = f"limits {limits.per_minute}/min, {limits.per_hour}/h"
+        self.line(
+            "SMTP messages sent",
+            f"{usage.last_minute} in the last minute, {usage.last_hour} in the last hour "
+            f"({allowed})",
+        )
+        bounces = client.zcount(
+            sending_counters.bounces_key(mailbox.address),
+            now_ms - sending_counters.HOUR_MS,
+            "+inf",
+        )
+        self.line("bounces received", f"{bounces} in the last hour")
 
     def _counters(self, client: redis.Redis, login: str) -> None:
         now = timezone.now().timestamp()
