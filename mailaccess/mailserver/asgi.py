@@ -120,6 +120,7 @@ class AuthPolicyApp:
         self.limits = limits or Limits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
         self._redis_error_logged_at = -1.0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     @property
     def store(self) -> PolicyStore:
@@ -166,22 +167,40 @@ class AuthPolicyApp:
             self._log_failure(request, error)
             await self._send(send, 503, b'{"status": 0, "msg": ""}')
             return
-        metrics.AUTH_POLICY_SECONDS.labels(request.command.value).observe(
-            time.perf_counter() - started
-        )
-        metrics.AUTH_POLICY_DECISIONS.labels(request.command.value, protocol, result).inc()
-        log_event(
-            logger,
-            f"auth_policy.{request.command.value}",
-            logging.DEBUG if result in QUIET_RESULTS else logging.INFO,
-            mailbox=request.login,
-            protocol=request.service,
-            client_ip=request.remote,
-            result=result,
-            status=reply["status"],
-            session_prefix=short_id(request.session_id),
-        )
+        self._account(request, protocol, result, reply["status"], time.perf_counter() - started)
         await self._send(send, 200, json.dumps(reply, ensure_ascii=False).encode())
+
+    def _account(
+        self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
+    ) -> None:
+        """The metrics and the log line of an answer: a few microseconds per request.
+
+        prometheus-client's ``labels()`` takes a lock and builds a key on every call, which
+        costs more than the increment itself: the children are kept here per label set.
+        """
+        command = request.command.value
+        children = self._children.get((command, protocol, result))
+        if children is None:
+            children = (
+                metrics.AUTH_POLICY_DECISIONS.labels(command, protocol, result),
+                metrics.AUTH_POLICY_SECONDS.labels(command),
+            )
+            self._children[(command, protocol, result)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        level = logging.DEBUG if result in QUIET_RESULTS else logging.INFO
+        if logger.isEnabledFor(level):
+            log_event(
+                logger,
+                f"auth_policy.{command}",
+                level,
+                mailbox=request.login,
+                protocol=request.service,
+                client_ip=request.remote,
+                result=result,
+                status=status,
+                session_prefix=short_id(request.session_id),
+            )
 
     def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
         if not isinstance(error, redis.RedisError):
