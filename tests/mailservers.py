@@ -1,21 +1,24 @@
 """Real Dovecot and Postfix for end-to-end tests, started from the deploy/ templates.
 
 Use the fixtures by importing them into a test module (``from tests.mailservers import ...``)
-or a conftest. ``mail_servers_factory(policy=...)`` renders deploy/dovecot and deploy/postfix
-with deploy/render.py into a temporary folder and starts both on loopback ports:
+or a conftest. ``mail_servers_factory(policy=..., smtp_policy=...)`` renders deploy/dovecot
+and deploy/postfix with deploy/render.py into a temporary folder and starts both on loopback
+ports:
 
 - Dovecot: IMAP and POP3 over implicit TLS, its SQL passdb on the test database's view, and
   (when given) the auth policy served for real by ``policy_server``;
 - Postfix: submission on 587-style STARTTLS and 465-style implicit TLS, SMTP AUTH through
-  Dovecot's socket in its queue folder, ``default_transport = discard:`` so no test mail leaves.
+  Dovecot's socket in its queue folder, ``default_transport = discard:`` so no test mail leaves,
+  and (when given) the SMTP policy daemon ``smtp_policy_daemon``, a real
+  ``manage.py smtp_policy_server``, asked at DATA and END-OF-MESSAGE.
 
 Both run as root (Postfix's master must; Dovecot drops to ``dovenull``/``dovecot`` for its
 login and internal processes), so the fixtures skip when not root. Everything they start is
 stopped in teardown by its own process id. Ports come from ``E2E_PORT_RANGE`` (default
 20000-20499): each helper and CI may give its own range.
 
-Later issues extend this: ``MailServers.extra_postfix`` / ``extra_dovecot`` take more
-configuration lines (the SMTP policy daemon's ``check_policy_service``, per-device passwords).
+Later issues extend this: ``start_mail_servers(extra_postfix=..., extra_dovecot=...)`` take
+more configuration lines.
 """
 
 from __future__ import annotations
@@ -273,6 +276,61 @@ def policy_server(
         stop_process(process)
 
 
+# --- the SMTP policy daemon ------------------------------------------------------------------
+
+
+@dataclass
+class SmtpPolicyDaemon:
+    service: str  # what main.cf's check_policy_service is given: inet:127.0.0.1:PORT
+    redis_url: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def smtp_policy_daemon(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SmtpPolicyDaemon]:
+    """``manage.py smtp_policy_server`` as in production, on the test database and Redis.
+
+    The same Redis as the auth policy (``policy_server``): a block the daemon makes must
+    reach the state the auth policy caches, or the next SMTP AUTH would still be let in.
+    """
+    redis_url = os.environ.get("REDIS_URL_FOR_TESTS")
+    if not redis_url:
+        pytest.skip("the SMTP policy daemon counts in Redis: set REDIS_URL_FOR_TESTS")
+    port = free_port()
+    log = tmp_path_factory.mktemp("smtp-policy") / "daemon.log"
+    env = {
+        **os.environ,
+        **database_environment(),
+        "MAILSERVER_REDIS_URL": redis_url,
+        "DJANGO_SETTINGS_MODULE": "mailportal.settings",
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "e2e-only-secret-key-never-used-elsewhere"),
+        "DEBUG": "0",
+        # The tests set a plan's limits (the admin's Sending limits) before sending; in
+        # production a change reaches the daemon within SMTP_POLICY_CACHE_SECONDS (60 s).
+        "SMTP_POLICY_CACHE_SECONDS": "0",
+        # A block's notice is e-mailed at once, into this log, instead of to a broker that no
+        # worker here reads or to an SMTP server on port 25.
+        "CELERY_TASK_ALWAYS_EAGER": "1",
+        "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "smtp_policy_server", "--listen", f"127.0.0.1:{port}"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, lambda: tail(log))
+        yield SmtpPolicyDaemon(f"inet:127.0.0.1:{port}", redis_url, log)
+    finally:
+        stop_process(process)
+
+
 # --- Dovecot and Postfix ---------------------------------------------------------------------
 
 
@@ -285,6 +343,7 @@ class MailServers:
     submission_port: int  # STARTTLS, as 587
     submissions_port: int  # implicit TLS, as 465
     policy: PolicyServer | None
+    smtp_policy: SmtpPolicyDaemon | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -301,6 +360,8 @@ class MailServers:
         )
         if self.policy:
             text += f"\n--- auth policy (uvicorn)\n{tail(self.policy.log)}"
+        if self.smtp_policy:
+            text += f"\n--- SMTP policy daemon\n{tail(self.smtp_policy.log)}"
         return text
 
 
@@ -335,6 +396,11 @@ def _values(servers: MailServers, sql_connect: str) -> dict[str, str]:
         "POSTFIX_RELAYHOST": "",
         "SUBMISSION_SERVICE": f"127.0.0.1:{servers.submission_port}",
         "SUBMISSIONS_SERVICE": f"127.0.0.1:{servers.submissions_port}",
+        # Without a daemon the check is taken out (NO_SMTP_POLICY): this address is never
+        # asked, it only fills the placeholder.
+        "SMTP_POLICY_SERVICE": (
+            servers.smtp_policy.service if servers.smtp_policy else "inet:127.0.0.1:9"
+        ),
     }
 
 
@@ -346,12 +412,21 @@ auth_failure_delay = 0
 auth_verbose = yes
 """
 
+# Tests that do not look at sending limits run Postfix without the SMTP policy daemon: with
+# the check left in, every message would wait for the missing daemon (and its retry), then
+# pass by smtpd_policy_service_default_action anyway.
+NO_SMTP_POLICY = {
+    "submission_data_restrictions": "",
+    "submission_end_of_data_restrictions": "",
+}
+
 
 def start_mail_servers(
     root: Path,
     tls: TlsFiles,
     policy: PolicyServer | None,
     *,
+    smtp_policy: SmtpPolicyDaemon | None = None,
     extra_dovecot: str = "",
     extra_postfix: dict[str, str] | None = None,
 ) -> MailServers:
@@ -363,6 +438,7 @@ def start_mail_servers(
         submission_port=free_port(),
         submissions_port=free_port(),
         policy=policy,
+        smtp_policy=smtp_policy,
     )
     root.chmod(0o755)
     _render_module().render(_values(servers, database_environment()["DOVECOT_SQL_CONNECT"]), root)
@@ -375,6 +451,12 @@ def start_mail_servers(
     data.mkdir()
     postfix_user = pwd.getpwnam("postfix")
     os.chown(data, postfix_user.pw_uid, postfix_user.pw_gid)
+    if smtp_policy is None:
+        extra_postfix = {**NO_SMTP_POLICY, **(extra_postfix or {})}
+        # Now unused: Postfix would warn about it in every log.
+        subprocess.run(
+            ["postconf", "-c", str(postfix_dir), "-X", "mailportal_policy_service"], check=True
+        )
     if extra_postfix:
         postconf = [f"{name}={value}" for name, value in extra_postfix.items()]
         subprocess.run(["postconf", "-c", str(postfix_dir), "-e", *postconf], check=True)
@@ -446,18 +528,21 @@ def stop_mail_servers(servers: MailServers) -> None:
 def mail_servers_factory(
     django_db_setup: None, tls_files: TlsFiles
 ) -> Iterator[Callable[..., MailServers]]:
-    """``factory(policy=None)``: Dovecot and Postfix, one pair per distinct policy, kept for
-    the session (they hold no state of their own: everything is in the database)."""
-    running: dict[str, MailServers] = {}
+    """``factory(policy=None, smtp_policy=None)``: Dovecot and Postfix, one pair per distinct
+    auth policy and SMTP policy daemon, kept for the session (they hold no state of their own:
+    everything is in the database and Redis)."""
+    running: dict[tuple[str, str], MailServers] = {}
 
-    def factory(policy: PolicyServer | None = None) -> MailServers:
-        key = policy.url if policy else ""
+    def factory(
+        policy: PolicyServer | None = None, smtp_policy: SmtpPolicyDaemon | None = None
+    ) -> MailServers:
+        key = (policy.url if policy else "", smtp_policy.service if smtp_policy else "")
         if key not in running:
             # Not under pytest's 0700 folder: Postfix's and Dovecot's unprivileged processes
             # must reach their files inside.
             root = Path(tempfile.mkdtemp(prefix="mailportal-e2e-"))
             try:
-                running[key] = start_mail_servers(root, tls_files, policy)
+                running[key] = start_mail_servers(root, tls_files, policy, smtp_policy=smtp_policy)
             except BaseException:
                 shutil.rmtree(root, ignore_errors=True)
                 raise
@@ -545,15 +630,17 @@ def pop3_login(
         client.close()
 
 
-def smtp_send(
+@contextlib.contextmanager
+def smtp_session(
     servers: MailServers,
     user: str,
     password: str,
     *,
     implicit_tls: bool,
     source: str = "127.0.0.1",
-) -> None:
-    """AUTH and send one message on 465 (implicit TLS) or 587 (STARTTLS)."""
+) -> Iterator[smtplib.SMTP]:
+    """A mail program's connection on 465 (implicit TLS) or 587 (STARTTLS), after AUTH;
+    raises smtplib.SMTPAuthenticationError on refusal."""
     context = servers.tls.client_context()
     client: smtplib.SMTP
     if implicit_tls:
@@ -573,12 +660,36 @@ def smtp_send(
         if not implicit_tls:
             client.starttls(context=context)
             client.ehlo("e2e.test")
-        client.login(user, password)
-        client.sendmail(
-            user,
-            ["someone@example.org"],
-            f"From: {user}\r\nTo: someone@example.org\r\nSubject: e2e\r\n\r\nHello.\r\n",
-        )
+        # AUTH PLAIN only, as mail programs do: smtplib's login() would try LOGIN after a
+        # refusal, and a second refusal only waits out the server's failure delay.
+        client.user, client.password = user, password
+        client.auth("PLAIN", client.auth_plain)
+        yield client
+
+
+def send_message(
+    client: smtplib.SMTP, sender: str, subject: str = "e2e", recipients: int = 1
+) -> dict[str, tuple[int, bytes]]:
+    """One message on an open session; returns the recipients refused (none, normally)."""
+    to = [f"someone{number}@example.org" for number in range(recipients)]
+    return client.sendmail(
+        sender,
+        to,
+        f"From: {sender}\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\n\r\nHello.\r\n",
+    )
+
+
+def smtp_send(
+    servers: MailServers,
+    user: str,
+    password: str,
+    *,
+    implicit_tls: bool,
+    source: str = "127.0.0.1",
+) -> None:
+    """AUTH and send one message on 465 (implicit TLS) or 587 (STARTTLS)."""
+    with smtp_session(servers, user, password, implicit_tls=implicit_tls, source=source) as client:
+        send_message(client, user)
 
 
 def imap_error_text(error: BaseException) -> str:

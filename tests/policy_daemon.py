@@ -1,8 +1,9 @@
 """A real SMTP policy daemon for tests: its own thread and event loop, a real TCP socket
 (on the first free port of 21100-21899, the range this project's tests may use).
 
-The end-to-end tests through Postfix can start it the same way and point Postfix's
-``check_policy_service inet:127.0.0.1:PORT`` at ``daemon.port``.
+The end-to-end tests through real Postfix run the daemon as production does instead, as
+``manage.py smtp_policy_server`` in its own process (``smtp_policy_daemon`` in
+tests/mailservers.py).
 """
 
 from __future__ import annotations
