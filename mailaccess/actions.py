@@ -9,6 +9,7 @@ only once the transaction has committed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,10 @@ from mailaccess.models import (
     Protocol,
 )
 from mailaccess.sending_limits import limits_lift_at
+from mailportal import metrics
+from mailportal.logging import Event
+
+logger = logging.getLogger("mailaccess.actions")
 
 # Functions called after commit with a mailbox id whenever its access state changes (the
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
@@ -68,6 +73,10 @@ def _audit(
     ip: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
+    fields: dict[str, Any] = {"mailbox": mailbox.address, "actor": f"{actor.kind}:{actor.label}"}
+    fields.update({"reason": reason or None, "ip": ip, **(detail or {})})
+    # The log line, like the mail and the notices, only for what was committed.
+    transaction.on_commit(lambda: logger.info(Event(f"access.{action}", fields)))
     return AuditEvent.objects.create(
         mailbox=mailbox,
         address=mailbox.address,
@@ -289,6 +298,7 @@ def block_access(
     )
     _access_changed(mailbox.pk)
     _notices_created([notice.pk])
+    transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc())
     return notice
 
 
@@ -449,6 +459,13 @@ def _system_audits(
     reason: str = "",
     details: Sequence[dict[str, Any]],
 ) -> list[AuditEvent]:
+    def log() -> None:
+        for (_mailbox_id, address), detail in zip(rows, details, strict=True):
+            fields = {"mailbox": address, "actor": f"{actor.kind}:{actor.label}"}
+            logger.info(Event(f"access.{action}", {**fields, "reason": reason or None, **detail}))
+
+    # One line per mailbox, as for a single action: support looks a mailbox up by its address.
+    transaction.on_commit(log)
     return AuditEvent.objects.bulk_create(
         AuditEvent(
             mailbox_id=mailbox_id,
@@ -519,6 +536,7 @@ def block_access_many(
     )
     _access_changed_many(ids)
     _notices_created([notice.pk for notice in notices])
+    transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc(len(ids)))
     return ids
 
 
@@ -606,7 +624,19 @@ def deliver_notice(notice_id: int, send: Callable[[Notice], object]) -> bool:
     )
     if not claimed:
         return False
-    send(Notice.objects.select_related("mailbox__external_access").get(pk=notice_id))
+    notice = Notice.objects.select_related("mailbox__external_access").get(pk=notice_id)
+    send(notice)
+
+    def sent() -> None:
+        metrics.NOTICES_SENT.labels(kind=notice.kind).inc()
+        logger.info(
+            Event(
+                "notice.sent",
+                {"mailbox": notice.mailbox.address, "kind": notice.kind, "reason": notice.reason},
+            )
+        )
+
+    transaction.on_commit(sent)
     return True
 
 

@@ -13,6 +13,7 @@ Celery tasks (``mailaccess.tasks``) and ``manage.py run_job`` call these functio
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from django.utils import timezone
 from accounts.models import Mailbox, Status
 from mailaccess import actions, notices, sending_limits
 from mailaccess.models import Actor, AuditEvent, BlockReason, ExternalAccess, Notice
+from mailportal import metrics
+from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +71,9 @@ def _in_batches(
 def block_inactive_access(*, batch_size: int | None = None, on_batch: OnBatch = None) -> int:
     """Switch access off for mailboxes whose status became inactive."""
     actor = Actor.system("job: inactive mailboxes")
+    [due] = _due_inactive_access(timezone.now())
     return _in_batches(
-        ExternalAccess.objects.of_inactive_mailboxes(),
+        due,
         lambda page: actions.block_access_many(
             page, BlockReason.INACTIVE, actor=actor, skip_locked=True
         ),
@@ -83,8 +87,9 @@ def block_idle_access(
 ) -> int:
     """Switch access off where no mail program used it for two months (or since switching on)."""
     actor = Actor.system("job: idle two months")
+    [due] = _due_idle_access(now or timezone.now())
     return _in_batches(
-        ExternalAccess.objects.idle_at(now or timezone.now()),
+        due,
         lambda page: actions.block_access_many(
             page, BlockReason.IDLE, actor=actor, skip_locked=True
         ),
@@ -98,8 +103,9 @@ def warn_expiring_access(
 ) -> int:
     """Warn, once, the owners of access that the idle job will switch off within a week."""
     actor = Actor.system("job: expiry warning")
+    [due] = _due_expiry_warnings(now or timezone.now())
     return _in_batches(
-        ExternalAccess.objects.due_expiry_warning(now or timezone.now()),
+        due,
         lambda page: actions.warn_expiry_many(page, actor=actor, skip_locked=True),
         batch_size=batch_size,
         on_batch=on_batch,
@@ -114,15 +120,12 @@ def mark_inactive_mailboxes(
     Counted from the last sign-in, or from creation for a mailbox never signed in to. Their
     access is then blocked by ``block_inactive_access``, like any other status change.
     """
-    months = settings.MAILBOX_INACTIVE_AFTER_MONTHS
-    if months <= 0:
+    dues = _due_inactive_mailboxes(now or timezone.now())
+    if not dues:
         return 0
-    cutoff = (now or timezone.now()) - relativedelta(months=months)
     actor = Actor.system("job: no web sign-in")
     return _in_batches(
-        Mailbox.objects.filter(status=Status.ACTIVE).filter(
-            Q(last_login__lt=cutoff) | Q(last_login__isnull=True, date_joined__lt=cutoff)
-        ),
+        dues[0],
         lambda page: actions.mark_inactive_many(page, actor=actor, skip_locked=True),
         batch_size=batch_size,
         on_batch=on_batch,
@@ -147,19 +150,11 @@ def prune_old_records(
 
     The mail servers' counters live in Redis with their own expiry; nothing to prune here.
     """
-    now = now or timezone.now()
     deleted = 0
-    for model, days in (
-        (AuditEvent, settings.AUDIT_RETENTION_DAYS),
-        (Notice, settings.NOTICE_RETENTION_DAYS),
-    ):
-        if days > 0:
-            deleted += _in_batches(
-                model._default_manager.filter(created_at__lt=now - timedelta(days=days)),
-                _delete_page(model),
-                batch_size=batch_size,
-                on_batch=on_batch,
-            )
+    for due in _due_old_records(now or timezone.now()):
+        deleted += _in_batches(
+            due, _delete_page(due.model), batch_size=batch_size, on_batch=on_batch
+        )
     return deleted
 
 
@@ -175,12 +170,9 @@ def send_pending_notices(
             notices.queue(ids)
         return ids
 
+    [due] = _due_pending_notices(now)
     return _in_batches(
-        Notice.objects.filter(
-            emailed_at__isnull=True,
-            created_at__lt=now - NOTICE_SWEEP_AFTER,
-            created_at__gte=now - NOTICE_SWEEP_FOR,
-        ),
+        due,
         queue,
         batch_size=batch_size,
         on_batch=on_batch,
@@ -209,7 +201,96 @@ JOBS: dict[str, Callable[..., int]] = {
 }
 
 
+# What each job would change, for ``run_job --dry-run`` and the progress bar's total. The job
+# functions take their rows from these same QuerySets (the sending-limits lift runs the same
+# filter in sending_limits.py), so a count and a run do not disagree.
+
+
+def _due_inactive_access(now: datetime) -> list[QuerySet[Any]]:
+    return [ExternalAccess.objects.of_inactive_mailboxes()]
+
+
+def _due_idle_access(now: datetime) -> list[QuerySet[Any]]:
+    return [ExternalAccess.objects.idle_at(now)]
+
+
+def _due_expiry_warnings(now: datetime) -> list[QuerySet[Any]]:
+    return [ExternalAccess.objects.due_expiry_warning(now)]
+
+
+def _due_inactive_mailboxes(now: datetime) -> list[QuerySet[Any]]:
+    months = settings.MAILBOX_INACTIVE_AFTER_MONTHS
+    if months <= 0:
+        return []
+    cutoff = now - relativedelta(months=months)
+    return [
+        Mailbox.objects.filter(status=Status.ACTIVE).filter(
+            Q(last_login__lt=cutoff) | Q(last_login__isnull=True, date_joined__lt=cutoff)
+        )
+    ]
+
+
+def _due_old_records(now: datetime) -> list[QuerySet[Any]]:
+    return [
+        model._default_manager.filter(created_at__lt=now - timedelta(days=days))
+        for model, days in (
+            (AuditEvent, settings.AUDIT_RETENTION_DAYS),
+            (Notice, settings.NOTICE_RETENTION_DAYS),
+        )
+        if days > 0
+    ]
+
+
+def _due_pending_notices(now: datetime) -> list[QuerySet[Any]]:
+    return [
+        Notice.objects.filter(
+            emailed_at__isnull=True,
+            created_at__lt=now - NOTICE_SWEEP_AFTER,
+            created_at__gte=now - NOTICE_SWEEP_FOR,
+        )
+    ]
+
+
+def _due_sending_limits(now: datetime) -> list[QuerySet[Any]]:
+    return [Mailbox.objects.filter(sending_limits_lift_at__lte=now)]
+
+
+DUE: dict[str, Callable[[datetime], list[QuerySet[Any]]]] = {
+    "mark_inactive_mailboxes": _due_inactive_mailboxes,
+    "block_inactive_access": _due_inactive_access,
+    "block_idle_access": _due_idle_access,
+    "warn_expiring_access": _due_expiry_warnings,
+    "lift_due_sending_limits": _due_sending_limits,
+    "prune_old_records": _due_old_records,
+    "send_pending_notices": _due_pending_notices,
+}
+
+
+def count_due(name: str, now: datetime | None = None) -> int:
+    """How many rows the job would change now: COUNT queries only, nothing written."""
+    return sum(due.count() for due in DUE[name](now or timezone.now()))
+
+
 def run(name: str, **options: Any) -> int:
-    done = JOBS[name](**options)
-    logger.info("job=%s rows=%d", name, done)
+    """Run a job and account for it: metrics and one log line, whoever runs it."""
+    started = time.monotonic()
+    try:
+        done = JOBS[name](**options)
+    except Exception:
+        metrics.JOB_RUNS.labels(job_name=name, outcome="failed").inc()
+        log_event(
+            logger,
+            "job.failed",
+            logging.ERROR,
+            exc_info=True,
+            job=name,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        raise
+    seconds = time.monotonic() - started
+    metrics.JOB_RUNS.labels(job_name=name, outcome="ok").inc()
+    metrics.JOB_ROWS.labels(job_name=name).inc(done)
+    metrics.JOB_SECONDS.labels(job_name=name).observe(seconds)
+    metrics.JOB_LAST_SUCCESS.labels(job_name=name).set(time.time())
+    log_event(logger, "job.finished", job=name, rows=done, seconds=round(seconds, 3))
     return done

@@ -18,6 +18,7 @@ from django.utils.translation import gettext as _
 
 from mailaccess import actions
 from mailaccess.models import EXPIRY_WARNING_BEFORE, ExternalAccess, Notice, NoticeKind
+from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,14 @@ def queue(notice_ids: Sequence[int]) -> None:
         try:
             tasks.send_notices.delay(chunk)
         except Exception:
-            logger.exception("notices=%s not queued; the sweep job will retry", chunk)
+            # The sweep job (send_pending_notices) queues them again.
+            log_event(
+                logger,
+                "notice.not_queued",
+                logging.ERROR,
+                exc_info=True,
+                notices=" ".join(map(str, chunk)),
+            )
 
 
 def send_notice(notice_id: int, *, connection: Any = None) -> bool:

@@ -19,6 +19,8 @@ from django.utils import timezone
 from accounts.models import Mailbox, Plan
 from mailaccess.mailserver import redis_client, sending_counters
 from mailaccess.models import SendingLimit
+from mailportal import metrics
+from mailportal.logging import log_event
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,15 @@ def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
             redis_client.sync_client(), mailbox.address, int(now.timestamp() * 1000)
         )
         last_minute, last_hour = usage.last_minute, usage.last_hour
-    except redis.RedisError:
-        log.warning("sending usage unavailable: Redis did not answer", exc_info=True)
+    except redis.RedisError as error:
+        metrics.REDIS_ERRORS.labels(service="web").inc()
+        log_event(
+            log,
+            "sending_limits.usage_unavailable",
+            logging.WARNING,
+            mailbox=mailbox.address,
+            error=type(error).__name__,
+        )
     pending = mailbox.sending_limits_lift_at
     return SendingPanel(
         per_minute=limits.per_minute,

@@ -17,6 +17,7 @@ from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError
 
 from mailaccess import jobs, notices
+from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -83,5 +84,5 @@ def send_notices(notice_ids: list[int]) -> int:
                 sent += notices.send_notice(notice_id, connection=connection)
             except SMTPRecipientsRefused:
                 # Permanent for this address: retrying the task would not help the others.
-                logger.warning("notice=%s refused by the mail server", notice_id)
+                log_event(logger, "notice.refused", logging.WARNING, notice=notice_id)
     return sent

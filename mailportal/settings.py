@@ -60,6 +60,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics answer before the HTTPS redirect and the host check.
+    "mailportal.health.health_middleware",
     "django.middleware.security.SecurityMiddleware",
     "mailportal.middleware.content_security_policy_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -242,11 +244,12 @@ OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Inbox")
 # Support staff may remove a lost authenticator in the admin, but never see its key or QR code.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
+# One key=value line per decision or action, never a secret (mailportal/logging.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"kv": {"()": "mailportal.logging.KeyValueFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -377,3 +380,13 @@ NOTICE_RETENTION_DAYS = envint("NOTICE_RETENTION_DAYS", 365)
 # Rows a job changes in one transaction: big enough to amortise the round trips, small enough
 # that its row locks are held for well under a second.
 JOB_BATCH_SIZE = envint("JOB_BATCH_SIZE", 1000)
+
+# Operations (mailportal/health.py, mailportal/metrics.py). Readiness gives each of PostgreSQL
+# and Redis this many seconds: a load balancer's probe must finish well inside its interval.
+HEALTH_CHECK_TIMEOUT = float(os.environ.get("HEALTH_CHECK_TIMEOUT", "1.0"))
+# Prometheus sends it as "Authorization: Bearer <token>" to every /metrics; empty: no scraping.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# host:port where `smtp_policy_server` answers /healthz, /readyz and /metrics over HTTP, and
+# where a Celery worker serves /metrics (each process of a host needs its own port).
+SMTP_POLICY_HEALTH_LISTEN = os.environ.get("SMTP_POLICY_HEALTH_LISTEN", "")
+CELERY_METRICS_LISTEN = os.environ.get("CELERY_METRICS_LISTEN", "")

@@ -6,6 +6,7 @@ the owner.
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import time_machine
@@ -26,6 +28,7 @@ from django.utils import timezone
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+from tests.mailservers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +53,18 @@ def worker_database_url() -> str:
 
 
 @pytest.fixture
-def celery(redis_url: str, tmp_path: Path) -> Iterator[Path]:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def celery(redis_url: str, tmp_path: Path, metrics_port: int) -> Iterator[Path]:
     """Start `celery -A mailportal beat` and `... worker`; yield the folder mail goes to."""
     queue = f"mailportal-e2e-{uuid.uuid4().hex}"
     mail_dir = tmp_path / "mail"
     mail_dir.mkdir()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.celery_worker_settings",
@@ -67,6 +77,9 @@ def celery(redis_url: str, tmp_path: Path) -> Iterator[Path]:
         "DEBUG": "0",
         "E2E_CELERY_QUEUE": queue,
         "E2E_EMAIL_DIR": str(mail_dir),
+        "CELERY_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        "METRICS_TOKEN": "scrape-token-123",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     celery = [sys.executable, "-m", "celery", "-A", "mailportal"]
     logs = {name: (tmp_path / f"{name}.log").open("w+") for name in ("worker", "beat")}
@@ -123,7 +136,7 @@ def wait_for(condition, seconds: float = 90):  # type: ignore[no-untyped-def]
 
 
 def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
-    celery: Path, alice: Mailbox, bob: Mailbox
+    celery: Path, alice: Mailbox, bob: Mailbox, metrics_port: int
 ) -> None:
     with time_machine.travel(timezone.now() - timedelta(days=70), tick=False):
         actions.enable_access(alice, actor=Actor.user(alice))
@@ -141,3 +154,14 @@ def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
     assert [message["To"] for message in messages] == ["alice@inbox.lv"]
     subject = str(make_header(decode_header(messages[0]["Subject"])))
     assert subject == "POP3\\IMAP pieeja pastkastītei alice@inbox.lv ir bloķēta"
+
+    # The worker's metrics port shows the run, the block and the notice it sent.
+    scrape = httpx.get(
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        headers={"Authorization": "Bearer scrape-token-123"},
+    ).text
+    assert 'mailportal_access_blocks_total{reason="idle"} 1.0' in scrape
+    assert 'mailportal_notices_sent_total{kind="blocked"} 1.0' in scrape
+    assert re.search(
+        r'mailportal_job_runs_total\{job_name="block_idle_access",outcome="ok"\} [1-9]', scrape
+    )

@@ -222,7 +222,7 @@ def test_without_redis_mail_goes_through_or_is_deferred_as_configured(
     ):
         for number in range(3):
             assert client.send_message(ALICE, f"d{number}").startswith(expected)
-    assert "Redis unavailable" in caplog.text
+    assert "event=smtp_policy.redis_unavailable" in caplog.text
 
 
 def test_a_redis_that_hangs_still_gets_postfix_an_answer(alice: Mailbox, test_redis: str) -> None:

@@ -10,6 +10,10 @@ translations, the ORM), but the ORM runs only on a cache miss, a throttled last-
 a block, each in a thread through ``sync_to_async``. Run ``--workers N`` (one per core) with
 uvloop and httptools.
 
+``GET /healthz`` (alive), ``GET /readyz`` (Redis and PostgreSQL answer) and ``GET /metrics``
+(Prometheus, bearer ``METRICS_TOKEN``) are looked at only after a request missed the policy
+path, so they cost the hot path nothing.
+
 ``POST /auth-policy?command=allow|report`` with the ``X-API-Key`` header
 (``AUTH_POLICY_API_KEY``). Wrong or missing key: 401 and nothing recorded. Malformed JSON,
 missing fields and unknown users get a well-formed ``{"status": 0, "msg": ""}`` (the passdb
@@ -19,6 +23,7 @@ still checks the password). When Redis or PostgreSQL is down the answer is a 503
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -55,8 +60,14 @@ from mailaccess.mailserver.auth_policy import (  # noqa: E402
 from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis  # noqa: E402
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore  # noqa: E402
 from mailaccess.models import Actor, BlockReason  # noqa: E402
+from mailportal import health, metrics  # noqa: E402
+from mailportal.logging import log_event, short_id  # noqa: E402
 
 logger = logging.getLogger("mailaccess.auth_policy")
+# Every answer is one log line, but a plain "allow" at DEBUG: at thousands of logins a second
+# INFO would be mostly noise, and Dovecot logs each login itself. Refusals, delays, failed
+# passwords, recorded uses and blocks are INFO and up.
+QUIET_RESULTS = frozenset({"allow", "unknown", "success", "none"})
 
 PATH = "/auth-policy"
 Scope = dict[str, Any]
@@ -111,6 +122,8 @@ class AuthPolicyApp:
         self.clock = clock
         self.limits = limits or Limits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
+        self._redis_error_logged_at = -1.0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     @property
     def store(self) -> PolicyStore:
@@ -128,7 +141,7 @@ class AuthPolicyApp:
         if scope["type"] != "http":
             return
         if scope["path"] != PATH:
-            await self._send(send, 404, b'{"error": "not found"}')
+            await self._other(scope, send)
             return
         if scope["method"] != "POST":
             await self._send(send, 405, b'{"error": "POST only"}', [(b"allow", b"POST")])
@@ -143,20 +156,122 @@ class AuthPolicyApp:
             command = auth_policy.parse_command(scope.get("query_string", b""))
             request = auth_policy.parse_request(command, body)
         except RequestError as error:
-            logger.warning("auth policy: bad request (%s)", error)
+            metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
+            log_event(logger, "auth_policy.bad_request", logging.WARNING, reason=str(error))
             await self._send(send, 200, ALLOWED)
             return
+        started = time.perf_counter()
+        protocol = request.protocol.value if request.protocol else "other"
         try:
-            reply = await self.handle(request)
-        except Exception:
+            reply, result = await self.handle(request)
+        except Exception as error:
             # Redis or PostgreSQL is away: let auth_policy_reject_on_fail decide.
-            logger.exception("auth policy: no decision for %s", request.command)
+            metrics.AUTH_POLICY_DECISIONS.labels(request.command.value, protocol, "error").inc()
+            self._log_failure(request, error)
             await self._send(send, 503, b'{"status": 0, "msg": ""}')
             return
+        self._account(request, protocol, result, reply["status"], time.perf_counter() - started)
         if reply["status"] == 0 and not reply["msg"]:
             await self._send(send, 200, ALLOWED)  # nearly every answer: no JSON encoding
         else:
             await self._send(send, 200, json.dumps(reply, ensure_ascii=False).encode())
+
+    def _account(
+        self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
+    ) -> None:
+        """The metrics and the log line of an answer: a few microseconds per request.
+
+        prometheus-client's ``labels()`` takes a lock and builds a key on every call, which
+        costs more than the increment itself: the children are kept here per label set.
+        """
+        command = request.command.value
+        children = self._children.get((command, protocol, result))
+        if children is None:
+            children = (
+                metrics.AUTH_POLICY_DECISIONS.labels(command, protocol, result),
+                metrics.AUTH_POLICY_SECONDS.labels(command),
+            )
+            self._children[(command, protocol, result)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        level = logging.DEBUG if result in QUIET_RESULTS else logging.INFO
+        if logger.isEnabledFor(level):
+            log_event(
+                logger,
+                f"auth_policy.{command}",
+                level,
+                mailbox=request.login,
+                protocol=request.service,
+                client_ip=request.remote,
+                result=result,
+                status=status,
+                session_prefix=short_id(request.session_id),
+            )
+
+    def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+        if not isinstance(error, redis.RedisError):
+            log_event(
+                logger,
+                "auth_policy.error",
+                logging.ERROR,
+                exc_info=True,
+                mailbox=request.login,
+                command=request.command.value,
+            )
+            return
+        metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+        # Redis down fails every request: one line a second per process says so well enough,
+        # and the metric counts them all.
+        now = time.monotonic()
+        if now - self._redis_error_logged_at >= 1:
+            self._redis_error_logged_at = now
+            log_event(
+                logger,
+                "auth_policy.redis_error",
+                logging.ERROR,
+                error=type(error).__name__,
+                command=request.command.value,
+            )
+
+    async def _other(self, scope: Scope, send: Send) -> None:
+        """Health, readiness and metrics: off the hot path, checked only after it missed."""
+        path = scope["path"]
+        if path not in ("/healthz", "/readyz", "/metrics"):
+            await self._send(send, 404, b'{"error": "not found"}')
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await self._send(send, 405, b'{"error": "GET only"}', [(b"allow", b"GET")])
+            return
+        if path == "/healthz":
+            await self._send(send, 200, health.health_body(True))
+        elif path == "/readyz":
+            ok, checks = await self.readiness()
+            await self._send(send, 200 if ok else 503, health.health_body(ok, checks))
+        elif metrics.authorized(dict(scope["headers"]).get(b"authorization")):
+            body, content_type = metrics.exposition()
+            await self._send(send, 200, body, [], content_type.encode())
+        else:
+            await self._send(send, 403, b'{"error": "metrics token required"}')
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Redis (the connection decisions use) and PostgreSQL (cache misses, blocks)."""
+        timeout = settings.HEALTH_CHECK_TIMEOUT
+        checks = {"redis": "ok", "database": "ok"}
+        try:
+            [pong] = await asyncio.wait_for(self.store.client.execute([("PING",)]), timeout)
+            if isinstance(pong, Exception):
+                raise pong
+        except (redis.RedisError, TimeoutError) as error:
+            metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+            checks["redis"] = type(error).__name__
+        try:
+            checks["database"] = await asyncio.wait_for(
+                sync_to_async(health.check_database, thread_sensitive=False)(timeout),
+                timeout + 0.5,
+            )
+        except TimeoutError:
+            checks["database"] = "TimeoutError"
+        return all(value == "ok" for value in checks.values()), checks
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -182,9 +297,10 @@ class AuthPolicyApp:
         status: int,
         body: bytes,
         extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+        content_type: bytes = b"application/json",
     ) -> None:
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             *extra,
         ]
@@ -197,8 +313,15 @@ class AuthPolicyApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.store.load_scripts()
-                except redis.RedisError:
-                    logger.warning("auth policy: Redis not reachable at start-up")
+                except redis.RedisError as error:
+                    metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+                    log_event(
+                        logger,
+                        "auth_policy.redis_error",
+                        logging.WARNING,
+                        error=type(error).__name__,
+                        command="startup",
+                    )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -209,22 +332,13 @@ class AuthPolicyApp:
         await self.store.store_state(login, miss.generation, state)
         return state
 
-    async def handle(self, request: PolicyRequest) -> dict[str, Any]:
+    async def handle(self, request: PolicyRequest) -> tuple[dict[str, Any], str]:
+        """The answer for Dovecot, and the result for the metrics and the log line."""
         now = self.clock()
         if request.command == Command.ALLOW:
             verdict, language = await self._allow(request, now)
-            reply = auth_policy.answer(verdict, language, self.limits)
-            if verdict.status != 0:
-                logger.info(
-                    "auth policy: %s %s from %s: %s",
-                    request.service,
-                    request.login,
-                    request.remote,
-                    verdict.outcome,
-                )
-            return reply
-        await self._report(request, now)
-        return {"status": 0, "msg": ""}
+            return auth_policy.answer(verdict, language, self.limits), verdict.outcome.value
+        return {"status": 0, "msg": ""}, await self._report(request, now)
 
     async def _allow(self, request: PolicyRequest, now: float) -> tuple[Verdict, str]:
         found, counters = await self.store.allow(request, now)
@@ -239,17 +353,17 @@ class AuthPolicyApp:
         verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
         return verdict, found.language if found else settings.LANGUAGE_CODE
 
-    async def _report(self, request: PolicyRequest, now: float) -> None:
+    async def _report(self, request: PolicyRequest, now: float) -> str:
         effect = auth_policy.report_effects(request)
         if effect == "none":
-            return
+            return effect
         result = await self.store.report(request, effect, now)
         if isinstance(result, Miss):
             await self._state(request.login, result)
             result = await self.store.report(request, effect, now, with_network=False)
         if isinstance(result, Miss) or result.state is None:
             # Unknown login, or invalidated twice meanwhile: one report less is harmless.
-            return
+            return effect
         # Last use is written at most once a minute per password, protocol and network
         # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
         # and an UPDATE per login would make PostgreSQL the bottleneck at thousands of
@@ -257,15 +371,27 @@ class AuthPolicyApp:
         # months.
         if result.record_use and request.protocol is not None:
             await sync_to_async(_record_use, thread_sensitive=False)(result.state, request, now)
+            log_event(
+                logger,
+                "auth_policy.use_recorded",
+                mailbox=request.login,
+                protocol=request.protocol.value,
+                client_ip=request.remote,
+            )
         if result.faulty:
-            logger.warning(
-                "auth policy: %s over %d connections an hour, blocking",
-                request.login,
-                self.limits.faulty_connections_per_hour,
+            log_event(
+                logger,
+                "auth_policy.faulty_program",
+                logging.WARNING,
+                mailbox=request.login,
+                protocol=request.service,
+                client_ip=request.remote,
+                connections_per_hour=self.limits.faulty_connections_per_hour,
             )
             await sync_to_async(_block_faulty, thread_sensitive=False)(
                 result.state, request, self.limits.faulty_connections_per_hour
             )
+        return effect
 
 
 application = AuthPolicyApp()

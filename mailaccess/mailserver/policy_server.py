@@ -12,7 +12,9 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailaccess.mailserver.postfix_policy import (
     PolicyRequest,
@@ -21,8 +23,13 @@ from mailaccess.mailserver.postfix_policy import (
     format_reply,
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
+from mailportal import metrics
+from mailportal.logging import log_event
 
 log = logging.getLogger(__name__)
+# Label values are a closed set whatever a client sends (see mailportal/metrics.py).
+STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "end-of-message", "vrfy", "etrn"})
+RESULTS = frozenset({"dunno", "ok", "defer_if_permit", "defer", "reject", "hold", "discard"})
 
 READ_CHUNK = 64 * 1024
 
@@ -72,6 +79,9 @@ class PolicyServer:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
+        # The counters' children by (stage, result): labels() takes a lock per call, and
+        # this runs for every request Postfix sends.
+        self._counted: dict[tuple[str, str], Any] = {}
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -181,7 +191,7 @@ class PolicyServer:
                 try:
                     requests = parser.feed(data)
                 except ProtocolError as error:
-                    log.warning("closing a connection that broke the protocol: %s", error)
+                    log_event(log, "smtp_policy.protocol_error", logging.WARNING, error=str(error))
                     break
                 for request in requests:
                     writer.write(format_reply(await self.answer(request)))
@@ -199,11 +209,42 @@ class PolicyServer:
     async def answer(self, request: PolicyRequest) -> str:
         """Always an answer, within ``request_timeout``: Postfix's own default on a silent
         daemon is a 451 for every message."""
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.request_timeout):
-                return await self.policy.decide(request)
+                action = await self.policy.decide(request)
         except TimeoutError:
-            log.error("no decision within %.1f s: answering the fallback", self.request_timeout)
+            action, result = self.policy.fallback_action(), "timeout"
+            log_event(log, "smtp_policy.timeout", logging.ERROR, seconds=self.request_timeout)
         except Exception:
-            log.exception("the policy failed: answering the fallback")
-        return self.policy.fallback_action()
+            action, result = self.policy.fallback_action(), "error"
+            log_event(log, "smtp_policy.error", logging.ERROR, exc_info=True)
+        else:
+            result = action.partition(" ")[0].lower()
+            result = result if result in RESULTS else "other"
+        self._account(request, result, time.perf_counter() - started)
+        return action
+
+    def _account(self, request: PolicyRequest, result: str, seconds: float) -> None:
+        """The metrics and the one log line of a decision."""
+        stage = request.protocol_state.lower()
+        stage = stage if stage in STAGES else "other"
+        counter = self._counted.get((stage, result))
+        if counter is None:
+            counter = metrics.SMTP_POLICY_CHECKS.labels(stage=stage, result=result)
+            self._counted[(stage, result)] = counter
+        counter.inc()
+        metrics.SMTP_POLICY_SECONDS.observe(seconds)
+        # "dunno" (no opinion) is nearly every answer: DEBUG, like the auth policy's "allow".
+        log_event(
+            log,
+            "smtp_policy.decision",
+            logging.DEBUG if result == "dunno" else logging.INFO,
+            mailbox=request.sasl_username or request.recipient or None,
+            stage=stage,
+            result=result,
+            client_ip=request.get("client_address") or None,
+            sender=request.sender or None,
+            recipients=request.get("recipient_count") or None,
+            instance=request.instance or None,
+        )

@@ -50,6 +50,8 @@ from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit,
 from mailaccess.mailserver.redis_batch import ScriptBatcher
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
+from mailportal import metrics
+from mailportal.logging import log_event
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +357,13 @@ class SmtpPolicy:
         )
         verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if verdict == "block":
-            log.warning("bounce flood for %s: blocking as compromised", recipient)
+            log_event(
+                log,
+                "smtp_policy.bounce_flood",
+                logging.WARNING,
+                mailbox=recipient,
+                bounces=reply[1],
+            )
             self._in_background(_block_for_bounces, recipient, int(reply[1]))
         return dunno()
 
@@ -370,6 +378,7 @@ class SmtpPolicy:
         try:
             return await awaitable
         except (redis.RedisError, OSError) as error:
+            metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
             self._redis_down_until = time.monotonic() + self.REDIS_RETRY_SECONDS
             self._note_fallback(error)
             raise RedisUnavailable from error
@@ -380,11 +389,13 @@ class SmtpPolicy:
         moment = time.monotonic()
         if moment - self._last_outage_log >= self.LOG_EVERY_SECONDS:
             self._last_outage_log = moment
-            log.error(
-                "Redis unavailable (%s): answering %s; %d answers without Redis so far",
-                error or "still down",
-                self.fallback_action().split(" ", 1)[0],
-                self._fallbacks,
+            log_event(
+                log,
+                "smtp_policy.redis_unavailable",
+                logging.ERROR,
+                error=type(error).__name__ if error else "still down",
+                answering=self.fallback_action().split(" ", 1)[0],
+                answers_without_redis=self._fallbacks,
             )
 
     async def _lookup(self, address: str) -> Sender | None:
@@ -392,14 +403,22 @@ class SmtpPolicy:
             return await self._directory.sender(address)
         except Exception as error:
             # The database is down or slow: the same choice as for Redis.
-            log.error("mailbox lookup failed for %s: %s", address, error)
+            log_event(
+                log,
+                "smtp_policy.lookup_failed",
+                logging.ERROR,
+                mailbox=address,
+                error=type(error).__name__,
+            )
             raise RedisUnavailable from error
 
     async def _directory_limits(self, plan: str) -> Limits:
         try:
             return await self._directory.limits(plan)
         except Exception as error:
-            log.error("sending limits lookup failed: %s", error)
+            log_event(
+                log, "smtp_policy.limits_lookup_failed", logging.ERROR, error=type(error).__name__
+            )
             raise RedisUnavailable from error
 
     def _in_background(self, function: Callable[..., str | None], *args: Any) -> None:
@@ -410,9 +429,23 @@ class SmtpPolicy:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._executor, function, *args
                 )
-                log.warning("%s%r: %s", function.__name__, args, result)
+                log_event(
+                    log,
+                    "smtp_policy.background_action",
+                    logging.WARNING,
+                    action=function.__name__,
+                    arguments=" ".join(map(str, args)),
+                    result=result,
+                )
             except Exception:
-                log.exception("%s%r failed", function.__name__, args)
+                log_event(
+                    log,
+                    "smtp_policy.background_action_failed",
+                    logging.ERROR,
+                    exc_info=True,
+                    action=function.__name__,
+                    arguments=" ".join(map(str, args)),
+                )
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)

@@ -26,6 +26,8 @@ from mailaccess import passwords
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
 from mailaccess.models import AppPassword, Protocol
+from mailportal import metrics
+from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -169,5 +171,12 @@ def invalidate(mailbox_id: int) -> None:
         return
     try:
         invalidate_address(address)
-    except redis.RedisError:
-        logger.warning("auth-policy cache not invalidated for mailbox %s", mailbox_id)
+    except redis.RedisError as error:
+        metrics.REDIS_ERRORS.labels(service="invalidation").inc()
+        log_event(
+            logger,
+            "auth_policy.cache_not_invalidated",
+            logging.WARNING,
+            mailbox=address,
+            error=type(error).__name__,
+        )

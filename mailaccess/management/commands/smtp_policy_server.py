@@ -10,6 +10,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
+import redis.asyncio
 import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -17,6 +19,28 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from mailaccess.mailserver import redis_client
 from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
+from mailportal import health, health_http, metrics
+
+
+async def readiness(
+    client: redis.asyncio.Redis, executor: ThreadPoolExecutor
+) -> tuple[bool, dict[str, str]]:
+    """Redis (the counters, through the daemon's own pool) and PostgreSQL (plans, blocks)."""
+    timeout = settings.HEALTH_CHECK_TIMEOUT
+    checks = {"redis": "ok", "database": "ok"}
+    try:
+        await asyncio.wait_for(client.ping(), timeout)  # type: ignore[misc]
+    except (redis.RedisError, OSError, TimeoutError) as error:
+        metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
+        checks["redis"] = type(error).__name__
+    loop = asyncio.get_running_loop()
+    try:
+        checks["database"] = await asyncio.wait_for(
+            loop.run_in_executor(executor, health.check_database, timeout), timeout + 0.5
+        )
+    except TimeoutError:
+        checks["database"] = "TimeoutError"
+    return all(value == "ok" for value in checks.values()), checks
 
 
 class Command(BaseCommand):
@@ -41,6 +65,13 @@ class Command(BaseCommand):
             help="server processes sharing each TCP port with SO_REUSEPORT (one a core; "
             "TCP only: a unix socket path has one owner)",
         )
+        parser.add_argument(
+            "--health-listen",
+            metavar="HOST:PORT",
+            default=settings.SMTP_POLICY_HEALTH_LISTEN,
+            help="HTTP port for /healthz, /readyz and /metrics (default: SMTP_POLICY_HEALTH_LISTEN;"
+            " empty: none)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         listen: list[str] = options["listen"] or settings.SMTP_POLICY_LISTEN
@@ -48,6 +79,9 @@ class Command(BaseCommand):
             for spec in listen:
                 parse_listen(spec)
             unix_mode = int(options["unix_mode"], 8)
+            health_listen = options["health_listen"]
+            if health_listen:
+                health_http.parse_listen(health_listen)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
@@ -58,20 +92,33 @@ class Command(BaseCommand):
         if processes == 1:
             # uvloop: the event loop's own work (transports, timers, callbacks) was half of
             # a check's CPU time on the standard loop.
-            uvloop.run(self._run(listen, unix_mode, reuse_port=False))
+            uvloop.run(self._run(listen, unix_mode, health_listen, reuse_port=False))
             return
-        self._run_processes(listen, unix_mode, processes)
+        self._run_processes(listen, unix_mode, processes, health_listen)
 
-    def _run_processes(self, listen: list[str], unix_mode: int, processes: int) -> None:
+    def _run_processes(
+        self, listen: list[str], unix_mode: int, processes: int, health_listen: str
+    ) -> None:
         """Fork the servers (one event loop each, the kernel spreads connections between
-        them) and wait; SIGTERM and SIGINT are passed on, each child stops gracefully."""
+        them) and wait; SIGTERM and SIGINT are passed on, each child stops gracefully.
+
+        Only the first process serves the health port: one port cannot have several owners
+        without SO_REUSEPORT, and a health answer from any one loop is the service's answer.
+        """
         children: list[int] = []
-        for _ in range(processes):
+        for index in range(processes):
             pid = os.fork()
             if pid == 0:
                 code = 0
                 try:
-                    uvloop.run(self._run(listen, unix_mode, reuse_port=True))
+                    uvloop.run(
+                        self._run(
+                            listen,
+                            unix_mode,
+                            health_listen if index == 0 else "",
+                            reuse_port=True,
+                        )
+                    )
                 except BaseException:
                     code = 1
                     raise
@@ -94,7 +141,9 @@ class Command(BaseCommand):
         if failed:
             raise CommandError("a server process failed")
 
-    async def _run(self, listen: list[str], unix_mode: int, *, reuse_port: bool) -> None:
+    async def _run(
+        self, listen: list[str], unix_mode: int, health_listen: str, *, reuse_port: bool
+    ) -> None:
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smtp-policy-db")
@@ -109,13 +158,23 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_stop)
+        health_server = None
         try:
             for spec in listen:
                 self.stdout.write(
                     f"listening on {await server.listen(spec, reuse_port=reuse_port)}"
                 )
+            if health_listen:
+                # Postfix's protocol has no health request, and Prometheus wants HTTP: a
+                # small port on this same event loop, so a hung loop fails /healthz too.
+                health_server = await health_http.serve(
+                    health_listen, lambda: readiness(client, executor)
+                )
+                self.stdout.write(f"health and metrics on http://{health_listen}/")
             self.stdout.flush()
             await server.wait_stopped()
         finally:
+            if health_server is not None:
+                health_server.close()
             await client.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
             executor.shutdown(wait=True)

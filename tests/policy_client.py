@@ -1,0 +1,82 @@
+"""Drive the auth-policy ASGI app in-process the way Dovecot does (the operations tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+
+from mailaccess.mailserver.asgi import AuthPolicyApp
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+
+API_KEY = "policy-test-key-0123456789abcdef"
+# Dovecot's session ids look like this: base64 of a timestamp and a counter.
+SESSION_ID = "Sr2fVvUCHtF/AAAB+xyz"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a stopped Redis, for real (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def request(
+    redis_url: str,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    now: float | None = None,
+) -> httpx.Response:
+    async def send() -> httpx.Response:
+        client = MultiplexedRedis(redis_url, 2)
+        app = AuthPolicyApp(client=client, clock=(lambda: now) if now else time.time)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
+            response = await http.request(
+                method,
+                path,
+                content=json.dumps(body).encode() if body is not None else None,
+                headers=headers or {},
+            )
+        await client.aclose()
+        return response
+
+    return asyncio.run(send())
+
+
+def login(
+    redis_url: str,
+    login: str,
+    *,
+    protocol: str = "imap",
+    pwhash: str = "5e88489",
+    right: bool = True,
+) -> dict[str, Any]:
+    """One whole login: allow, (allow again,) report. Returns the first answer."""
+    body = {
+        "login": login,
+        "protocol": protocol,
+        "remote": "192.0.2.10",
+        "pwhash": pwhash,
+        "session_id": SESSION_ID,
+        "device_id": "",
+    }
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    first = request(
+        redis_url, "POST", "/auth-policy?command=allow", body=body, headers=headers
+    ).json()
+    if first["status"] < 0:
+        report = {**body, "success": False, "policy_reject": True}
+    else:
+        if right:
+            request(redis_url, "POST", "/auth-policy?command=allow", body=body, headers=headers)
+        report = {**body, "success": right, "policy_reject": False}
+    request(redis_url, "POST", "/auth-policy?command=report", body=report, headers=headers)
+    return first

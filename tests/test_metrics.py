@@ -1,0 +1,113 @@
+"""Prometheus metrics move when the services decide and act (read from the registry)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.db import transaction
+from prometheus_client import REGISTRY
+
+from accounts.models import Mailbox
+from mailaccess import actions
+from mailaccess.mailserver import redis_client
+from mailaccess.models import Actor, BlockReason
+from tests.policy_client import API_KEY, login
+
+REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def decisions(command: str, protocol: str, result: str) -> float:
+    return sample(
+        "mailportal_auth_policy_decisions_total", command=command, protocol=protocol, result=result
+    )
+
+
+def blocks(reason: str) -> float:
+    return sample("mailportal_access_blocks_total", reason=reason)
+
+
+@pytest.fixture
+def policy(settings: Any, transactional_db: None) -> Iterator[str]:
+    if not REDIS_URL:
+        pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
+    settings.MAILSERVER_REDIS_URL = REDIS_URL
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    redis_client.sync_client.cache_clear()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    redis_client.sync_client.cache_clear()
+
+
+@pytest.mark.e2e
+def test_each_auth_policy_answer_is_counted_by_protocol_and_result(
+    policy: str, alice: Mailbox
+) -> None:
+    before = {
+        "off": decisions("allow", "imap", "access_off"),
+        "allow": decisions("allow", "imap", "allow"),
+        "success": decisions("report", "imap", "success"),
+        "failure": decisions("report", "pop3", "failure"),
+        "timed": sample("mailportal_auth_policy_decision_seconds_count", command="allow"),
+    }
+    assert login(policy, "alice@inbox.lv")["status"] == -1
+    assert decisions("allow", "imap", "access_off") == before["off"] + 1
+
+    actions.enable_access(alice, actor=Actor.user(alice))
+    assert login(policy, "alice@inbox.lv")["status"] == 0
+    login(policy, "alice@inbox.lv", protocol="pop3", pwhash="bad1", right=False)
+
+    # A right password asks "allow" twice, then reports success; a wrong one reports failure.
+    assert decisions("allow", "imap", "allow") == before["allow"] + 2
+    assert decisions("report", "imap", "success") == before["success"] + 1
+    assert decisions("report", "pop3", "failure") == before["failure"] + 1
+    timed = sample("mailportal_auth_policy_decision_seconds_count", command="allow")
+    assert timed == before["timed"] + 4
+
+
+@pytest.mark.e2e
+def test_a_faulty_program_block_from_the_policy_is_counted_by_its_reason(
+    policy: str, alice: Mailbox, settings: Any
+) -> None:
+    settings.AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR = 2
+    settings.AUTH_POLICY_CHECK_BURST = 10
+    actions.enable_access(alice, actor=Actor.user(alice))
+    before = blocks("faulty_program")
+    for _ in range(3):
+        login(policy, "alice@inbox.lv")
+    assert blocks("faulty_program") == before + 1
+
+
+def test_a_block_is_counted_once_when_it_commits(
+    alice: Mailbox, django_capture_on_commit_callbacks: Any
+) -> None:
+    before = blocks("hourly_limit")
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("test"))
+    with django_capture_on_commit_callbacks(execute=True):
+        # Already blocked for this reason: no new block, no new count.
+        actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("test"))
+    assert blocks("hourly_limit") == before + 1
+
+
+def test_a_block_that_rolls_back_is_not_counted(
+    alice: Mailbox, django_capture_on_commit_callbacks: Any
+) -> None:
+    before = blocks("support")
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        actions.block_access(alice, BlockReason.SUPPORT, actor=Actor.system("test"))
+        raise RuntimeError("the caller failed after blocking")
+    assert blocks("support") == before
