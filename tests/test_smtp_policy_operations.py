@@ -61,11 +61,29 @@ def test_each_check_is_counted_by_stage_and_result_and_a_deferral_logged(
     assert "client_ip=192.0.2.10" in deferral and "instance=ops5" in deferral
 
 
-def test_the_daemon_answers_health_and_metrics_on_its_own_port() -> None:
+def database_url_of_the_test_database() -> dict[str, str]:
+    """The daemon is another process: on PostgreSQL point it at the test database (the
+    configured one need not exist). On SQLite its own file answers the readiness check."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from django.db import connection
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        return {}
+    return {
+        "DATABASE_URL": urlunsplit(
+            urlsplit(url)._replace(path="/" + connection.settings_dict["NAME"])
+        )
+    }
+
+
+def test_the_daemon_answers_health_and_metrics_on_its_own_port(django_db_setup: None) -> None:
     redis_url = redis_url_for_tests()
     policy_port, health_port = free_port(), free_port()
     env = {
         **os.environ,
+        **database_url_of_the_test_database(),
         "MAILSERVER_REDIS_URL": redis_url,
         "DEBUG": "1",
         "METRICS_TOKEN": "scrape-token-123",
