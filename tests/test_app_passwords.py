@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -396,7 +397,11 @@ def test_switching_off_or_a_block_ends_every_devices_password(alice: Mailbox, en
 def test_the_access_cache_hears_of_every_add_and_revoke(alice: Mailbox) -> None:
     switch_on(alice)
     heard: list[int] = []
-    actions.access_changed_hooks.append(heard.append)
+
+    def hear(mailbox_ids: Sequence[int]) -> None:
+        heard.extend(mailbox_ids)
+
+    actions.access_changed_hooks.append(hear)
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("django.db.transaction.on_commit", lambda run, **_: run())
@@ -405,7 +410,7 @@ def test_the_access_cache_hears_of_every_add_and_revoke(alice: Mailbox) -> None:
             )
             actions.revoke_app_password(alice, phone.pk, actor=Actor.user(alice))
     finally:
-        actions.access_changed_hooks.remove(heard.append)
+        actions.access_changed_hooks.remove(hear)
 
     assert heard == [alice.pk, alice.pk]
 

@@ -16,6 +16,7 @@ older "on" for a whole TTL.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 
 import redis
@@ -151,32 +152,37 @@ def load(login: str) -> MailboxState | None:
 
 
 def invalidate_address(address: str, client: redis.Redis | None = None) -> None:
+    invalidate_addresses([address], client)
+
+
+def invalidate_addresses(addresses: Sequence[str], client: redis.Redis | None = None) -> None:
     client = client or sync_client()
-    login = normalize_address(address)
     pipe = client.pipeline(transaction=True)
-    pipe.incr(generation_key(login))
-    pipe.expire(generation_key(login), GENERATION_TTL)
-    pipe.delete(state_key(login))
+    for address in addresses:
+        login = normalize_address(address)
+        pipe.incr(generation_key(login))
+        pipe.expire(generation_key(login), GENERATION_TTL)
+        pipe.delete(state_key(login))
     pipe.execute()
 
 
-def invalidate(mailbox_id: int) -> None:
+def invalidate(mailbox_ids: Sequence[int]) -> None:
     """An ``access_changed_hooks`` hook: runs after the action's commit, in its process.
 
     A Redis failure must not undo a committed switch-off in the panel: it is logged, and the
     state's TTL bounds how long the policy can lag behind.
     """
-    address = Mailbox.objects.filter(pk=mailbox_id).values_list("address", flat=True).first()
-    if address is None:
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    if not addresses:
         return
     try:
-        invalidate_address(address)
+        invalidate_addresses(addresses)
     except redis.RedisError as error:
         metrics.REDIS_ERRORS.labels(service="invalidation").inc()
         log_event(
             logger,
             "auth_policy.cache_not_invalidated",
             logging.WARNING,
-            mailbox=address,
+            mailbox=",".join(addresses[:5]),
             error=type(error).__name__,
         )
