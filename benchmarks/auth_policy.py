@@ -1,11 +1,11 @@
 """Load on the Dovecot auth-policy endpoint, against the ceiling of this machine.
 
 Starts the endpoint the way production does (``deploy/systemd/mailportal-auth-policy.service``:
-``manage.py auth_policy_server --processes N``, DEBUG off; ``--server uvicorn`` serves the same
-app as ASGI under ``uvicorn --workers N --loop uvloop --http httptools`` instead, for comparison)
-and drives it on loopback with the three requests of a real
-successful login (allow, allow, report), over keep-alive connections the way Dovecot's HTTP
-client keeps them; then a bare asyncio HTTP server (uvloop) that answers a fixed JSON with
+``manage.py auth_policy_server --processes N``, DEBUG off; ``--server uvicorn`` serves the
+same app as ASGI under ``uvicorn --workers N --loop uvloop --http httptools`` instead, to
+compare the two) and drives it on loopback with the three requests of a real successful
+login (allow, allow, report), over keep-alive connections the way Dovecot's HTTP client
+keeps them; then a bare asyncio HTTP server (uvloop) that answers a fixed JSON with
 the same number of processes: the most any Python server could do here. Prints logins/s,
 p50/p99 of a request and of a whole login, the server's CPU time per request (user + system
 of all its processes / requests answered: the figure other load on the machine cannot

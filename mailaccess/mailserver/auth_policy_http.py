@@ -146,6 +146,8 @@ class _Connection(asyncio.Protocol):
         self.request: _Request | None = None  # being parsed
         self.queue: deque[_Request | bytes] = deque()  # parsed, waiting; bytes: a refusal
         self.busy = False  # a request is being answered
+        # The task answering (the loop holds tasks only weakly).
+        self.task: asyncio.Task[None] | None = None
         self.last = False  # no requests after the current ones: close when answered
         self.head_bytes = 0
         self.body_bytes = 0
@@ -326,7 +328,7 @@ class _Connection(asyncio.Protocol):
                 self._pause_reading()
         else:
             self.busy = True
-            self.loop.create_task(self._answer(request))
+            self.task = self.loop.create_task(self._answer(request))
 
     # -- answers -------------------------------------------------------------------------
 
