@@ -1,7 +1,7 @@
 """Dovecot's auth policy (``auth_policy_server_url``): what it asks, the rules, what we answer.
 
-Pure functions only: no Redis, no database, no clock. ``asgi.py`` feeds them what the Redis
-script read and sends back what they decide, so every rule is unit-tested on its own.
+Pure functions only: no Redis, no database, no clock. ``auth_policy_app.py`` feeds them what
+the Redis script read and sends back what they decide, so every rule is unit-tested on its own.
 
 A successful login costs three requests: ``allow`` before the password is checked, ``allow``
 again after it was right, and ``report`` (success true). A failed one costs two: ``allow`` and
