@@ -15,8 +15,8 @@ just what that needs on top of httptools' parser (llhttp, in C) and uvloop: keep
 pipelined requests answered in order, one ``transport.write`` per answer, bounded heads
 and bodies, idle and stall timeouts on one timer per connection, and a graceful stop.
 Measured with ``benchmarks/auth_policy.py`` on one machine within minutes, the same app cost
-40-48 µs of server CPU per request here against 63 µs under uvicorn, and served about twice
-the logins per second. ``asgi.py`` still serves the app under any ASGI server
+39-48 µs of server CPU per request here against 56-63 µs under uvicorn, and served about a
+third more logins per second at a lower p99. ``asgi.py`` still serves the app under any ASGI server
 (``--server uvicorn`` in the benchmark compares the two).
 
 Several processes share one port with ``SO_REUSEPORT`` (``--processes``, one a core), the
