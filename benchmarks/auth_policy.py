@@ -1,16 +1,18 @@
 """Load on the Dovecot auth-policy endpoint, against the ceiling of this machine.
 
 Starts the endpoint the way production does (``deploy/systemd/mailportal-auth-policy.service``:
-``uvicorn mailaccess.mailserver.asgi:application --workers N --loop uvloop --http httptools
---no-access-log``, DEBUG off) and drives it on loopback with the three requests of a real
-successful login (allow, allow, report), over keep-alive connections the way Dovecot's HTTP
-client keeps them; then a bare asyncio HTTP server (uvloop) that answers a fixed JSON with
+``manage.py auth_policy_server --processes N``, DEBUG off; ``--server uvicorn`` serves the
+same app as ASGI under ``uvicorn --workers N --loop uvloop --http httptools`` instead, to
+compare the two) and drives it on loopback with the three requests of a real successful
+login (allow, allow, report), over keep-alive connections the way Dovecot's HTTP client
+keeps them; then a bare asyncio HTTP server (uvloop) that answers a fixed JSON with
 the same number of processes: the most any Python server could do here. Prints logins/s,
 p50/p99 of a request and of a whole login, the server's CPU time per request (user + system
 of all its processes / requests answered: the figure other load on the machine cannot
 inflate much), and the ratios of the two.
 
-    DATABASE_URL=postgres://... .venv/bin/python benchmarks/auth_policy.py [--workers 2]
+    DATABASE_URL=postgres://... .venv/bin/python benchmarks/auth_policy.py [--workers 2] \
+        [--server auth_policy_server|uvicorn]
 
 Target (issue 3): 2,000 logins/s (6,000 requests/s) with a request p99 under 10 ms on two
 cores. The load generator shares those cores, so both figures are lower than the server
@@ -296,6 +298,13 @@ def main() -> None:
     parser.add_argument(
         "--redis-url", default=os.environ.get("MAILSERVER_REDIS_URL", "redis://127.0.0.1:6379/2")
     )
+    parser.add_argument(
+        "--server",
+        choices=["auth_policy_server", "uvicorn"],
+        default="auth_policy_server",
+        help="what serves the endpoint: production's manage.py auth_policy_server (default) "
+        "or the same app as ASGI under uvicorn, for comparison",
+    )
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_ceiling:
@@ -326,9 +335,8 @@ def main() -> None:
     prepare(env, args.mailboxes)
 
     port = free_port(args.port)
-    policy = subprocess.Popen(
-        [
-            sys.executable,
+    if args.server == "uvicorn":
+        command = [
             "-m",
             "uvicorn",
             "mailaccess.mailserver.asgi:application",
@@ -345,10 +353,17 @@ def main() -> None:
             "--no-access-log",
             "--log-level",
             "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-    )
+        ]
+    else:
+        command = [
+            "manage.py",
+            "auth_policy_server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--processes",
+            str(args.workers),
+        ]
+    policy = subprocess.Popen([sys.executable, *command], env=env, cwd=ROOT)
     try:
         wait_for(port)
         time.sleep(1)  # every worker up
@@ -371,7 +386,7 @@ def main() -> None:
             server.terminate()
             server.wait()
 
-    print_row("auth-policy endpoint", endpoint)
+    print_row(f"endpoint ({args.server})"[:22], endpoint)
     print_row("bare asyncio (ceiling)", ceiling)
     ratio = endpoint["logins_per_s"] / ceiling["logins_per_s"]
     cpu_ratio = ceiling["cpu_us_per_request"] / endpoint["cpu_us_per_request"]

@@ -261,7 +261,7 @@ MAILSERVER_REDIS_URL = os.environ.get(
 )
 MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5"))
 
-# The Dovecot auth-policy endpoint (mailaccess/mailserver/asgi.py). Dovecot sends this key in
+# The Dovecot auth-policy endpoint (manage.py auth_policy_server). Dovecot sends this key in
 # X-API-Key (auth_policy_server_api_header); while it is empty every request gets a 401.
 AUTH_POLICY_API_KEY = os.environ.get("AUTH_POLICY_API_KEY", "")
 # "No checks more often than every five minutes" (the help page). What a check is: see

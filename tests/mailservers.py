@@ -229,8 +229,8 @@ def database_environment() -> dict[str, str]:
 
 
 def policy_module_missing() -> str | None:
-    if importlib.util.find_spec("mailaccess.mailserver.asgi") is None:
-        return "mailaccess/mailserver/asgi.py (the auth-policy endpoint) does not exist yet"
+    if importlib.util.find_spec("mailaccess.mailserver.auth_policy_http") is None:
+        return "auth_policy_http.py (the auth-policy server) does not exist yet"
     return None
 
 
@@ -238,7 +238,7 @@ def policy_module_missing() -> str | None:
 def policy_server(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PolicyServer]:
-    """The auth-policy ASGI app served by uvicorn, as in production, on the test database."""
+    """``manage.py auth_policy_server``, as in production, on the test database."""
     missing = policy_module_missing()
     if missing:
         pytest.skip(missing)
@@ -247,7 +247,7 @@ def policy_server(
         pytest.skip("the auth policy keeps its counters in Redis: set REDIS_URL_FOR_TESTS")
     port = free_port()
     api_key = secrets.token_urlsafe(24)
-    log = tmp_path_factory.mktemp("policy") / "uvicorn.log"
+    log = tmp_path_factory.mktemp("policy") / "auth-policy.log"
     env = {
         **os.environ,
         **database_environment(),
@@ -260,8 +260,8 @@ def policy_server(
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "mailaccess.mailserver.asgi:application",
-                "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                sys.executable, "manage.py", "auth_policy_server",
+                "--listen", f"127.0.0.1:{port}",
             ],
             cwd=REPO,
             env=env,
@@ -359,7 +359,7 @@ class MailServers:
             f"--- dovecot.log\n{tail(self.dovecot_log)}\n--- postfix.log\n{tail(self.postfix_log)}"
         )
         if self.policy:
-            text += f"\n--- auth policy (uvicorn)\n{tail(self.policy.log)}"
+            text += f"\n--- auth policy\n{tail(self.policy.log)}"
         if self.smtp_policy:
             text += f"\n--- SMTP policy daemon\n{tail(self.smtp_policy.log)}"
         return text

@@ -45,7 +45,7 @@ def request(
                 content=json.dumps(body).encode() if body is not None else None,
                 headers=headers or {},
             )
-        await client.aclose()
+        await app.aclose()  # Redis, and the database connections of the app's threads
         return response
 
     return asyncio.run(send())

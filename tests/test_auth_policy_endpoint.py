@@ -57,7 +57,9 @@ class Dovecot:
                 response = await http.post(
                     f"/auth-policy?command={command}", content=content, headers=headers
                 )
-            await client.aclose()
+            # The Redis connection and the database connections of the app's threads: left
+            # open, the test database could not be dropped at the end.
+            await app.aclose()
             return response
 
         return asyncio.run(send())
@@ -160,7 +162,9 @@ def test_it_answers_only_post_on_its_path(dovecot: Dovecot) -> None:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"
         ) as http:
-            return await http.get(path, headers={"X-API-Key": API_KEY})
+            response = await http.get(path, headers={"X-API-Key": API_KEY})
+        await app.aclose()
+        return response
 
     assert asyncio.run(get("/auth-policy?command=allow")).status_code == 405
     assert asyncio.run(get("/")).status_code == 404
@@ -385,11 +389,13 @@ def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"
         ) as http:
-            return await http.post(
+            response = await http.post(
                 "/auth-policy?command=allow",
                 content=b'{"login":"alice@inbox.lv","protocol":"imap"}',
                 headers={"X-API-Key": API_KEY},
             )
+        await app.aclose()
+        return response
 
     response = asyncio.run(ask())
     assert response.status_code == 503

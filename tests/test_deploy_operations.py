@@ -16,7 +16,8 @@ from prometheus_client import REGISTRY
 
 from tests.mailservers import free_port
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
 WAIT_HEALTHY = DEPLOY / "wait-healthy"
 
 
@@ -42,7 +43,8 @@ def test_every_alert_and_dashboard_name_is_a_metric_the_services_export() -> Non
 def test_every_service_unit_waits_for_its_own_health_port_and_the_watchdog_knows_it() -> None:
     watchdog = (DEPLOY / "watchdog").read_text()
     port_option = (
-        r"(?:--port |--health-listen 127\.0\.0\.1:|CELERY_METRICS_LISTEN=127\.0\.0\.1:)(\d+)"
+        r"(?:--port |auth_policy_server[\s\\]+--listen 127\.0\.0\.1:"
+        r"|--health-listen 127\.0\.0\.1:|CELERY_METRICS_LISTEN=127\.0\.0\.1:)(\d+)"
     )
     for unit in (
         "mailportal-web",
@@ -78,7 +80,7 @@ def test_wait_healthy_fails_on_a_port_nobody_answers() -> None:
 
 @pytest.fixture
 def policy_server(tmp_path: Path) -> Iterator[str]:
-    """The auth policy as its unit runs it: uvicorn, two worker processes, one metrics folder."""
+    """The auth policy as its unit runs it: two server processes, one metrics folder."""
     port = free_port()
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -93,17 +95,14 @@ def policy_server(tmp_path: Path) -> Iterator[str]:
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "uvicorn",
-            "mailaccess.mailserver.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
+            "manage.py",
+            "auth_policy_server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--processes",
             "2",
-            "--no-access-log",
         ],
+        cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -111,7 +110,7 @@ def policy_server(tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         ready = subprocess.run([str(WAIT_HEALTHY), f"{url}/healthz", "60"], check=False)
-        assert ready.returncode == 0, "uvicorn did not start"
+        assert ready.returncode == 0, "the auth policy did not start"
         yield url
     finally:
         process.terminate()
@@ -119,8 +118,8 @@ def policy_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.e2e
-def test_metrics_add_up_across_uvicorn_workers(policy_server: str) -> None:
-    """Requests land on either worker; /metrics from either counts them all."""
+def test_metrics_add_up_across_server_processes(policy_server: str) -> None:
+    """Requests land on either process; /metrics from either counts them all."""
     requests = 40
     with httpx.Client(base_url=policy_server, timeout=10) as http:
         for _ in range(requests):

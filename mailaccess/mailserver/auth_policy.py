@@ -1,7 +1,7 @@
 """Dovecot's auth policy (``auth_policy_server_url``): what it asks, the rules, what we answer.
 
-Pure functions only: no Redis, no database, no clock. ``asgi.py`` feeds them what the Redis
-script read and sends back what they decide, so every rule is unit-tested on its own.
+Pure functions only: no Redis, no database, no clock. ``auth_policy_app.py`` feeds them what
+the Redis script read and sends back what they decide, so every rule is unit-tested on its own.
 
 A successful login costs three requests: ``allow`` before the password is checked, ``allow``
 again after it was right, and ``report`` (success true). A failed one costs two: ``allow`` and
@@ -108,8 +108,14 @@ CLIENT_MAX_LENGTH = 128
 
 def client_name(device_id: str) -> str:
     """The program's name (and version) from IMAP ID parameters; "" when it gave none."""
+    return _client_name(device_id[:1024])
+
+
+# Kept per ID string: a mailbox's program sends the same one at every login.
+@lru_cache(maxsize=1024)
+def _client_name(device_id: str) -> str:
     values: list[str | None] = []
-    for quoted, nil, atom in _ID_TOKEN.findall(device_id[:1024]):
+    for quoted, nil, atom in _ID_TOKEN.findall(device_id):
         values.append(None if nil else re.sub(r"\\(.)", r"\1", quoted) if quoted else atom)
     fields = {
         str(key).lower(): value

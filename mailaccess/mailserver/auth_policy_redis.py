@@ -29,6 +29,17 @@ def encode(*args: Any) -> bytes:
     return bytes(hiredis.pack_command(cast(Any, args)))
 
 
+def encode_arguments(*args: Any) -> bytes:
+    """The arguments alone, without the array header: a part of a command to splice in."""
+    packed = encode(*args)
+    return packed[packed.index(b"\r\n") + 2 :]
+
+
+def encode_spliced(*parts: tuple[int, bytes]) -> bytes:
+    """One command from (argument count, ``encode_arguments`` bytes) parts."""
+    return b"*%d\r\n%s" % (sum(count for count, _ in parts), b"".join(data for _, data in parts))
+
+
 class _Batch:
     """The replies of one ``execute``: one future for all of them, not one per command.
 
@@ -87,6 +98,15 @@ class _Protocol(asyncio.Protocol):
                 batch.future.set_exception(RedisConnectionError("Redis connection lost"))
 
 
+def _errors(replies: list[Any]) -> list[Any]:
+    return [
+        NoScriptError(str(reply))
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+        else reply
+        for reply in replies
+    ]
+
+
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(RedisTimeoutError("Redis did not answer in time"))
@@ -138,10 +158,15 @@ class MultiplexedRedis:
     async def _send(self, protocol: _Protocol, commands: list[tuple[Any, ...]]) -> list[Any]:
         if not commands:
             return []
+        return await self._send_packed(
+            protocol, b"".join([encode(*command) for command in commands]), len(commands)
+        )
+
+    async def _send_packed(self, protocol: _Protocol, data: bytes, count: int) -> list[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        protocol.waiters.append(_Batch(future, len(commands)))
-        protocol.write(b"".join([encode(*command) for command in commands]))
+        protocol.waiters.append(_Batch(future, count))
+        protocol.write(data)
         timer = loop.call_later(self.timeout, _expire, future)
         try:
             return await future
@@ -150,13 +175,14 @@ class MultiplexedRedis:
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send commands in one write; replies in order, errors as exception objects."""
-        replies = await self._send(await self._connection(), commands)
-        return [
-            NoScriptError(str(reply))
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
-            else reply
-            for reply in replies
-        ]
+        return _errors(await self._send(await self._connection(), commands))
+
+    async def send_packed(self, data: bytes, count: int) -> list[Any]:
+        """``execute`` for ``count`` commands the caller already encoded in RESP (``data``).
+
+        The hot path keeps the parts of its commands that never change encoded once.
+        """
+        return _errors(await self._send_packed(await self._connection(), data, count))
 
     async def script_load(self, script: str) -> str:
         [sha] = await self.execute([("SCRIPT", "LOAD", script)])

@@ -35,7 +35,12 @@ from mailaccess.mailserver.auth_policy import (
     MailboxState,
     PolicyRequest,
 )
-from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.mailserver.auth_policy_redis import (
+    MultiplexedRedis,
+    encode,
+    encode_arguments,
+    encode_spliced,
+)
 from mailaccess.mailserver.redis_client import mailbox_key
 
 FAILURES_LUA = """
@@ -190,57 +195,20 @@ class PolicyStore:
         "store": state_cache.STORE_SCRIPT,
     }
 
+    # Logins whose key names are kept (``_keys``): past this, the cache starts over.
+    KEY_CACHE_SIZE = 10_000
+
     def __init__(self, client: MultiplexedRedis, limits: Limits) -> None:
         self.client = client
         self.limits = limits
         self.sha = {name: _sha(text) for name, text in self.scripts.items()}
-
-    async def load_scripts(self) -> None:
-        for text in self.scripts.values():
-            await self.client.script_load(text)
-
-    async def _run(
-        self, calls: list[tuple[str, list[str], list[Any]]], plain: tuple[Any, ...] = ()
-    ) -> list[Any]:
-        """EVALSHA each call, and one plain command, in one write.
-
-        After a Redis restart the scripts are gone: load them and go again.
-        """
-        commands = [
-            ("EVALSHA", self.sha[name], len(keys), *keys, *args) for name, keys, args in calls
-        ]
-        for attempt in range(2):
-            results = await self.client.execute([*commands, plain] if plain else commands)
-            if not any(isinstance(result, NoScriptError) for result in results) or attempt:
-                break
-            await self.load_scripts()
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
-
-    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> tuple:
-        login, limits = request.login, self.limits
-        protocol = request.protocol.value if request.protocol else request.service
-        network = request.network or ""
-        keys = [
-            state_cache.state_key(login),
-            state_cache.generation_key(login),
-            mailbox_key(f"check:{protocol}:{network}", login),
-            mailbox_key("fails", login),
-            mailbox_key("nets", login),
-            mailbox_key("conns", login),
-            mailbox_key(
-                f"used:{protocol}:{network}:{request.app_password_id or request.password_key}",
-                login,
-            ),
-        ]
-        args = [
-            mode,
-            repr(now),
-            network,
-            request.pwhash or request.session_id or repr(now),
-            "1" if request.protocol in CHECKING_PROTOCOLS else "0",
+        # The parts of the hot path's commands that never change, encoded once: EVALSHA,
+        # the script and its key count, and the limits the mailbox script is given.
+        self._evalsha = {
+            "mailbox": encode_arguments("EVALSHA", self.sha["mailbox"], 7),
+            "network": encode_arguments("EVALSHA", self.sha["network"], 1),
+        }
+        self._mailbox_limits = encode_arguments(
             limits.check_interval,
             limits.check_burst,
             limits.check_window,
@@ -250,37 +218,105 @@ class PolicyStore:
             limits.failure_window,
             limits.known_ip_days * 86400,
             limits.use_record_interval,
-        ]
-        return ("mailbox", keys, args)
+        )
+        self._key_cache: dict[str, tuple[str, str, str, str, str]] = {}
 
-    def _network_call(self, request: PolicyRequest, mode: str, now: float) -> tuple | None:
-        if request.network is None:
-            return None
-        keys = [mailbox_key("fails", f"net:{request.network}")]
+    async def load_scripts(self) -> None:
+        for text in self.scripts.values():
+            await self.client.script_load(text)
+
+    async def _run(self, commands: list[bytes]) -> list[Any]:
+        """Send the encoded commands in one write; replies in order, errors raised.
+
+        After a Redis restart the scripts are gone: load them and go again.
+        """
+        data = b"".join(commands)
+        for attempt in range(2):
+            results = await self.client.send_packed(data, len(commands))
+            if not any(isinstance(result, NoScriptError) for result in results) or attempt:
+                break
+            await self.load_scripts()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
+    def _keys(self, login: str) -> tuple[str, str, str, str, str]:
+        """A mailbox's fixed key names: state, gen, fails, nets, conns."""
+        keys = self._key_cache.get(login)
+        if keys is None:
+            if len(self._key_cache) >= self.KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            keys = (
+                state_cache.state_key(login),
+                state_cache.generation_key(login),
+                mailbox_key("fails", login),
+                mailbox_key("nets", login),
+                mailbox_key("conns", login),
+            )
+            self._key_cache[login] = keys
+        return keys
+
+    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> bytes:
+        login = request.login
+        protocol = request.protocol.value if request.protocol else request.service
+        network = request.network or ""
+        state, generation, fails, nets, conns = self._keys(login)
+        password = request.app_password_id or request.password_key
+        variable = encode_arguments(
+            # KEYS
+            state,
+            generation,
+            mailbox_key(f"check:{protocol}:{network}", login),
+            fails,
+            nets,
+            conns,
+            mailbox_key(f"used:{protocol}:{network}:{password}", login),
+            # ARGV 1-5; 6-14 are the limits
+            mode,
+            repr(now),
+            network,
+            request.pwhash or request.session_id or repr(now),
+            "1" if request.protocol in CHECKING_PROTOCOLS else "0",
+        )
+        return encode_spliced(
+            (3, self._evalsha["mailbox"]), (12, variable), (9, self._mailbox_limits)
+        )
+
+    def _network_key(self, request: PolicyRequest) -> str | None:
+        return None if request.network is None else mailbox_key("fails", f"net:{request.network}")
+
+    def _network_call(self, key: str, request: PolicyRequest, mode: str, now: float) -> bytes:
         member = f"{request.login}\0{request.pwhash or request.session_id}"
-        args = [mode, member, self.limits.ip_failures, self.limits.failure_window, repr(now)]
-        return ("network", keys, args)
+        limits = self.limits
+        arguments = encode_arguments(
+            key, mode, member, limits.ip_failures, limits.failure_window, repr(now)
+        )
+        return encode_spliced((3, self._evalsha["network"]), (6, arguments))
 
     async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
         ttl = self.limits.state_ttl if state is not None else min(60, self.limits.state_ttl)
         keys = [state_cache.state_key(login), state_cache.generation_key(login)]
         args = [generation, ttl, *state_cache.encode(state)]
-        [stored] = await self._run([("store", keys, args)])
+        [stored] = await self._run([encode("EVALSHA", self.sha["store"], 2, *keys, *args)])
         return bool(stored)
 
     async def allow(
         self, request: PolicyRequest, now: float, *, with_network: bool = True
     ) -> tuple[MailboxState | Miss | None, Counters]:
-        network = self._network_call(request, "allow", now) if with_network else None
-        # The network's failures: a plain ZCOUNT, cheaper for Redis than a script. Only past
-        # the limit (a refusal) does the script run to say when the lock ends.
-        plain: tuple[Any, ...] = ()
+        network = self._network_key(request) if with_network else None
+        commands = [self._mailbox_call(request, "allow", now)]
         if network:
-            plain = ("ZCOUNT", network[1][0], repr(now - self.limits.failure_window), "+inf")
-        results = await self._run([self._mailbox_call(request, "allow", now)], plain)
+            # The network's failures: a plain ZCOUNT, cheaper for Redis than a script. Only
+            # past the limit (a refusal) does the script run to say when the lock ends.
+            since = repr(now - self.limits.failure_window)
+            commands.append(encode("ZCOUNT", network, since, "+inf"))
+        results = await self._run(commands)
         ip_failures, ip_wait = (int(results[1]) if network else 0), 0
         if network and ip_failures >= self.limits.ip_failures:
-            [[ip_failures, ip_wait]] = await self._run([network])
+            [[ip_failures, ip_wait]] = await self._run(
+                [self._network_call(network, request, "allow", now)]
+            )
         reply = results[0]
         if reply[0] == "miss":
             return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_lock_seconds=ip_wait)
@@ -301,11 +337,11 @@ class PolicyStore:
         self, request: PolicyRequest, mode: str, now: float, *, with_network: bool = True
     ) -> Reported | Miss:
         """Count a report; ``mode`` is "success" or "failure"."""
-        calls = [self._mailbox_call(request, mode, now)]
-        network_call = self._network_call(request, mode, now) if with_network else None
-        if network_call and mode == "failure":
-            calls.append(network_call)
-        reply = (await self._run(calls))[0]
+        commands = [self._mailbox_call(request, mode, now)]
+        network = self._network_key(request) if with_network else None
+        if network and mode == "failure":
+            commands.append(self._network_call(network, request, mode, now))
+        reply = (await self._run(commands))[0]
         if reply[0] == "miss":
             return Miss(reply[1])
         state = state_cache.decode(reply[1])

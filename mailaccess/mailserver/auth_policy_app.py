@@ -1,0 +1,387 @@
+"""The Dovecot auth-policy endpoint's requests and answers, whatever serves them over HTTP.
+
+``auth_policy_http.py`` (production: ``manage.py auth_policy_server``) and ``asgi.py`` (any
+ASGI server) both hand a parsed request to ``AuthPolicyApp.respond`` and write what it returns.
+
+``POST /auth-policy?command=allow|report`` with the ``X-API-Key`` header
+(``AUTH_POLICY_API_KEY``). Wrong or missing key: 401 and nothing recorded. Malformed JSON,
+missing fields and unknown users get a well-formed ``{"status": 0, "msg": ""}`` (the passdb
+still checks the password). When Redis or PostgreSQL is down the answer is a 503, so Dovecot's
+``auth_policy_reject_on_fail`` decides, as the operators chose in ``deploy/``.
+
+``GET /healthz`` (alive), ``GET /readyz`` (Redis and PostgreSQL answer) and ``GET /metrics``
+(Prometheus, bearer ``METRICS_TOKEN``) are looked at only after a request missed the policy
+path, so they cost the hot path nothing.
+
+A request is a header check, a JSON parse and one Redis round trip (``auth_policy_store.py``).
+The ORM runs only on a cache miss, a throttled last-use write or a block, each in one of a few
+threads of the app's own pool, whose database connections ``aclose`` closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from accounts.models import Mailbox
+from mailaccess import actions
+from mailaccess.mailserver import auth_policy
+from mailaccess.mailserver import state as state_cache
+from mailaccess.mailserver.auth_policy import (
+    Command,
+    Counters,
+    Limits,
+    MailboxState,
+    PolicyRequest,
+    RequestError,
+    Verdict,
+)
+from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
+from mailaccess.models import Actor, BlockReason
+from mailportal import health, metrics
+from mailportal.logging import log_event, short_id
+
+logger = logging.getLogger("mailaccess.auth_policy")
+# Every answer is one log line, but a plain "allow" at DEBUG: at thousands of logins a second
+# INFO would be mostly noise, and Dovecot logs each login itself. Refusals, delays, failed
+# passwords, recorded uses and blocks are INFO and up.
+QUIET_RESULTS = frozenset({"allow", "unknown", "success", "none"})
+
+PATH = b"/auth-policy"
+JSON = b"application/json"
+ALLOWED = json.dumps({"status": 0, "msg": ""}).encode()
+# The ORM's threads: a cache miss, a last-use write or a block at a time is the common case;
+# four let a burst of misses (a restart of Redis) proceed without one slow query holding all.
+DB_THREADS = 4
+
+T = TypeVar("T")
+# (status, body, content type, extra headers): what the HTTP side writes.
+Response = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+OK_ALLOWED: Response = (200, ALLOWED, JSON, ())
+UNAVAILABLE: Response = (503, ALLOWED, JSON, ())
+
+
+def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> None:
+    close_old_connections()
+    assert request.protocol is not None
+    password = state.password_for(request)
+    actions.record_use(
+        state.mailbox_id,
+        request.protocol,
+        request.remote,
+        when=datetime.fromtimestamp(when, UTC),
+        app_password_id=password.id if password else None,
+        client=request.client,
+    )
+
+
+def _block_faulty(state: MailboxState, request: PolicyRequest, limit: int) -> None:
+    close_old_connections()
+    mailbox = Mailbox.objects.filter(pk=state.mailbox_id).first()
+    if mailbox is None:
+        return
+    actions.block_access(
+        mailbox,
+        BlockReason.FAULTY_PROGRAM,
+        actor=Actor.system("auth policy"),
+        detail={
+            "protocol": request.service,
+            "client_ip": request.remote,
+            "connections_per_hour": limit,
+        },
+    )
+
+
+def close_thread_connections(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connections that the pool's threads hold.
+
+    Django keeps a connection per thread, and a pool thread that ends leaves its connection
+    open until garbage collection: PostgreSQL then counts it as a user of the database
+    (``DROP DATABASE`` of the test database warns). One job per thread, held at a barrier so
+    no thread takes two, closes each; the pool starts threads it has not started yet, which
+    have nothing to close.
+    """
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        connections.close_all()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    for future in [executor.submit(close) for _ in range(threads)]:
+        future.result()
+
+
+class AuthPolicyApp:
+    """The endpoint's logic. ``clock`` and ``client`` are seams for tests."""
+
+    def __init__(
+        self,
+        *,
+        client: MultiplexedRedis | None = None,
+        clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
+    ) -> None:
+        self._client = client
+        self._store: PolicyStore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.clock = clock
+        self.limits = limits or Limits.from_settings()
+        self.api_key = settings.AUTH_POLICY_API_KEY.encode()
+        self._redis_error_logged_at = -1.0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    @property
+    def store(self) -> PolicyStore:
+        if self._store is None:
+            client = self._client or MultiplexedRedis(
+                settings.MAILSERVER_REDIS_URL, settings.MAILSERVER_REDIS_TIMEOUT
+            )
+            self._store = PolicyStore(client, self.limits)
+        return self._store
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="auth-policy-db")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Load the Lua scripts; Redis away is logged, not fatal (each request retries)."""
+        try:
+            await self.store.load_scripts()
+        except redis.RedisError as error:
+            metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+            log_event(
+                logger,
+                "auth_policy.redis_error",
+                logging.WARNING,
+                error=type(error).__name__,
+                command="startup",
+            )
+
+    async def aclose(self) -> None:
+        """The Redis connection, and the pool's threads with their database connections."""
+        await self.store.client.aclose()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, close_thread_connections, executor, DB_THREADS)
+            executor.shutdown(wait=False)
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def respond(
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        api_key: bytes | None,
+        authorization: bytes | None,
+        body: bytes | None,
+    ) -> Response:
+        """The answer to one HTTP request; ``body`` None: it was larger than allowed."""
+        if path != PATH:
+            return await self._other(method, path, authorization)
+        if method != b"POST":
+            return 405, b'{"error": "POST only"}', JSON, ((b"allow", b"POST"),)
+        if api_key is None or not self.api_key or not hmac.compare_digest(api_key, self.api_key):
+            return 401, b'{"error": "API key required"}', JSON, ()
+        try:
+            if body is None:
+                raise RequestError("body too large")
+            command = auth_policy.parse_command(query)
+            request = auth_policy.parse_request(command, body)
+        except RequestError as error:
+            metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
+            log_event(logger, "auth_policy.bad_request", logging.WARNING, reason=str(error))
+            return OK_ALLOWED
+        started = time.perf_counter()
+        protocol = request.protocol.value if request.protocol else "other"
+        try:
+            reply, result = await self.handle(request)
+        except Exception as error:
+            # Redis or PostgreSQL is away: let auth_policy_reject_on_fail decide.
+            metrics.AUTH_POLICY_DECISIONS.labels(request.command.value, protocol, "error").inc()
+            self._log_failure(request, error)
+            return UNAVAILABLE
+        self._account(request, protocol, result, reply["status"], time.perf_counter() - started)
+        if reply["status"] == 0 and not reply["msg"]:
+            return OK_ALLOWED  # nearly every answer: no JSON encoding
+        return 200, json.dumps(reply, ensure_ascii=False).encode(), JSON, ()
+
+    def _account(
+        self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
+    ) -> None:
+        """The metrics and the log line of an answer: a few microseconds per request.
+
+        prometheus-client's ``labels()`` takes a lock and builds a key on every call, which
+        costs more than the increment itself: the children are kept here per label set.
+        """
+        command = request.command.value
+        children = self._children.get((command, protocol, result))
+        if children is None:
+            children = (
+                metrics.AUTH_POLICY_DECISIONS.labels(command, protocol, result),
+                metrics.AUTH_POLICY_SECONDS.labels(command),
+            )
+            self._children[(command, protocol, result)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        level = logging.DEBUG if result in QUIET_RESULTS else logging.INFO
+        if logger.isEnabledFor(level):
+            log_event(
+                logger,
+                f"auth_policy.{command}",
+                level,
+                mailbox=request.login,
+                protocol=request.service,
+                client_ip=request.remote,
+                result=result,
+                status=status,
+                session_prefix=short_id(request.session_id),
+            )
+
+    def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+        if not isinstance(error, redis.RedisError):
+            log_event(
+                logger,
+                "auth_policy.error",
+                logging.ERROR,
+                exc_info=True,
+                mailbox=request.login,
+                command=request.command.value,
+            )
+            return
+        metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+        # Redis down fails every request: one line a second per process says so well enough,
+        # and the metric counts them all.
+        now = time.monotonic()
+        if now - self._redis_error_logged_at >= 1:
+            self._redis_error_logged_at = now
+            log_event(
+                logger,
+                "auth_policy.redis_error",
+                logging.ERROR,
+                error=type(error).__name__,
+                command=request.command.value,
+            )
+
+    async def _other(self, method: bytes, path: bytes, authorization: bytes | None) -> Response:
+        """Health, readiness and metrics: off the hot path, checked only after it missed."""
+        if path not in (b"/healthz", b"/readyz", b"/metrics"):
+            return 404, b'{"error": "not found"}', JSON, ()
+        if method not in (b"GET", b"HEAD"):
+            return 405, b'{"error": "GET only"}', JSON, ((b"allow", b"GET"),)
+        if path == b"/healthz":
+            return 200, health.health_body(True), JSON, ()
+        if path == b"/readyz":
+            ok, checks = await self.readiness()
+            return 200 if ok else 503, health.health_body(ok, checks), JSON, ()
+        if not metrics.authorized(authorization):
+            return 403, b'{"error": "metrics token required"}', JSON, ()
+        body, content_type = metrics.exposition()
+        return 200, body, content_type.encode(), ()
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Redis (the connection decisions use) and PostgreSQL (cache misses, blocks)."""
+        timeout = settings.HEALTH_CHECK_TIMEOUT
+        checks = {"redis": "ok", "database": "ok"}
+        try:
+            [pong] = await asyncio.wait_for(self.store.client.execute([("PING",)]), timeout)
+            if isinstance(pong, Exception):
+                raise pong
+        except (redis.RedisError, TimeoutError) as error:
+            metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
+            checks["redis"] = type(error).__name__
+        try:
+            checks["database"] = await asyncio.wait_for(
+                self._in_thread(health.check_database, timeout), timeout + 0.5
+            )
+        except TimeoutError:
+            checks["database"] = "TimeoutError"
+        return all(value == "ok" for value in checks.values()), checks
+
+    # -- the decisions -------------------------------------------------------------------
+
+    async def _state(self, login: str, miss: Miss) -> MailboxState | None:
+        state = await self._in_thread(state_cache.load, login)
+        await self.store.store_state(login, miss.generation, state)
+        return state
+
+    async def handle(self, request: PolicyRequest) -> tuple[dict[str, Any], str]:
+        """The answer for Dovecot, and the result for the metrics and the log line."""
+        now = self.clock()
+        if request.command == Command.ALLOW:
+            verdict, language = await self._allow(request, now)
+            return auth_policy.answer(verdict, language, self.limits), verdict.outcome.value
+        return {"status": 0, "msg": ""}, await self._report(request, now)
+
+    async def _allow(self, request: PolicyRequest, now: float) -> tuple[Verdict, str]:
+        found, counters = await self.store.allow(request, now)
+        if isinstance(found, Miss):
+            ip_failures, ip_lock_seconds = counters.ip_failures, counters.ip_lock_seconds
+            loaded = await self._state(request.login, found)
+            found, counters = await self.store.allow(request, now, with_network=False)
+            if isinstance(found, Miss):
+                # Invalidated again while loading: decide on what the database just said.
+                found, counters = loaded, Counters()
+            counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
+        verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+        return verdict, found.language if found else settings.LANGUAGE_CODE
+
+    async def _report(self, request: PolicyRequest, now: float) -> str:
+        effect = auth_policy.report_effects(request)
+        if effect == "none":
+            return effect
+        result = await self.store.report(request, effect, now)
+        if isinstance(result, Miss):
+            await self._state(request.login, result)
+            result = await self.store.report(request, effect, now, with_network=False)
+        if isinstance(result, Miss) or result.state is None:
+            # Unknown login, or invalidated twice meanwhile: one report less is harmless.
+            return effect
+        # Last use is written at most once a minute per password, protocol and network
+        # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
+        # and an UPDATE per login would make PostgreSQL the bottleneck at thousands of
+        # logins a second, for a figure the panel shows to the minute and expiry counts in
+        # months.
+        if result.record_use and request.protocol is not None:
+            await self._in_thread(_record_use, result.state, request, now)
+            log_event(
+                logger,
+                "auth_policy.use_recorded",
+                mailbox=request.login,
+                protocol=request.protocol.value,
+                client_ip=request.remote,
+            )
+        if result.faulty:
+            log_event(
+                logger,
+                "auth_policy.faulty_program",
+                logging.WARNING,
+                mailbox=request.login,
+                protocol=request.service,
+                client_ip=request.remote,
+                connections_per_hour=self.limits.faulty_connections_per_hour,
+            )
+            await self._in_thread(
+                _block_faulty, result.state, request, self.limits.faulty_connections_per_hour
+            )
+        return effect
