@@ -13,15 +13,14 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
 
 from mailaccess.mailserver import redis_client
-from mailaccess.mailserver.policy_server import PolicyServer
+from mailaccess.mailserver.policy_server import DatabaseThreads, PolicyServer
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
 
@@ -89,10 +88,8 @@ class RunningDaemon:
             self.loop.close()
 
     async def _main(self) -> None:
-        executor = ThreadPoolExecutor(max_workers=2)
-        client = redis.asyncio.Redis.from_url(
-            self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
+        executor = DatabaseThreads(2)
+        client = RedisPipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
         self.server = PolicyServer(
             self.policy, request_timeout=self.request_timeout, idle_timeout=60
@@ -106,7 +103,8 @@ class RunningDaemon:
             break
         self._ready.set()
         await self.server.wait_stopped()
-        await client.aclose()
+        await client.close()
+        # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)
 
     def finish_blocks(self) -> None:
