@@ -220,28 +220,36 @@ class _PolicyConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+def _stage(protocol_state: str) -> str:
+    stage = protocol_state.lower()
+    return stage if stage in STAGES else "other"
+
+
+def _result(action: str) -> str:
+    result = action.partition(" ")[0].lower()
+    return result if result in RESULTS else "other"
+
+
 class _Metrics:
-    """Checks counted in the process and published to prometheus_client once a second."""
+    """Checks counted in the process and published to prometheus_client once a second.
+
+    Counted by (protocol state, action, result) as they come; labels are worked out when
+    publishing, once per distinct key rather than once per check.
+    """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str, str | None], int] = {}
         self.bounds = list(metrics.SMTP_POLICY_SECONDS._upper_bounds)
         self.buckets = [0] * len(self.bounds)
         self.seconds = 0.0
         self.children: dict[tuple[str, str], Any] = {}
 
-    def add(self, stage: str, result: str, seconds: float) -> None:
-        key = (stage, result)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        self.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.seconds += seconds
-
     def publish(self) -> None:
-        for key, count in self.counts.items():
-            child = self.children.get(key)
+        for (state, action, result), count in self.counts.items():
+            labels = (_stage(state), result or _result(action))
+            child = self.children.get(labels)
             if child is None:
-                child = self.children[key] = metrics.SMTP_POLICY_CHECKS.labels(*key)
+                child = self.children[labels] = metrics.SMTP_POLICY_CHECKS.labels(*labels)
             child.inc(count)
         self.counts.clear()
         histogram = metrics.SMTP_POLICY_SECONDS
@@ -387,25 +395,24 @@ class PolicyServer:
     def account(
         self, request: PolicyRequest, action: str, started: float, result: str | None
     ) -> None:
+        """The metrics and, unless it is a DUNNO with DEBUG off, the log line of an answer."""
         seconds = time.perf_counter() - started
-        if result is None:
-            if action == "DUNNO":
-                result = "dunno"
-            else:
-                result = action.partition(" ")[0].lower()
-                result = result if result in RESULTS else "other"
-        stage = request.protocol_state.lower()
-        stage = stage if stage in STAGES else "other"
-        self._metrics.add(stage, result, seconds)
-        if result == "dunno" and not self._log_dunno:
+        counted = self._metrics
+        key = (request.protocol_state, action, result)
+        counts = counted.counts
+        counts[key] = counts.get(key, 0) + 1
+        counted.buckets[bisect.bisect_left(counted.bounds, seconds)] += 1
+        counted.seconds += seconds
+        if action == "DUNNO" and result is None and not self._log_dunno:
             return
+        result = result or _result(action)
         # "dunno" (no opinion) is nearly every answer: DEBUG, like the auth policy's "allow".
         log_event(
             log,
             "smtp_policy.decision",
             logging.DEBUG if result == "dunno" else logging.INFO,
             mailbox=request.sasl_username or request.recipient or None,
-            stage=stage,
+            stage=_stage(request.protocol_state),
             result=result,
             client_ip=request.get("client_address") or None,
             sender=request.sender or None,

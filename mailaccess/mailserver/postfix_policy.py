@@ -52,7 +52,7 @@ class PolicyRequest:
     new ones.
     """
 
-    __slots__ = ("_text", "_values")
+    __slots__ = ("_text", "_values", "protocol_state", "request", "sasl_username")
 
     def __init__(self, block: bytes) -> None:
         # With a line break in front every attribute, the first too, is found as "\nname=".
@@ -60,6 +60,12 @@ class PolicyRequest:
         self._values: dict[str, str] = {}
         for name, needle in _NEEDLES:
             self._find(name, needle)
+        values = self._values
+        # Plain attributes, not properties: every check reads them, some twice.
+        self.request = values["request"]
+        self.protocol_state = values["protocol_state"].upper()
+        # The authenticated login (a mailbox address), lower-case; empty when not signed in.
+        self.sasl_username = values["sasl_username"].strip().lower()
 
     def _find(self, name: str, needle: bytes) -> str:
         text = self._text
@@ -89,19 +95,6 @@ class PolicyRequest:
         """Every attribute, decoded (for logs and tests; the checks use ``get``)."""
         text = self._text[1:].decode("utf-8", errors="replace")
         return dict(line.split("=", 1) for line in text.split("\n"))
-
-    @property
-    def request(self) -> str:
-        return self._values["request"]
-
-    @property
-    def protocol_state(self) -> str:
-        return self._values["protocol_state"].upper()
-
-    @property
-    def sasl_username(self) -> str:
-        """The authenticated login (a mailbox address), lower-case; empty when not signed in."""
-        return self._values["sasl_username"].strip().lower()
 
     @property
     def sender(self) -> str:
@@ -159,6 +152,9 @@ class RequestParser:
 
         Raises ProtocolError on garbage; the stream cannot be resynchronised after that.
         """
+        if not self._buffer and data.find(b"\n\n") == len(data) - 2 > 0:
+            # The common case, one whole request in one read (as smtpd sends them).
+            return [parse_request(data[:-2])]
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest] = []
         start = 0

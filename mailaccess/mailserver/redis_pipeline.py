@@ -67,16 +67,9 @@ def pack_command(*parts: Any) -> bytes:
     return b"*%d\r\n" % len(parts) + pack_parts(parts)
 
 
-class _Waiting:
-    """A command sent and not answered yet."""
-
-    __slots__ = ("callback", "retry", "sent_at")
-
-    def __init__(self, callback: Callback, retry: _Retry | None, sent_at: float) -> None:
-        self.callback = callback
-        # What it takes to send the command again as EVAL, for a NOSCRIPT reply.
-        self.retry = retry
-        self.sent_at = sent_at
+# A command waiting for its reply: its callback, and what it takes to send it again as EVAL
+# for a NOSCRIPT reply.
+_Waiting = tuple[Callback, _Retry | None]
 
 
 class _Connection(asyncio.Protocol):
@@ -96,22 +89,31 @@ class _Connection(asyncio.Protocol):
         waiting = owner._waiting
         try:
             while (reply := reader.gets()) is not False:
-                if not waiting:
+                if not owner._sent:
                     raise RedisError("a reply nobody asked for")
-                entry = waiting.popleft()
+                owner._sent -= 1
+                callback, retry = waiting.popleft()
                 if (
-                    entry.retry is not None
-                    and isinstance(reply, hiredis.ReplyError)
+                    isinstance(reply, hiredis.ReplyError)
+                    and retry is not None
                     and str(reply).startswith("NOSCRIPT")
                 ):
                     # Redis restarted or flushed its scripts: EVAL loads it again.
-                    script, parts, tail = entry.retry
+                    script, parts, tail = retry
                     command = b"*%d\r\n%s%s" % (parts + 2, script.packed_eval, tail)
-                    owner._send(command, entry.callback, None)
+                    owner._send(command, callback, None)
                     continue
-                _deliver(entry.callback, reply)
+                try:
+                    callback(reply)
+                except Exception:
+                    # One caller's bug must not take the other callers' replies with it.
+                    log.exception("Redis reply callback failed")
         except (hiredis.ProtocolError, RedisError) as error:
             owner._lost(self, RedisError(f"Redis protocol error: {error}"))
+            return
+        if not owner._sent and owner._outgoing:
+            # The batch is answered: what was asked meanwhile leaves now, as one batch.
+            owner._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(self, RedisError(f"Redis connection lost: {exc or 'closed'}"))
@@ -133,8 +135,12 @@ class RedisPipeline:
         self.timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
+        # Commands sent and not answered (the first ``_sent``), then those not sent yet (the
+        # ``_outgoing`` ones), in order.
         self._waiting: deque[_Waiting] = deque()
         self._outgoing: list[bytes] = []
+        self._sent = 0
+        self._batch_sent_at = 0.0
         self._flush_scheduled = False
         self._watch: asyncio.TimerHandle | None = None
         self._closed = False
@@ -210,13 +216,18 @@ class RedisPipeline:
             loop.call_soon(_deliver, callback, RedisError("the Redis pipeline is closed"))
             return
         self._outgoing.append(command)
-        self._waiting.append(_Waiting(callback, retry, loop.time()))
-        if not self._flush_scheduled:
+        self._waiting.append((callback, retry))
+        if not self._flush_scheduled and not self._sent:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Once per loop turn: everything asked in this turn, in one write."""
+        """Everything asked since the last batch, in one write, once that batch is answered.
+
+        One batch at a time: while Redis answers one, the next one grows. Under load that
+        makes batches of dozens of commands (a write and a read for each batch were half the
+        daemon's system calls with a batch per loop turn); idle, a command leaves at once.
+        """
         self._flush_scheduled = False
         connection = self._connection
         if connection is None or connection.transport is None:
@@ -224,9 +235,13 @@ class RedisPipeline:
                 assert self._loop is not None
                 self._connecting = self._loop.create_task(self._connect())
             return
-        if self._outgoing:
-            data = b"".join(self._outgoing)
-            self._outgoing.clear()
+        if self._outgoing and not self._sent:
+            outgoing = self._outgoing
+            data = b"".join(outgoing) if len(outgoing) > 1 else outgoing[0]
+            self._sent = len(outgoing)
+            outgoing.clear()
+            assert self._loop is not None
+            self._batch_sent_at = self._loop.time()
             connection.transport.write(data)
 
     async def _connect(self) -> None:
@@ -255,7 +270,7 @@ class RedisPipeline:
             # AUTH and SELECT go first; their replies are checked like any other.
             self._outgoing[:0] = self._setup
             for _ in self._setup:
-                self._waiting.appendleft(_Waiting(self._check_setup, None, loop.time()))
+                self._waiting.appendleft((self._check_setup, None))
         if self._watch is None:
             self._watch = loop.call_later(self.timeout / 4, self._watch_replies)
         self._flush()
@@ -273,7 +288,7 @@ class RedisPipeline:
         if self._closed:
             return
         now = self._loop.time()
-        if self._waiting and now - self._waiting[0].sent_at > self.timeout:
+        if self._sent and now - self._batch_sent_at > self.timeout:
             if self._connection is not None:
                 self._lost(self._connection, RedisError("Redis did not answer in time"))
             else:
@@ -293,8 +308,9 @@ class RedisPipeline:
         waiting = list(self._waiting)
         self._waiting.clear()
         self._outgoing.clear()
-        for entry in waiting:
-            _deliver(entry.callback, error)
+        self._sent = 0
+        for callback, _ in waiting:
+            _deliver(callback, error)
 
     async def close(self) -> None:
         self._closed = True

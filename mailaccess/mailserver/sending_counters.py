@@ -172,17 +172,22 @@ SEND_PARTS = 11
 def packed_send_tail(packed_keys: bytes, *, count_it: bool, now_ms: int, limits: bytes) -> bytes:
     """``packed_send_keys`` and ``send_args`` in Redis's protocol, for ``RedisPipeline``:
     packing the whole command part by part cost more than the rest of a check."""
-    member = unique_member(now_ms).encode()
-    return b"".join(
-        (
-            packed_keys,
-            b"$1\r\n1\r\n" if count_it else b"$1\r\n0\r\n",
-            _bulk(b"%d" % now_ms),
-            _bulk(b"%d" % (now_ms - MINUTE_MS)),
-            _bulk(b"%d" % (now_ms - HOUR_MS)),
-            limits,
-            _bulk(member),
-        )
+    now = b"%d" % now_ms
+    minute = b"%d" % (now_ms - MINUTE_MS)
+    hour = b"%d" % (now_ms - HOUR_MS)
+    member = b"%s:%d:%d" % (now, _pid[0], next(_sequence))
+    return b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+        packed_keys,
+        b"$1\r\n1\r\n" if count_it else b"$1\r\n0\r\n",
+        len(now),
+        now,
+        len(minute),
+        minute,
+        len(hour),
+        hour,
+        limits,
+        len(member),
+        member,
     )
 
 

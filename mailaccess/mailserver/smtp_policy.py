@@ -371,7 +371,7 @@ class SmtpPolicy:
             return None
 
         def replied(reply: Any) -> None:
-            if _failed(reply):
+            if isinstance(reply, Exception):
                 answer(self._without_redis(reply))
             elif reply[0] == b"ok":
                 answer(DUNNO)
