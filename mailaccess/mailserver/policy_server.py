@@ -289,6 +289,7 @@ class PolicyServer:
         self._watchdog: asyncio.TimerHandle | None = None
         self._metrics = _Metrics()
         self._log_dunno = log.isEnabledFor(logging.DEBUG)
+        self._log_others = log.isEnabledFor(logging.INFO)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -340,6 +341,7 @@ class PolicyServer:
         self._watchdog = asyncio.get_running_loop().call_later(self.WATCH_INTERVAL, self._watch)
         now = time.perf_counter()
         self._log_dunno = log.isEnabledFor(logging.DEBUG)
+        self._log_others = log.isEnabledFor(logging.INFO)
         for connection in list(self.connections):
             waiting = connection.waiting
             if waiting and waiting[0].started + self.request_timeout <= now:
@@ -403,7 +405,11 @@ class PolicyServer:
         counts[key] = counts.get(key, 0) + 1
         counted.buckets[bisect.bisect_left(counted.bounds, seconds)] += 1
         counted.seconds += seconds
-        if action == "DUNNO" and result is None and not self._log_dunno:
+        if action == "DUNNO" and result is None:
+            if not self._log_dunno:
+                return
+        elif not self._log_others:
+            # Timeouts and errors log their own line at ERROR; the decision line is INFO.
             return
         result = result or _result(action)
         # "dunno" (no opinion) is nearly every answer: DEBUG, like the auth policy's "allow".

@@ -389,18 +389,20 @@ class SmtpPolicy:
         return None
 
     def _over_limit(self, sender: Sender, limits: Limits, reply: Any) -> str:
-        verdict = sending_counters.SendVerdict.from_reply(reply)
-        if verdict.verdict == sending_counters.OVER_MINUTE:
-            seconds = max(1, math.ceil(verdict.retry_ms / 1000))
+        # A mail program over its limit retries at once, again and again: this path is as
+        # hot as the "ok" one, so no SendVerdict object until a block needs one.
+        verdict = reply[0]
+        if verdict == b"minute":
+            seconds = max(1, math.ceil(int(reply[3]) / 1000))
             return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
-        if verdict.verdict == sending_counters.OVER_HOUR:
-            minutes = max(1, math.ceil(verdict.retry_ms / 60_000))
+        if verdict == b"hour":
+            minutes = max(1, math.ceil(int(reply[3]) / 60_000))
             return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
         # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
         self._in_background(
             _block_for_hourly_limit,
             sender.mailbox_id,
-            verdict.last_hour,
+            sending_counters.SendVerdict.from_reply(reply).last_hour,
             self.hourly_blocks_before_compromised,
         )
         with translation.override(sender.language):
