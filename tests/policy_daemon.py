@@ -1,5 +1,5 @@
 """A real SMTP policy daemon for tests: its own thread and event loop, a real TCP socket
-(on the first free port of 21100-21899, the range this project's tests may use).
+(on the first free port of E2E_PORT_RANGE, default 21100-21899: the ports tests may use).
 
 The end-to-end tests through real Postfix run the daemon as production does instead, as
 ``manage.py smtp_policy_server`` in its own process (``smtp_policy_daemon`` in
@@ -94,7 +94,8 @@ class RunningDaemon:
         self.server = PolicyServer(
             self.policy, request_timeout=self.request_timeout, idle_timeout=60
         )
-        for port in range(21100, 21900):
+        low, _, high = os.environ.get("E2E_PORT_RANGE", "21100-21899").partition("-")
+        for port in range(int(low), int(high) + 1):
             try:
                 bound = await self.server.listen(f"127.0.0.1:{port}")
             except OSError:
