@@ -111,9 +111,14 @@ class _Connection(asyncio.Protocol):
         except (hiredis.ProtocolError, RedisError) as error:
             owner._lost(self, RedisError(f"Redis protocol error: {error}"))
             return
-        if not owner._sent and owner._outgoing:
-            # The batch is answered: what was asked meanwhile leaves now, as one batch.
-            owner._flush()
+        if not owner._sent and owner._outgoing and not owner._flush_scheduled:
+            # The batch is answered: what was asked meanwhile leaves as one batch, after the
+            # other events of this loop turn (requests on other connections) have added to
+            # it. Writing at once woke Redis in the middle of the turn, and on a busy machine
+            # Redis then took this core while the turn's other requests waited.
+            owner._flush_scheduled = True
+            assert owner._loop is not None
+            owner._loop.call_soon(owner._flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(self, RedisError(f"Redis connection lost: {exc or 'closed'}"))
