@@ -150,10 +150,10 @@ class RedisPipeline:
         self._watch: asyncio.TimerHandle | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._path, self._address, self._setup = self._parse_url(url)
+        self._path, self._address, self._setup = self.parse_url(url)
 
     @staticmethod
-    def _parse_url(url: str) -> tuple[str | None, tuple[str, int], list[bytes]]:
+    def parse_url(url: str) -> tuple[str | None, tuple[str, int], list[bytes]]:
         """redis://[user:password@]host:port/db, rediss is not supported, unix:///path?db=N."""
         parts = urlsplit(url)
         setup: list[bytes] = []

@@ -83,6 +83,7 @@ class Command(BaseCommand):
             health_listen = options["health_listen"]
             if health_listen:
                 health_http.parse_listen(health_listen)
+            RedisPipeline.parse_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
