@@ -1,5 +1,5 @@
 """A real SMTP policy daemon for tests: its own thread and event loop, a real TCP socket
-(on the first free port of 21100-21899, the range this project's tests may use).
+(on the first free port of E2E_PORT_RANGE, default 21100-21899: the ports tests may use).
 
 The end-to-end tests through real Postfix run the daemon as production does instead, as
 ``manage.py smtp_policy_server`` in its own process (``smtp_policy_daemon`` in
@@ -13,15 +13,14 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
 
 from mailaccess.mailserver import redis_client
-from mailaccess.mailserver.policy_server import PolicyServer
+from mailaccess.mailserver.policy_server import DatabaseThreads, PolicyServer
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
 
@@ -89,15 +88,14 @@ class RunningDaemon:
             self.loop.close()
 
     async def _main(self) -> None:
-        executor = ThreadPoolExecutor(max_workers=2)
-        client = redis.asyncio.Redis.from_url(
-            self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
+        executor = DatabaseThreads(2)
+        client = RedisPipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
         self.server = PolicyServer(
             self.policy, request_timeout=self.request_timeout, idle_timeout=60
         )
-        for port in range(21100, 21900):
+        low, _, high = os.environ.get("E2E_PORT_RANGE", "21100-21899").partition("-")
+        for port in range(int(low), int(high) + 1):
             try:
                 bound = await self.server.listen(f"127.0.0.1:{port}")
             except OSError:
@@ -106,7 +104,8 @@ class RunningDaemon:
             break
         self._ready.set()
         await self.server.wait_stopped()
-        await client.aclose()
+        await client.close()
+        # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)
 
     def finish_blocks(self) -> None:

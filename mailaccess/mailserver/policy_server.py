@@ -2,19 +2,33 @@
 
 Postfix keeps a policy connection open and sends request after request on it (until
 ``smtpd_policy_service_max_idle``, 300 s, or ``..._max_ttl``, 1000 s), so a connection here
-lives as long as Postfix wants and answers requests in order.
+lives as long as Postfix wants and answers requests in order; a client may also send several
+requests without waiting (pipelining), and gets the answers in the order it asked.
+
+Each connection is a bare ``asyncio.Protocol``: requests are parsed in ``data_received`` and
+answered from the policy's callbacks, with no task, stream reader or timer per connection or
+request. One watchdog a second does what per-request timers would: it answers a request that
+waited ``request_timeout`` with the fallback, cuts off a half-sent request after the same
+time and an idle connection after ``idle_timeout``, and publishes the metrics counted since
+its last round (prometheus_client takes a lock per update: per request, that cost more than
+parsing the request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import os
 import stat
+import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from django.db import connections
 
 from mailaccess.mailserver.postfix_policy import (
     PolicyRequest,
@@ -31,20 +45,6 @@ log = logging.getLogger(__name__)
 STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "end-of-message", "vrfy", "etrn"})
 RESULTS = frozenset({"dunno", "ok", "defer_if_permit", "defer", "reject", "hold", "discard"})
 
-READ_CHUNK = 64 * 1024
-
-
-@dataclass(eq=False)
-class _Connection:
-    task: asyncio.Task[None] | None
-    # True while waiting for bytes from Postfix: the only time it may be cut off.
-    reading: bool = True
-    # Between requests, nothing of a request has arrived yet (shutdown closes these).
-    idle: bool = True
-    # loop.time() after which a read gives up (see PolicyServer._watch_reads).
-    read_deadline: float = 0.0
-    served: int = field(default=0)
-
 
 def parse_listen(spec: str) -> tuple[str, str, int]:
     """``unix:/path`` or ``host:port`` (``[::1]:port`` for IPv6) as (kind, where, port)."""
@@ -54,6 +54,214 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"listen address {spec!r}: expected host:port or unix:/path")
     return "tcp", host.strip("[]") or "127.0.0.1", int(port)
+
+
+READ_CHUNK = 64 * 1024
+# A client that sends requests faster than they are answered stops being read at this many
+# unanswered requests, until the answers catch up.
+MAX_IN_FLIGHT = 256
+
+_REPLIES: dict[str, bytes] = {}
+
+
+def reply_bytes(action: str) -> bytes:
+    """The encoded reply, rendered once per distinct action (nearly all are DUNNO)."""
+    encoded = _REPLIES.get(action)
+    if encoded is None:
+        encoded = format_reply(action)
+        if len(_REPLIES) < 4096:
+            _REPLIES[action] = encoded
+    return encoded
+
+
+class _Pending:
+    """A request not answered yet; ``answer`` is the callback the policy calls."""
+
+    __slots__ = ("action", "connection", "request", "started")
+
+    def __init__(self, connection: _PolicyConnection, request: PolicyRequest, started: float):
+        self.connection = connection
+        self.request = request
+        self.started = started
+        self.action: str | None = None
+
+    def answer(self, action: str, result: str | None = None) -> None:
+        if self.action is not None:
+            return  # already answered with the fallback by the watchdog
+        self.action = action
+        connection = self.connection
+        connection.server.account(self.request, action, self.started, result)
+        waiting = connection.waiting
+        if waiting and waiting[0] is self:
+            connection.release()
+
+
+class _PolicyConnection(asyncio.Protocol):
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self.parser = RequestParser()
+        self.transport: asyncio.Transport | None = None
+        # Requests in the order received, while any of them is unanswered.
+        self.waiting: deque[_Pending] = deque()
+        # Bytes arrived since the watchdog's last round.
+        self.active = True
+        self.last_active = 0.0
+        # Finish what was received, then close (protocol error, shutdown).
+        self.finishing = False
+        self.write_paused = False
+        self.read_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio.Transport; they have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        if self.server.stopping:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+        self.waiting.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        if self.finishing:
+            return
+        try:
+            requests = self.parser.feed(data)
+        except ProtocolError as error:
+            self.protocol_error(error)
+            return
+        if not requests:
+            return
+        server = self.server
+        check = server.policy.check
+        account = server.account
+        started = time.perf_counter()
+        waiting = self.waiting
+        out: list[bytes] = []
+        for request in requests:
+            pending = _Pending(self, request, started)
+            try:
+                action = check(request, pending.answer)
+            except ProtocolError as error:
+                # A repeated attribute, found when the policy first read it.
+                if out:
+                    self.write(b"".join(out))
+                self.protocol_error(error)
+                return
+            except Exception:
+                log_event(log, "smtp_policy.error", logging.ERROR, exc_info=True)
+                action = server.policy.fallback_action()
+                account(request, action, started, "error")
+                pending.action = action
+            else:
+                if action is not None:
+                    account(request, action, started, None)
+                    pending.action = action
+            if not waiting and pending.action is not None:
+                out.append(reply_bytes(pending.action))
+            else:
+                waiting.append(pending)
+        if out:
+            self.write(b"".join(out) if len(out) > 1 else out[0])
+        if waiting:
+            if waiting[0].action is not None:
+                self.release()
+            elif len(waiting) >= MAX_IN_FLIGHT and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+        elif server.stopping and not self.parser.pending:
+            self.close()
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """Garbage: the stream cannot be trusted any more. Answer what came before it."""
+        log_event(log, "smtp_policy.protocol_error", logging.WARNING, error=str(error))
+        self.finishing = True
+        if not self.waiting:
+            self.close()
+
+    def release(self) -> None:
+        """Write the answers now due, in order."""
+        waiting = self.waiting
+        out = []
+        while waiting and waiting[0].action is not None:
+            out.append(reply_bytes(waiting.popleft().action))  # type: ignore[arg-type]
+        if out:
+            self.write(b"".join(out))
+        if waiting:
+            return
+        if self.finishing or (self.server.stopping and not self.parser.pending):
+            self.close()
+        elif self.read_paused and not self.write_paused:
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # A client that does not read its answers: stop reading its requests until it does,
+    # instead of buffering answers without end.
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.read_paused and len(self.waiting) < MAX_IN_FLIGHT and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+
+def _stage(protocol_state: str) -> str:
+    stage = protocol_state.lower()
+    return stage if stage in STAGES else "other"
+
+
+def _result(action: str) -> str:
+    result = action.partition(" ")[0].lower()
+    return result if result in RESULTS else "other"
+
+
+class _Metrics:
+    """Checks counted in the process and published to prometheus_client once a second.
+
+    Counted by (protocol state, action, result) as they come; labels are worked out when
+    publishing, once per distinct key rather than once per check.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str | None], int] = {}
+        self.bounds = list(metrics.SMTP_POLICY_SECONDS._upper_bounds)
+        self.buckets = [0] * len(self.bounds)
+        self.seconds = 0.0
+        self.children: dict[tuple[str, str], Any] = {}
+
+    def publish(self) -> None:
+        for (state, action, result), count in self.counts.items():
+            labels = (_stage(state), result or _result(action))
+            child = self.children.get(labels)
+            if child is None:
+                child = self.children[labels] = metrics.SMTP_POLICY_CHECKS.labels(*labels)
+            child.inc(count)
+        self.counts.clear()
+        histogram = metrics.SMTP_POLICY_SECONDS
+        # A histogram has no "observe n times": add to its buckets as observe() would (each
+        # bucket counts the observations up to its bound and above the one before).
+        for index, count in enumerate(self.buckets):
+            if count:
+                histogram._buckets[index].inc(count)
+                self.buckets[index] = 0
+        if self.seconds:
+            histogram._sum.inc(self.seconds)
+            self.seconds = 0.0
 
 
 class PolicyServer:
@@ -73,15 +281,15 @@ class PolicyServer:
         self.idle_timeout = idle_timeout
         self.shutdown_grace = shutdown_grace
         self.unix_mode = unix_mode
-        self._servers: list[asyncio.Server] = []
+        self.connections: set[_PolicyConnection] = set()
+        self.stopping = False
+        self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
-        self._connections: set[_Connection] = set()
-        self._stopping = False
         self._stopped = asyncio.Event()
-        self._watchdog: asyncio.Task[None] | None = None
-        # The counters' children by (stage, result): labels() takes a lock per call, and
-        # this runs for every request Postfix sends.
-        self._counted: dict[tuple[str, str], Any] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._metrics = _Metrics()
+        self._log_dunno = log.isEnabledFor(logging.DEBUG)
+        self._log_others = log.isEnabledFor(logging.INFO)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -91,22 +299,22 @@ class PolicyServer:
         ``reuse_port``: several processes listen on one TCP port (SO_REUSEPORT) and the
         kernel spreads the connections between them.
         """
+        loop = asyncio.get_running_loop()
         kind, where, port = parse_listen(spec)
         if kind == "unix":
             path = where
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # left over from a daemon that did not stop cleanly
-            server = await asyncio.start_unix_server(self._serve, path=path, limit=READ_CHUNK)
+            server = await loop.create_unix_server(lambda: _PolicyConnection(self), path=path)
             os.chmod(path, self.unix_mode)
             self._unix_paths.append(path)
             bound = f"unix:{path}"
         else:
-            server = await asyncio.start_server(
-                self._serve,
+            server = await loop.create_server(
+                lambda: _PolicyConnection(self),
                 host=where,
                 port=port,
-                limit=READ_CHUNK,
                 reuse_address=True,
                 reuse_port=reuse_port or None,
             )
@@ -114,50 +322,67 @@ class PolicyServer:
             bound = f"{sockname[0]}:{sockname[1]}"
         self._servers.append(server)
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch_reads())
+            self._watchdog = loop.call_later(self.WATCH_INTERVAL, self._watch)
         log.info("SMTP policy daemon listening on %s", bound)
         return bound
 
     def request_stop(self) -> None:
         """SIGTERM: stop accepting, finish the requests being answered, then exit."""
-        if not self._stopping:
-            log.info("stopping: %d connections open", len(self._connections))
-            self._stopping = True
+        if not self.stopping:
+            log.info("stopping: %d connections open", len(self.connections))
+            self.stopping = True
             asyncio.get_running_loop().create_task(self._stop())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def _watch_reads(self) -> None:
-        """Close connections whose read is overdue, once a second.
-
-        One timer for all connections instead of one per read: arming and cancelling a
-        timer for every request cost more than a fifth of the daemon's time.
-        """
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            await asyncio.sleep(self.WATCH_INTERVAL)
-            now = loop.time()
-            for connection in list(self._connections):
-                if connection.reading and connection.read_deadline < now and connection.task:
-                    connection.task.cancel()
+    def _watch(self) -> None:
+        """Once a second: overdue answers, overdue and idle connections, the metrics."""
+        self._watchdog = asyncio.get_running_loop().call_later(self.WATCH_INTERVAL, self._watch)
+        now = time.perf_counter()
+        self._log_dunno = log.isEnabledFor(logging.DEBUG)
+        self._log_others = log.isEnabledFor(logging.INFO)
+        for connection in list(self.connections):
+            waiting = connection.waiting
+            if waiting and waiting[0].started + self.request_timeout <= now:
+                # Postfix's own default on a silent daemon is a 451 for every message.
+                log_event(log, "smtp_policy.timeout", logging.ERROR, seconds=self.request_timeout)
+                fallback = self.policy.fallback_action()
+                for pending in list(waiting):
+                    if pending.action is None and pending.started + self.request_timeout <= now:
+                        pending.answer(fallback, "timeout")
+                connection.release()
+            if connection.active:
+                connection.active = False
+                connection.last_active = now
+            elif waiting:
+                continue
+            elif connection.parser.pending:
+                # A partial request must complete promptly.
+                if now - connection.last_active >= self.request_timeout:
+                    connection.close()
+            elif now - connection.last_active >= self.idle_timeout:
+                connection.close()
+        self._metrics.publish()
 
     async def _stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
         for server in self._servers:
             server.close()
-        for connection in list(self._connections):
-            if connection.idle and connection.task is not None:
-                connection.task.cancel()
-        tasks = [c.task for c in self._connections if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
-            for task in pending:
-                task.cancel()
+        for connection in list(self.connections):
+            if not connection.waiting and not connection.parser.pending:
+                connection.close()
+        deadline = time.monotonic() + self.shutdown_grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.shutdown_grace):
                 await self.policy.wait_for_background()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._metrics.publish()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -167,84 +392,64 @@ class PolicyServer:
         self._stopped.set()
         log.info("stopped")
 
-    # -- one connection ------------------------------------------------------------------
+    # -- metrics and the decision's log line ---------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(asyncio.current_task())
-        self._connections.add(connection)
-        parser = RequestParser()
-        try:
-            loop = asyncio.get_running_loop()
-            while not self._stopping:
-                connection.idle = not parser.pending
-                # A partial request must complete promptly; between requests Postfix may
-                # keep the connection idle for minutes.
-                connection.read_deadline = loop.time() + (
-                    self.request_timeout if parser.pending else self.idle_timeout
-                )
-                connection.reading = True
-                data = await reader.read(READ_CHUNK)
-                connection.reading = False
-                if not data:
-                    break
-                connection.idle = False
-                try:
-                    requests = parser.feed(data)
-                except ProtocolError as error:
-                    log_event(log, "smtp_policy.protocol_error", logging.WARNING, error=str(error))
-                    break
-                for request in requests:
-                    writer.write(format_reply(await self.answer(request)))
-                    connection.served += 1
-                if requests:
-                    await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._connections.discard(connection)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def answer(self, request: PolicyRequest) -> str:
-        """Always an answer, within ``request_timeout``: Postfix's own default on a silent
-        daemon is a 451 for every message."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                action = await self.policy.decide(request)
-        except TimeoutError:
-            action, result = self.policy.fallback_action(), "timeout"
-            log_event(log, "smtp_policy.timeout", logging.ERROR, seconds=self.request_timeout)
-        except Exception:
-            action, result = self.policy.fallback_action(), "error"
-            log_event(log, "smtp_policy.error", logging.ERROR, exc_info=True)
-        else:
-            result = action.partition(" ")[0].lower()
-            result = result if result in RESULTS else "other"
-        self._account(request, result, time.perf_counter() - started)
-        return action
-
-    def _account(self, request: PolicyRequest, result: str, seconds: float) -> None:
-        """The metrics and the one log line of a decision."""
-        stage = request.protocol_state.lower()
-        stage = stage if stage in STAGES else "other"
-        counter = self._counted.get((stage, result))
-        if counter is None:
-            counter = metrics.SMTP_POLICY_CHECKS.labels(stage=stage, result=result)
-            self._counted[(stage, result)] = counter
-        counter.inc()
-        metrics.SMTP_POLICY_SECONDS.observe(seconds)
+    def account(
+        self, request: PolicyRequest, action: str, started: float, result: str | None
+    ) -> None:
+        """The metrics and, unless it is a DUNNO with DEBUG off, the log line of an answer."""
+        seconds = time.perf_counter() - started
+        counted = self._metrics
+        key = (request.protocol_state, action, result)
+        counts = counted.counts
+        counts[key] = counts.get(key, 0) + 1
+        counted.buckets[bisect.bisect_left(counted.bounds, seconds)] += 1
+        counted.seconds += seconds
+        if action == "DUNNO" and result is None:
+            if not self._log_dunno:
+                return
+        elif not self._log_others:
+            # Timeouts and errors log their own line at ERROR; the decision line is INFO.
+            return
+        result = result or _result(action)
         # "dunno" (no opinion) is nearly every answer: DEBUG, like the auth policy's "allow".
         log_event(
             log,
             "smtp_policy.decision",
             logging.DEBUG if result == "dunno" else logging.INFO,
             mailbox=request.sasl_username or request.recipient or None,
-            stage=stage,
+            stage=_stage(request.protocol_state),
             result=result,
             client_ip=request.get("client_address") or None,
             sender=request.sender or None,
             recipients=request.get("recipient_count") or None,
             instance=request.instance or None,
         )
+
+
+class DatabaseThreads(ThreadPoolExecutor):
+    """The threads where the daemon runs the ORM (cache misses, blocks), each with its own
+    database connection; shutting down closes those connections, so PostgreSQL does not
+    keep a session per thread of a stopped daemon (nor tests a database in use)."""
+
+    def __init__(self, workers: int, name: str = "smtp-policy-db") -> None:
+        super().__init__(max_workers=workers, thread_name_prefix=name)
+        self.workers = workers
+        self._closing = False
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if not self._closing:
+            self._closing = True
+            # One task per thread: each holds its thread at the barrier until every thread
+            # has one, so no thread runs two and none is left out.
+            barrier = threading.Barrier(self.workers, timeout=5)
+
+            def close() -> None:
+                connections.close_all()
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait()
+
+            with contextlib.suppress(RuntimeError):  # already shut down
+                for _ in range(self.workers):
+                    self.submit(close)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)

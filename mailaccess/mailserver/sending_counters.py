@@ -126,11 +126,14 @@ def bounce_keys(address: str) -> list[str]:
 
 
 _sequence = count()
+# The process id, read once per process (the daemon forks its server processes after import).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def unique_member(now_ms: int) -> str:
     """A log entry name no other message of this or another daemon process can share."""
-    return f"{now_ms}:{os.getpid()}:{next(_sequence)}"
+    return f"{now_ms}:{_pid[0]}:{next(_sequence)}"
 
 
 def send_args(
@@ -145,6 +148,47 @@ def send_args(
         per_hour or 0,
         unique_member(now_ms),
     ]
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def packed_send_keys(address: str) -> bytes:
+    """``send_keys`` as the script's key count and keys in Redis's protocol: a mailbox's keys
+    never change, so the daemon packs them once and keeps them with the cached mailbox."""
+    keys = send_keys(address)
+    return _bulk(b"%d" % len(keys)) + b"".join(_bulk(key.encode()) for key in keys)
+
+
+def packed_limits(per_minute: int | None, per_hour: int | None) -> bytes:
+    return _bulk(b"%d" % (per_minute or 0)) + _bulk(b"%d" % (per_hour or 0))
+
+
+# Parts of a send command after EVALSHA and the SHA: the key count, 3 keys, 7 arguments.
+SEND_PARTS = 11
+
+
+def packed_send_tail(packed_keys: bytes, *, count_it: bool, now_ms: int, limits: bytes) -> bytes:
+    """``packed_send_keys`` and ``send_args`` in Redis's protocol, for ``RedisPipeline``:
+    packing the whole command part by part cost more than the rest of a check."""
+    now = b"%d" % now_ms
+    minute = b"%d" % (now_ms - MINUTE_MS)
+    hour = b"%d" % (now_ms - HOUR_MS)
+    member = b"%s:%d:%d" % (now, _pid[0], next(_sequence))
+    return b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+        packed_keys,
+        b"$1\r\n1\r\n" if count_it else b"$1\r\n0\r\n",
+        len(now),
+        now,
+        len(minute),
+        minute,
+        len(hour),
+        hour,
+        limits,
+        len(member),
+        member,
+    )
 
 
 @dataclass(frozen=True)

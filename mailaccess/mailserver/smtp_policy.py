@@ -21,6 +21,10 @@ should see the bounces.
 Nothing here runs SQL per check: mailboxes and plan limits are cached in the process for a
 minute (``SMTP_POLICY_CACHE_SECONDS``), so a change of plan or of the limits in the admin
 reaches the daemon within that time. A plan change lifts the limits only days later anyway.
+
+A check whose mailbox and limits are cached (nearly every check) runs no coroutine: one
+Redis command through the process's ``RedisPipeline``, whose reply callback hands the answer
+to the server. Only a cache miss takes a task, which fills the cache and checks again.
 """
 
 from __future__ import annotations
@@ -29,15 +33,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-import redis
-import redis.asyncio
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone, translation
@@ -47,7 +49,7 @@ from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
-from mailaccess.mailserver.redis_batch import ScriptBatcher
+from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 from mailportal import metrics
@@ -73,6 +75,8 @@ class Sender:
     plan: str
     lift_at: int | None
     language: str
+    # The mailbox's Redis keys, packed once (``sending_counters.packed_send_keys``).
+    packed_keys: bytes
 
     def sending_plan(self, now_ms: int) -> str:
         """Mirror of ``Mailbox.sending_plan`` on the cached copy."""
@@ -95,7 +99,14 @@ def _load_sender(address: str) -> Sender | None:
     if row is None:
         return None
     pk, plan, lift_at, language = row
-    return Sender(pk, address, plan, int(lift_at.timestamp() * 1000) if lift_at else None, language)
+    return Sender(
+        pk,
+        address,
+        plan,
+        int(lift_at.timestamp() * 1000) if lift_at else None,
+        language,
+        sending_counters.packed_send_keys(address),
+    )
 
 
 def _load_limits() -> dict[str, Limits]:
@@ -118,6 +129,29 @@ class SenderDirectory:
         self._senders: dict[str, tuple[float, Sender | None]] = {}
         self._loading: dict[str, asyncio.Future[Sender | None]] = {}
         self._limits: tuple[float, dict[str, Limits]] = (0.0, {})
+        self._packed: dict[Limits, bytes] = {}
+
+    def cached_sender(self, address: str, now: float) -> Sender | Literal[False] | None:
+        """The cached mailbox (None: no such mailbox), or False when it must be loaded."""
+        cached = self._senders.get(address)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        return False
+
+    def cached_limits(self, plan: str, now: float) -> tuple[Limits, bytes] | None:
+        """A plan's limits and their packed form, or None when they must be loaded."""
+        expires, table = self._limits
+        if expires <= now:
+            return None
+        limits = table.get(plan)
+        if limits is None:
+            limits = table[plan] = DEFAULT_LIMITS[Plan.FREE]
+        packed = self._packed.get(limits)
+        if packed is None:
+            packed = self._packed[limits] = sending_counters.packed_limits(
+                limits.per_minute, limits.per_hour
+            )
+        return limits, packed
 
     async def sender(self, address: str) -> Sender | None:
         cached = self._senders.get(address)
@@ -218,8 +252,18 @@ class RedisUnavailable(Exception):
     pass
 
 
+Answer = Callable[[str], None]
+DUNNO = dunno()
+SEND_SCRIPT = Script(sending_counters.SEND_SCRIPT)
+BOUNCE_SCRIPT = Script(sending_counters.BOUNCE_SCRIPT)
+
+
 class SmtpPolicy:
-    """Decides one request at a time; shared by every connection of a daemon process."""
+    """Decides the requests of every connection of a daemon process.
+
+    ``check(request, answer)`` returns the action when it is known at once, or None and
+    calls ``answer(action)`` exactly once later (after Redis replied, or failed).
+    """
 
     # After Redis fails, answer without it for this long instead of making every request
     # wait for its own timeout.
@@ -228,7 +272,7 @@ class SmtpPolicy:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        redis_pipeline: RedisPipeline,
         executor: Executor,
         *,
         on_redis_error: str | None = None,
@@ -236,15 +280,12 @@ class SmtpPolicy:
         hourly_blocks_before_compromised: int | None = None,
         cache_seconds: float | None = None,
     ) -> None:
-        self._redis = client
+        self._redis = redis_pipeline
         self._executor = executor
         self._directory = SenderDirectory(
             executor,
             settings.SMTP_POLICY_CACHE_SECONDS if cache_seconds is None else cache_seconds,
         )
-        self._send_script = client.register_script(sending_counters.SEND_SCRIPT)
-        self._bounce_script = client.register_script(sending_counters.BOUNCE_SCRIPT)
-        self._batcher = ScriptBatcher(client)
         self.on_redis_error = on_redis_error or settings.SMTP_POLICY_ON_REDIS_ERROR
         self.bounce_limit = bounce_limit or settings.SMTP_POLICY_BOUNCE_LIMIT
         self.hourly_blocks_before_compromised = (
@@ -258,26 +299,24 @@ class SmtpPolicy:
 
     # -- the decision -------------------------------------------------------------------
 
-    async def decide(self, request: PolicyRequest) -> str:
+    def check(self, request: PolicyRequest, answer: Answer) -> str | None:
         if request.request != "smtpd_access_policy":
-            return dunno()
+            return DUNNO
         state = request.protocol_state
-        try:
-            if request.sasl_username:
-                if state == "DATA":
-                    return await self._check_sender(request, count_it=False)
-                if state == "END-OF-MESSAGE":
-                    return await self._check_sender(request, count_it=True)
-            elif (
-                state == "RCPT"
-                and request.policy_context != "submission"
-                and request.recipient
-                and is_bounce_sender(request.sender)
-            ):
-                return await self._count_bounce(request.recipient)
-        except RedisUnavailable:
-            return self.fallback_action()
-        return dunno()
+        address = request.sasl_username
+        if address:
+            if state == "DATA":
+                return self._check_sender(address, False, answer)
+            if state == "END-OF-MESSAGE":
+                return self._check_sender(address, True, answer)
+        elif (
+            state == "RCPT"
+            and request.policy_context != "submission"
+            and request.recipient
+            and is_bounce_sender(request.sender)
+        ):
+            return self._count_bounce(request.recipient, answer)
+        return DUNNO
 
     def fallback_action(self) -> str:
         """The answer when the counters cannot be reached (setting SMTP_POLICY_ON_REDIS_ERROR).
@@ -290,98 +329,161 @@ class SmtpPolicy:
             return defer_if_permit(
                 gettext("Sending is unavailable for a moment. Please try again in a few minutes.")
             )
-        return dunno()
+        return DUNNO
 
-    async def _check_sender(self, request: PolicyRequest, *, count_it: bool) -> str:
-        address = request.sasl_username
-        sender = await self._lookup(address)
+    def _check_sender(self, address: str, count_it: bool, answer: Answer) -> str | None:
+        moment = time.monotonic()
+        sender = self._directory.cached_sender(address, moment)
+        if sender is False:
+            return self._load_then_check(address, count_it, answer)
         if sender is None:
             log.debug("no mailbox for sasl_username %s", address)
-            return dunno()
+            return DUNNO
         now = now_ms()
-        plan = sender.sending_plan(now)
-        limits = await self._directory_limits(plan)
+        limits = self._directory.cached_limits(sender.sending_plan(now), moment)
+        if limits is None:
+            return self._load_then_check(address, count_it, answer)
+        return self._ask_redis(sender, limits, count_it, answer, now)
+
+    def _ask_redis(
+        self,
+        sender: Sender,
+        cached_limits: tuple[Limits, bytes],
+        count_it: bool,
+        answer: Answer,
+        now: int,
+    ) -> str | None:
+        if self._redis_down_until > time.monotonic():
+            return self._without_redis(None)
+        limits, packed_limits = cached_limits
         if limits.unlimited:
-            if count_it:
-                # Only the "sent recently" stamp that the bounce detector needs.
-                await self._redis_call(
-                    self._redis.set(
-                        sending_counters.last_sent_key(address), now, px=sending_counters.DAY_MS
-                    )
-                )
-            return dunno()
-        reply = await self._redis_call(
-            self._batcher.run(
-                self._send_script,
-                sending_counters.send_keys(address),
-                sending_counters.send_args(
-                    count_it=count_it,
-                    now_ms=now,
-                    per_minute=limits.per_minute,
-                    per_hour=limits.per_hour,
-                ),
+            if not count_it:
+                return DUNNO
+            # Only the "sent recently" stamp that the bounce detector needs.
+            self._redis.call(
+                lambda reply: answer(self._without_redis(reply) if _failed(reply) else DUNNO),
+                b"SET",
+                sending_counters.last_sent_key(sender.address),
+                now,
+                b"PX",
+                sending_counters.DAY_MS,
             )
+            return None
+
+        def replied(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                answer(self._without_redis(reply))
+            elif reply[0] == b"ok":
+                answer(DUNNO)
+            else:
+                answer(self._over_limit(sender, limits, reply))
+
+        self._redis.evalsha_packed(
+            replied,
+            SEND_SCRIPT,
+            sending_counters.SEND_PARTS,
+            sending_counters.packed_send_tail(
+                sender.packed_keys, count_it=count_it, now_ms=now, limits=packed_limits
+            ),
         )
-        verdict = sending_counters.SendVerdict.from_reply(reply)
-        if verdict.verdict == sending_counters.OK:
-            return dunno()
-        if verdict.verdict == sending_counters.OVER_MINUTE:
-            seconds = max(1, math.ceil(verdict.retry_ms / 1000))
+        return None
+
+    def _over_limit(self, sender: Sender, limits: Limits, reply: Any) -> str:
+        # A mail program over its limit retries at once, again and again: this path is as
+        # hot as the "ok" one, so no SendVerdict object until a block needs one.
+        verdict = reply[0]
+        if verdict == b"minute":
+            seconds = max(1, math.ceil(int(reply[3]) / 1000))
             return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
-        if verdict.verdict == sending_counters.OVER_HOUR:
-            minutes = max(1, math.ceil(verdict.retry_ms / 60_000))
+        if verdict == b"hour":
+            minutes = max(1, math.ceil(int(reply[3]) / 60_000))
             return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
         # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
         self._in_background(
             _block_for_hourly_limit,
             sender.mailbox_id,
-            verdict.last_hour,
+            sending_counters.SendVerdict.from_reply(reply).last_hour,
             self.hourly_blocks_before_compromised,
         )
         with translation.override(sender.language):
             return reject(str(BlockReason.HOURLY_LIMIT.server_message))
 
-    async def _count_bounce(self, recipient: str) -> str:
-        now = now_ms()
-        reply = await self._redis_call(
-            self._batcher.run(
-                self._bounce_script,
-                sending_counters.bounce_keys(recipient),
-                [
-                    now,
-                    now - sending_counters.HOUR_MS,
-                    sending_counters.unique_member(now),
-                    self.bounce_limit,
-                ],
-            )
-        )
-        verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        if verdict == "block":
-            log_event(
-                log,
-                "smtp_policy.bounce_flood",
-                logging.WARNING,
-                mailbox=recipient,
-                bounces=reply[1],
-            )
-            self._in_background(_block_for_bounces, recipient, int(reply[1]))
-        return dunno()
+    def _load_then_check(self, address: str, count_it: bool, answer: Answer) -> str | None:
+        """A cache miss: load the mailbox and the limits in the thread pool, then check."""
 
-    # -- Redis and the database, failing soft ----------------------------------------------
+        async def load() -> str | None:
+            try:
+                sender = await self._directory.sender(address)
+                if sender is None:
+                    log.debug("no mailbox for sasl_username %s", address)
+                    return DUNNO
+                now = now_ms()
+                limits = await self._directory.limits(sender.sending_plan(now))
+            except Exception as error:
+                # The database is down or slow: the same choice as for Redis.
+                log_event(
+                    log,
+                    "smtp_policy.lookup_failed",
+                    logging.ERROR,
+                    mailbox=address,
+                    error=type(error).__name__,
+                )
+                return self.fallback_action()
+            packed = sending_counters.packed_limits(limits.per_minute, limits.per_hour)
+            return self._ask_redis(sender, (limits, packed), count_it, answer, now)
 
-    async def _redis_call(self, awaitable: Coroutine[Any, Any, Any] | Any) -> Any:
+        def loaded(task: asyncio.Task[str | None]) -> None:
+            if task.cancelled():
+                answer(self.fallback_action())
+            elif (action := task.result()) is not None:
+                answer(action)
+
+        task = asyncio.get_running_loop().create_task(load())
+        task.add_done_callback(loaded)
+        return None
+
+    def _count_bounce(self, recipient: str, answer: Answer) -> str | None:
         if self._redis_down_until > time.monotonic():
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            self._note_fallback(None)
-            raise RedisUnavailable
-        try:
-            return await awaitable
-        except (redis.RedisError, OSError) as error:
+            return self._without_redis(None)
+        now = now_ms()
+
+        def replied(reply: Any) -> None:
+            if _failed(reply):
+                answer(self._without_redis(reply))
+                return
+            if reply[0] == b"block":
+                log_event(
+                    log,
+                    "smtp_policy.bounce_flood",
+                    logging.WARNING,
+                    mailbox=recipient,
+                    bounces=reply[1],
+                )
+                self._in_background(_block_for_bounces, recipient, int(reply[1]))
+            answer(DUNNO)
+
+        self._redis.evalsha(
+            replied,
+            BOUNCE_SCRIPT,
+            sending_counters.bounce_keys(recipient),
+            [
+                now,
+                now - sending_counters.HOUR_MS,
+                sending_counters.unique_member(now),
+                self.bounce_limit,
+            ],
+        )
+        return None
+
+    # -- Redis failing soft ------------------------------------------------------------------
+
+    def _without_redis(self, error: Exception | None) -> str:
+        """The fallback answer; an error (rather than None: known down) starts an outage."""
+        if error is not None:
             metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
             self._redis_down_until = time.monotonic() + self.REDIS_RETRY_SECONDS
-            self._note_fallback(error)
-            raise RedisUnavailable from error
+        self._note_fallback(error)
+        return self.fallback_action()
 
     def _note_fallback(self, error: Exception | None) -> None:
         """Log the outage at most every few seconds: Postfix asks thousands of times."""
@@ -394,32 +496,10 @@ class SmtpPolicy:
                 "smtp_policy.redis_unavailable",
                 logging.ERROR,
                 error=type(error).__name__ if error else "still down",
+                error_text=str(error) if error else None,
                 answering=self.fallback_action().split(" ", 1)[0],
                 answers_without_redis=self._fallbacks,
             )
-
-    async def _lookup(self, address: str) -> Sender | None:
-        try:
-            return await self._directory.sender(address)
-        except Exception as error:
-            # The database is down or slow: the same choice as for Redis.
-            log_event(
-                log,
-                "smtp_policy.lookup_failed",
-                logging.ERROR,
-                mailbox=address,
-                error=type(error).__name__,
-            )
-            raise RedisUnavailable from error
-
-    async def _directory_limits(self, plan: str) -> Limits:
-        try:
-            return await self._directory.limits(plan)
-        except Exception as error:
-            log_event(
-                log, "smtp_policy.limits_lookup_failed", logging.ERROR, error=type(error).__name__
-            )
-            raise RedisUnavailable from error
 
     def _in_background(self, function: Callable[..., str | None], *args: Any) -> None:
         """Run a blocking action after answering: Postfix must not wait on the database."""
@@ -455,3 +535,8 @@ class SmtpPolicy:
         """Let pending blocks finish (graceful shutdown, tests)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _failed(reply: Any) -> bool:
+    """An exception instead of a reply: Redis unreachable, late, or the command refused."""
+    return isinstance(reply, Exception)

@@ -4,33 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import redis
-import redis.asyncio
+import hiredis
 import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mailaccess.mailserver import redis_client
-from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
+from mailaccess.mailserver.policy_server import DatabaseThreads, PolicyServer, parse_listen
+from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import health, health_http, metrics
 
 
 async def readiness(
-    client: redis.asyncio.Redis, executor: ThreadPoolExecutor
+    client: RedisPipeline, executor: ThreadPoolExecutor
 ) -> tuple[bool, dict[str, str]]:
-    """Redis (the counters, through the daemon's own pool) and PostgreSQL (plans, blocks)."""
+    """Redis (the counters, through the daemon's own connection) and PostgreSQL (plans,
+    blocks)."""
     timeout = settings.HEALTH_CHECK_TIMEOUT
     checks = {"redis": "ok", "database": "ok"}
     try:
-        await asyncio.wait_for(client.ping(), timeout)  # type: ignore[misc]
-    except (redis.RedisError, OSError, TimeoutError) as error:
+        await asyncio.wait_for(client.execute(b"PING"), timeout)
+    except (RedisError, hiredis.ReplyError, OSError, TimeoutError) as error:
         metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
         checks["redis"] = type(error).__name__
     loop = asyncio.get_running_loop()
@@ -82,9 +83,16 @@ class Command(BaseCommand):
             health_listen = options["health_listen"]
             if health_listen:
                 health_http.parse_listen(health_listen)
+            RedisPipeline.parse_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
+        # Django, its apps and their modules are loaded for good: freezing them takes them
+        # out of the garbage collector's full passes, which walked every one of them and
+        # showed up as the slowest answers (the p99) under load. The forked processes share
+        # them, too (a collection would otherwise touch, and so copy, their memory pages).
+        gc.collect()
+        gc.freeze()
         if processes < 1:
             raise CommandError("--processes must be at least 1")
         if processes > 1 and any(parse_listen(spec)[0] == "unix" for spec in listen):
@@ -146,8 +154,11 @@ class Command(BaseCommand):
     ) -> None:
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
-        executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smtp-policy-db")
-        client = redis_client.async_client()
+        executor = DatabaseThreads(4)
+        # One Redis connection for every check of this process (see redis_pipeline.py).
+        client = RedisPipeline(
+            settings.MAILSERVER_REDIS_URL, timeout=settings.MAILSERVER_REDIS_TIMEOUT
+        )
         policy = SmtpPolicy(client, executor)
         server = PolicyServer(
             policy,
@@ -176,5 +187,5 @@ class Command(BaseCommand):
         finally:
             if health_server is not None:
                 health_server.close()
-            await client.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
+            await client.close()
             executor.shutdown(wait=True)
