@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from mailaccess.mailserver import redis_client
-from mailaccess.mailserver.policy_server import DatabaseThreads, PolicyServer
+from mailaccess.mailserver.database_threads import DatabaseThreads
+from mailaccess.mailserver.policy_server import PolicyServer
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
@@ -88,7 +89,7 @@ class RunningDaemon:
             self.loop.close()
 
     async def _main(self) -> None:
-        executor = DatabaseThreads(2)
+        executor = DatabaseThreads(2, "smtp-policy-db")
         client = RedisPipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
         self.server = PolicyServer(

@@ -16,6 +16,7 @@ from mailaccess import actions
 from mailaccess.mailserver import redis_client
 from mailaccess.models import Actor, BlockReason
 from tests.policy_client import API_KEY, login
+from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 
@@ -28,6 +29,10 @@ def decisions(command: str, protocol: str, result: str) -> float:
     return sample(
         "mailportal_auth_policy_decisions_total", command=command, protocol=protocol, result=result
     )
+
+
+def smtp_checks(stage: str, result: str) -> float:
+    return sample("mailportal_smtp_policy_checks_total", stage=stage, result=result)
 
 
 def blocks(reason: str) -> float:
@@ -111,3 +116,27 @@ def test_a_block_that_rolls_back_is_not_counted(
         actions.block_access(alice, BlockReason.SUPPORT, actor=Actor.system("test"))
         raise RuntimeError("the caller failed after blocking")
     assert blocks("support") == before
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_each_smtp_policy_answer_is_counted_by_stage_and_result_and_timed(
+    alice: Mailbox, test_redis: str
+) -> None:
+    # The daemon counts in the process and publishes once a second and when it stops (it
+    # writes the histogram's buckets itself): what Prometheus reads must still add up.
+    before = {
+        "data": smtp_checks("data", "dunno"),
+        "end": smtp_checks("end-of-message", "dunno"),
+        "timed": sample("mailportal_smtp_policy_check_seconds_count"),
+        "fast": sample("mailportal_smtp_policy_check_seconds_bucket", le="+Inf"),
+        "seconds": sample("mailportal_smtp_policy_check_seconds_sum"),
+    }
+    with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+        for number in range(3):
+            assert client.send_message("alice@inbox.lv", f"m{number}") == "DUNNO"
+    assert smtp_checks("data", "dunno") == before["data"] + 3
+    assert smtp_checks("end-of-message", "dunno") == before["end"] + 3
+    assert sample("mailportal_smtp_policy_check_seconds_count") == before["timed"] + 6
+    assert sample("mailportal_smtp_policy_check_seconds_bucket", le="+Inf") == before["fast"] + 6
+    assert sample("mailportal_smtp_policy_check_seconds_sum") > before["seconds"]

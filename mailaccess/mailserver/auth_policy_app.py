@@ -21,21 +21,18 @@ threads of the app's own pool, whose database connections ``aclose`` closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 
 from accounts.models import Mailbox
 from mailaccess import actions
@@ -52,6 +49,7 @@ from mailaccess.mailserver.auth_policy import (
 )
 from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
+from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.models import Actor, BlockReason
 from mailportal import health, metrics
 from mailportal.logging import log_event, short_id
@@ -107,26 +105,6 @@ def _block_faulty(state: MailboxState, request: PolicyRequest, limit: int) -> No
     )
 
 
-def close_thread_connections(executor: ThreadPoolExecutor, threads: int) -> None:
-    """Close the database connections that the pool's threads hold.
-
-    Django keeps a connection per thread, and a pool thread that ends leaves its connection
-    open until garbage collection: PostgreSQL then counts it as a user of the database
-    (``DROP DATABASE`` of the test database warns). One job per thread, held at a barrier so
-    no thread takes two, closes each; the pool starts threads it has not started yet, which
-    have nothing to close.
-    """
-    barrier = threading.Barrier(threads)
-
-    def close() -> None:
-        connections.close_all()
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=5)
-
-    for future in [executor.submit(close) for _ in range(threads)]:
-        future.result()
-
-
 class AuthPolicyApp:
     """The endpoint's logic. ``clock`` and ``client`` are seams for tests."""
 
@@ -139,7 +117,7 @@ class AuthPolicyApp:
     ) -> None:
         self._client = client
         self._store: PolicyStore | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DatabaseThreads | None = None
         self.clock = clock
         self.limits = limits or Limits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
@@ -157,7 +135,7 @@ class AuthPolicyApp:
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="auth-policy-db")
+            self._executor = DatabaseThreads(DB_THREADS, "auth-policy-db")
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -181,9 +159,8 @@ class AuthPolicyApp:
         await self.store.client.aclose()
         executor, self._executor = self._executor, None
         if executor is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, close_thread_connections, executor, DB_THREADS)
-            executor.shutdown(wait=False)
+            # Shutting down waits for the threads: not on the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
 
     # -- one request ---------------------------------------------------------------------
 

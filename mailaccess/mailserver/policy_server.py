@@ -22,13 +22,9 @@ import contextlib
 import logging
 import os
 import stat
-import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
-
-from django.db import connections
 
 from mailaccess.mailserver.postfix_policy import (
     PolicyRequest,
@@ -425,31 +421,3 @@ class PolicyServer:
             recipients=request.get("recipient_count") or None,
             instance=request.instance or None,
         )
-
-
-class DatabaseThreads(ThreadPoolExecutor):
-    """The threads where the daemon runs the ORM (cache misses, blocks), each with its own
-    database connection; shutting down closes those connections, so PostgreSQL does not
-    keep a session per thread of a stopped daemon (nor tests a database in use)."""
-
-    def __init__(self, workers: int, name: str = "smtp-policy-db") -> None:
-        super().__init__(max_workers=workers, thread_name_prefix=name)
-        self.workers = workers
-        self._closing = False
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if not self._closing:
-            self._closing = True
-            # One task per thread: each holds its thread at the barrier until every thread
-            # has one, so no thread runs two and none is left out.
-            barrier = threading.Barrier(self.workers, timeout=5)
-
-            def close() -> None:
-                connections.close_all()
-                with contextlib.suppress(threading.BrokenBarrierError):
-                    barrier.wait()
-
-            with contextlib.suppress(RuntimeError):  # already shut down
-                for _ in range(self.workers):
-                    self.submit(close)
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)

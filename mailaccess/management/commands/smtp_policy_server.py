@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +13,9 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mailaccess.mailserver.policy_server import DatabaseThreads, PolicyServer, parse_listen
+from mailaccess.mailserver.database_threads import DatabaseThreads
+from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
+from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import health, health_http, metrics
@@ -113,40 +112,13 @@ class Command(BaseCommand):
         Only the first process serves the health port: one port cannot have several owners
         without SO_REUSEPORT, and a health answer from any one loop is the service's answer.
         """
-        children: list[int] = []
-        for index in range(processes):
-            pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    uvloop.run(
-                        self._run(
-                            listen,
-                            unix_mode,
-                            health_listen if index == 0 else "",
-                            reuse_port=True,
-                        )
-                    )
-                except BaseException:
-                    code = 1
-                    raise
-                finally:
-                    sys.stdout.flush()
-                    os._exit(code)
-            children.append(pid)
 
-        def forward(signum: int, _frame: Any) -> None:
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signum)
+        def run(index: int) -> None:
+            uvloop.run(
+                self._run(listen, unix_mode, health_listen if index == 0 else "", reuse_port=True)
+            )
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        failed = False
-        for child in children:
-            _, status = os.waitpid(child, 0)
-            failed = failed or os.waitstatus_to_exitcode(status) != 0
-        if failed:
+        if not fork_servers(processes, run):
             raise CommandError("a server process failed")
 
     async def _run(
@@ -154,7 +126,7 @@ class Command(BaseCommand):
     ) -> None:
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
-        executor = DatabaseThreads(4)
+        executor = DatabaseThreads(4, "smtp-policy-db")
         # One Redis connection for every check of this process (see redis_pipeline.py).
         client = RedisPipeline(
             settings.MAILSERVER_REDIS_URL, timeout=settings.MAILSERVER_REDIS_TIMEOUT
