@@ -564,10 +564,8 @@ def policy_redis(policy_server: PolicyServer, settings: Any) -> Iterator[None]:
 
     settings.MAILSERVER_REDIS_URL = policy_server.redis_url
     redis_client.sync_client.cache_clear()
-    redis_client.async_client.cache_clear()
     yield
     redis_client.sync_client.cache_clear()
-    redis_client.async_client.cache_clear()
 
 
 # --- clients that pick their source address --------------------------------------------------

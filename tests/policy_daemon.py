@@ -47,11 +47,9 @@ def test_redis_fixture(settings: Any) -> Iterator[str]:
     url = redis_url_for_tests()
     settings.MAILSERVER_REDIS_URL = url
     redis_client.sync_client.cache_clear()
-    redis_client.async_client.cache_clear()
     forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
     yield url
     redis_client.sync_client.cache_clear()
-    redis_client.async_client.cache_clear()
 
 
 class RunningDaemon:

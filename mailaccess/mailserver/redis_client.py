@@ -1,7 +1,9 @@
-"""One Redis connection pool per process, shared by every request of that process.
+"""The synchronous Redis client of the web app, the jobs and the access-change hooks: one
+connection pool per process, shared by every request of that process.
 
 A client per request (as some policy daemons do) costs a TCP handshake per decision; the
-pool keeps connections open across requests.
+pool keeps connections open across requests. The policy servers keep their own single
+pipelined connection (auth_policy_redis.py, redis_pipeline.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from functools import cache
 
 import redis
-import redis.asyncio
 from django.conf import settings
 
 
@@ -25,16 +26,6 @@ def mailbox_key(kind: str, mailbox: str) -> str:
 @cache
 def sync_client() -> redis.Redis:
     return redis.Redis.from_url(
-        settings.MAILSERVER_REDIS_URL,
-        socket_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
-        socket_connect_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
-        decode_responses=True,
-    )
-
-
-@cache
-def async_client() -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(
         settings.MAILSERVER_REDIS_URL,
         socket_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
         socket_connect_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
