@@ -129,6 +129,28 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Callable[[],
     raise RuntimeError(f"nothing listens on port {port} after {START_TIMEOUT} s:\n{log()}")
 
 
+def start_command(
+    command: str, port: int, env: dict[str, str], log: Path, *options: str
+) -> subprocess.Popen[bytes]:
+    """``manage.py COMMAND --listen 127.0.0.1:PORT OPTIONS`` as production starts it, its
+    output in ``log``; returns once it listens (stop it with ``stop_process``)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", command, "--listen", f"127.0.0.1:{port}", *options],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, lambda: tail(log))
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """Stop a server started with ``start_new_session=True``, and every process it forked.
 
@@ -257,20 +279,8 @@ def policy_server(
         "SECRET_KEY": os.environ.get("SECRET_KEY", "e2e-only-secret-key-never-used-elsewhere"),
         "DEBUG": "0",
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "manage.py", "auth_policy_server",
-                "--listen", f"127.0.0.1:{port}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    process = start_command("auth_policy_server", port, env, log)
     try:
-        wait_for_port(port, process, lambda: tail(log))
         yield PolicyServer(f"http://127.0.0.1:{port}/auth-policy", api_key, redis_url, log)
     finally:
         stop_process(process)
@@ -315,17 +325,8 @@ def smtp_policy_daemon(
         "CELERY_TASK_ALWAYS_EAGER": "1",
         "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "smtp_policy_server", "--listen", f"127.0.0.1:{port}"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_command("smtp_policy_server", port, env, log)
     try:
-        wait_for_port(port, process, lambda: tail(log))
         yield SmtpPolicyDaemon(f"inet:127.0.0.1:{port}", redis_url, log)
     finally:
         stop_process(process)

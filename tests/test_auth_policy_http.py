@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,12 +27,11 @@ from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor
 from tests.mailservers import (
-    REPO,
     database_environment,
     free_port,
+    start_command,
     stop_process,
     tail,
-    wait_for_port,
 )
 from tests.policy_client import closed_port
 
@@ -75,20 +73,16 @@ def start(tmp_path: Path, *, processes: int = 1, extra_env: dict[str, str] | Non
         "DEBUG": "0",
         **(extra_env or {}),
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "manage.py", "auth_policy_server",
-                "--listen", f"127.0.0.1:{port}", "--processes", str(processes),
-                "--shutdown-grace", "20",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    wait_for_port(port, process, lambda: tail(log))
+    process = start_command(
+        "auth_policy_server",
+        port,
+        env,
+        log,
+        "--processes",
+        str(processes),
+        "--shutdown-grace",
+        "20",
+    )
     return Server(port, process, log)
 
 

@@ -430,6 +430,7 @@ class AuthPolicyHttpServer:
         self._servers: list[asyncio.Server] = []
         self._drained = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> str:
         """Start listening; returns the bound address (the real port for port 0)."""
@@ -452,7 +453,8 @@ class AuthPolicyHttpServer:
         if not self.stopping:
             log.info("stopping: %d connections open", len(self.connections))
             self.stopping = True
-            self.loop.create_task(self._stop())
+            # Kept: the loop holds tasks only weakly.
+            self._stopping = self.loop.create_task(self._stop())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

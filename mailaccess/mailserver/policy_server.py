@@ -282,6 +282,7 @@ class PolicyServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
         self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._metrics = _Metrics()
         self._log_dunno = log.isEnabledFor(logging.DEBUG)
@@ -327,7 +328,8 @@ class PolicyServer:
         if not self.stopping:
             log.info("stopping: %d connections open", len(self.connections))
             self.stopping = True
-            asyncio.get_running_loop().create_task(self._stop())
+            # Kept: the loop holds tasks only weakly.
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

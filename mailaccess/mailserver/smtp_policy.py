@@ -296,6 +296,7 @@ class SmtpPolicy:
         self._last_outage_log = 0.0
         self._fallbacks = 0
         self._background: set[asyncio.Task[Any]] = set()
+        self._lookups: set[asyncio.Task[str | None]] = set()
 
     # -- the decision -------------------------------------------------------------------
 
@@ -439,6 +440,9 @@ class SmtpPolicy:
                 answer(action)
 
         task = asyncio.get_running_loop().create_task(load())
+        # The loop holds tasks only weakly: the set keeps this one until it has answered.
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
         task.add_done_callback(loaded)
         return None
 
