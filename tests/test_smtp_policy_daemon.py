@@ -16,6 +16,8 @@ from mailaccess.mailserver import sending_counters
 from mailaccess.models import (
     Actor,
     AppPassword,
+    AuditAction,
+    AuditEvent,
     BlockReason,
     ExternalAccess,
     Notice,
@@ -77,8 +79,12 @@ def test_the_sixteenth_message_inside_an_hour_blocks_access(
         sixteenth = client.send_message(ALICE, "a-16")
         assert sixteenth.startswith("REJECT ")
         daemon.finish_blocks()
-        # A mail program still connected is deferred, not blocked a second time.
-        assert client.send_message(ALICE, "a-17").startswith("DEFER_IF_PERMIT ")
+        # A mail program still connected is deferred, not blocked a second time, until the
+        # first of the fifteen leaves the rolling hour: sent 183 s ago, so in 57 minutes.
+        seventeenth = client.send_message(ALICE, "a-17")
+        assert seventeenth.startswith("DEFER_IF_PERMIT ")
+        assert "15 vestules stunda" in seventeenth
+        assert "pec 57 minutem" in seventeenth
         daemon.finish_blocks()
 
     access = access_of(alice)
@@ -86,6 +92,8 @@ def test_the_sixteenth_message_inside_an_hour_blocks_access(
     assert access.block == BlockReason.HOURLY_LIMIT
     assert not AppPassword.objects.live().filter(mailbox=alice).exists()
     assert Notice.objects.filter(mailbox=alice, reason=BlockReason.HOURLY_LIMIT).count() == 1
+    block = AuditEvent.objects.get(mailbox=alice, action=AuditAction.ACCESS_BLOCKED)
+    assert block.detail["sent_last_hour"] == 15
 
 
 def test_the_third_hourly_block_in_a_day_blocks_as_compromised(

@@ -36,7 +36,15 @@ OVER_HOUR_BLOCK = "hour_block"
 # KEYS: sent log, "blocked in this window" marker, last-sent stamp.
 # ARGV: count (1 at END-OF-MESSAGE, 0 at DATA), now, minute start, hour start, per minute,
 # per hour (0: no limit), log member.
-# Returns {verdict, sent in the last minute, sent in the last hour, ms until a retry helps}.
+# Returns 0 when the message may pass; otherwise {verdict, ms until a retry helps}, and for
+# 'hour_block' also the messages of the last hour.
+#
+# Every check runs this script, and Redis, one thread shared by every daemon, is what the
+# checks of the whole provider queue for: the common answers take the fewest calls. A window
+# is counted with ZCOUNT (no trimming before each check: the log is trimmed when a message
+# is added); only over a limit is the message that decides the retry time looked up (a limit
+# of n is reached while the n-th newest message is inside its window, and a retry helps when
+# it leaves it). A bare 0 for "pass" spares Redis building a reply table.
 #
 # Over the hourly limit the first message blocks access; the marker then lives as long as
 # the window that caused it, so further messages of the same window (a mail program still
@@ -44,34 +52,33 @@ OVER_HOUR_BLOCK = "hour_block"
 # has room, instead of blocking again for the same excess.
 SEND_SCRIPT = """
 local sent, blocked, last_sent = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[2])
 local per_minute = tonumber(ARGV[5])
 local per_hour = tonumber(ARGV[6])
-redis.call('ZREMRANGEBYSCORE', sent, '-inf', ARGV[4])
-local in_hour = redis.call('ZCARD', sent)
-local in_minute = redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf')
-if per_hour > 0 and in_hour >= per_hour then
-  local first = redis.call('ZRANGE', sent, in_hour - per_hour, in_hour - per_hour, 'WITHSCORES')
-  local retry = tonumber(first[2]) + 3600000 - now
-  local blocked_at = tonumber(redis.call('GET', blocked) or '0')
-  if now - blocked_at >= 3600000 then
-    redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
-    return {'hour_block', in_minute, in_hour, retry}
+if per_hour > 0 then
+  local in_hour = redis.call('ZCOUNT', sent, '(' .. ARGV[4], '+inf')
+  if in_hour >= per_hour then
+    local now = tonumber(ARGV[2])
+    local nth = redis.call('ZRANGE', sent, per_hour - 1, per_hour - 1, 'REV', 'WITHSCORES')
+    local retry = tonumber(nth[2]) + 3600000 - now
+    local blocked_at = tonumber(redis.call('GET', blocked) or '0')
+    if now - blocked_at >= 3600000 then
+      redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
+      return {'hour_block', retry, in_hour}
+    end
+    return {'hour', retry}
   end
-  return {'hour', in_minute, in_hour, retry}
 end
-if per_minute > 0 and in_minute >= per_minute then
-  local first = redis.call('ZRANGE', sent, in_hour - per_minute, in_hour - per_minute, 'WITHSCORES')
-  return {'minute', in_minute, in_hour, tonumber(first[2]) + 60000 - now}
+if per_minute > 0 and redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf') >= per_minute then
+  local nth = redis.call('ZRANGE', sent, per_minute - 1, per_minute - 1, 'REV', 'WITHSCORES')
+  return {'minute', tonumber(nth[2]) + 60000 - tonumber(ARGV[2])}
 end
 if ARGV[1] == '1' then
-  redis.call('ZADD', sent, now, ARGV[7])
+  redis.call('ZADD', sent, ARGV[2], ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', sent, '-inf', ARGV[4])
   redis.call('PEXPIRE', sent, 3600000)
   redis.call('SET', last_sent, ARGV[2], 'PX', 86400000)
-  in_hour = in_hour + 1
-  in_minute = in_minute + 1
 end
-return {'ok', in_minute, in_hour, 0}
+return 0
 """
 
 # KEYS: bounce log, last-sent stamp, "reported" marker. ARGV: now, window start, member, limit.
@@ -189,19 +196,6 @@ def packed_send_tail(packed_keys: bytes, *, count_it: bool, now_ms: int, limits:
         len(member),
         member,
     )
-
-
-@dataclass(frozen=True)
-class SendVerdict:
-    verdict: str
-    last_minute: int
-    last_hour: int
-    retry_ms: int
-
-    @classmethod
-    def from_reply(cls, reply: list[bytes | str | int]) -> SendVerdict:
-        verdict = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        return cls(verdict, int(reply[1]), int(reply[2]), max(0, int(reply[3])))
 
 
 @dataclass(frozen=True)

@@ -374,7 +374,7 @@ class SmtpPolicy:
         def replied(reply: Any) -> None:
             if isinstance(reply, Exception):
                 answer(self._without_redis(reply))
-            elif reply[0] == b"ok":
+            elif reply == 0:
                 answer(DUNNO)
             else:
                 answer(self._over_limit(sender, limits, reply))
@@ -390,20 +390,20 @@ class SmtpPolicy:
         return None
 
     def _over_limit(self, sender: Sender, limits: Limits, reply: Any) -> str:
-        # A mail program over its limit retries at once, again and again: this path is as
-        # hot as the "ok" one, so no SendVerdict object until a block needs one.
+        # The script's reply: verdict, ms until a retry helps (and for a block, the
+        # messages of the hour).
         verdict = reply[0]
         if verdict == b"minute":
-            seconds = max(1, math.ceil(int(reply[3]) / 1000))
+            seconds = max(1, math.ceil(int(reply[1]) / 1000))
             return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
         if verdict == b"hour":
-            minutes = max(1, math.ceil(int(reply[3]) / 60_000))
+            minutes = max(1, math.ceil(int(reply[1]) / 60_000))
             return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
         # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
         self._in_background(
             _block_for_hourly_limit,
             sender.mailbox_id,
-            sending_counters.SendVerdict.from_reply(reply).last_hour,
+            int(reply[2]),
             self.hourly_blocks_before_compromised,
         )
         with translation.override(sender.language):
