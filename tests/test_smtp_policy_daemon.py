@@ -13,6 +13,7 @@ import time_machine
 from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.mailserver import sending_counters
+from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import (
     Actor,
     AppPassword,
@@ -64,6 +65,53 @@ def test_the_sixth_message_inside_a_minute_is_deferred_with_a_retry_time(
         assert "pec 35 sekundem" in sixth
         traveller.shift(36)
         assert client.send_message(ALICE, "m6") == "DUNNO"
+
+
+def evalsha_calls(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_retries_inside_a_minute_deferral_are_answered_without_asking_redis(
+    alice: Mailbox, test_redis: str
+) -> None:
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        for number in range(5):
+            assert client.send_message(ALICE, f"m{number}") == "DUNNO"
+        assert "pec 60 sekundem" in client.send_message(ALICE, "m5")
+        asked_before = evalsha_calls(test_redis)
+        # A program retrying as fast as it can: the same answer, counting down, from the
+        # daemon itself.
+        for number in range(50):
+            assert "pec 60 sekundem" in client.send_message(ALICE, f"r{number}")
+        traveller.shift(45)
+        assert "pec 15 sekundem" in client.send_message(ALICE, "r50")
+        assert evalsha_calls(test_redis) == asked_before
+        # At the retry time Redis decides again, and the message passes.
+        traveller.shift(15)
+        assert client.send_message(ALICE, "m6") == "DUNNO"
+        assert evalsha_calls(test_redis) > asked_before
+
+
+def test_the_deferred_mailboxes_a_daemon_remembers_are_bounded(test_redis: str) -> None:
+    with RunningDaemon(test_redis) as daemon:
+        policy = daemon.policy
+        policy.MAX_DEFERRED = 10
+        now = now_ms()
+        for number in range(25):
+            policy._remember_deferral(f"user{number}@inbox.lv", now + 60_000)
+            assert len(policy._deferred) <= 10
+        # Deferrals whose time has passed are dropped first, the live ones kept.
+        policy._deferred.clear()
+        for number in range(9):
+            policy._remember_deferral(f"past{number}@inbox.lv", now - 1)
+        policy._remember_deferral("live@inbox.lv", now + 60_000)
+        policy._remember_deferral("next@inbox.lv", now + 60_000)
+        assert set(policy._deferred) == {"live@inbox.lv", "next@inbox.lv"}
 
 
 def test_the_sixteenth_message_inside_an_hour_blocks_access(

@@ -268,6 +268,8 @@ class SmtpPolicy:
     # After Redis fails, answer without it for this long instead of making every request
     # wait for its own timeout.
     REDIS_RETRY_SECONDS = 1.0
+    # Mailboxes remembered as deferred for the per-minute limit, at most.
+    MAX_DEFERRED = 100_000
     LOG_EVERY_SECONDS = 10.0
 
     def __init__(
@@ -292,6 +294,9 @@ class SmtpPolicy:
             hourly_blocks_before_compromised
             or settings.SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED
         )
+        # Address -> when (epoch ms) Redis said a retry helps, for mailboxes it has deferred
+        # for the per-minute limit (see ``_deferred_reply``).
+        self._deferred: dict[str, int] = {}
         self._redis_down_until = 0.0
         self._last_outage_log = 0.0
         self._fallbacks = 0
@@ -354,9 +359,11 @@ class SmtpPolicy:
         answer: Answer,
         now: int,
     ) -> str | None:
+        limits, packed_limits = cached_limits
+        if self._deferred and (deferred := self._deferred_reply(sender, limits, now)):
+            return deferred
         if self._redis_down_until > time.monotonic():
             return self._without_redis(None)
-        limits, packed_limits = cached_limits
         if limits.unlimited:
             if not count_it:
                 return DUNNO
@@ -377,7 +384,7 @@ class SmtpPolicy:
             elif reply == 0:
                 answer(DUNNO)
             else:
-                answer(self._over_limit(sender, limits, reply))
+                answer(self._over_limit(sender, limits, reply, now))
 
         self._redis.evalsha_packed(
             replied,
@@ -389,11 +396,12 @@ class SmtpPolicy:
         )
         return None
 
-    def _over_limit(self, sender: Sender, limits: Limits, reply: Any) -> str:
+    def _over_limit(self, sender: Sender, limits: Limits, reply: Any, now: int) -> str:
         # The script's reply: verdict, ms until a retry helps (and for a block, the
         # messages of the hour).
         verdict = reply[0]
         if verdict == b"minute":
+            self._remember_deferral(sender.address, now + int(reply[1]))
             seconds = max(1, math.ceil(int(reply[1]) / 1000))
             return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
         if verdict == b"hour":
@@ -408,6 +416,34 @@ class SmtpPolicy:
         )
         with translation.override(sender.language):
             return reject(str(BlockReason.HOURLY_LIMIT.server_message))
+
+    # -- deferred mailboxes ------------------------------------------------------------------
+    #
+    # A mail program over its per-minute limit retries at once, again and again (a hijacked
+    # one as fast as it can): until the retry time Redis has given, its answer cannot change,
+    # because nothing is counted for a mailbox while it is over a limit, so the process
+    # answers those retries itself and Redis, shared by every daemon, does not hear them.
+    # Only a per-minute deferral is remembered: it lasts at most a minute, and the hourly
+    # verdicts have a block behind them, decided in Redis. The one way the answer could change
+    # earlier is support changing the limits, which reaches the daemon within a minute anyway.
+
+    def _deferred_reply(self, sender: Sender, limits: Limits, now: int) -> str | None:
+        retry_at = self._deferred.get(sender.address)
+        if retry_at is None:
+            return None
+        if retry_at <= now or not limits.per_minute:
+            del self._deferred[sender.address]
+            return None
+        seconds = max(1, math.ceil((retry_at - now) / 1000))
+        return _over_minute_reply(sender.language, limits.per_minute, seconds)
+
+    def _remember_deferral(self, address: str, retry_at: int) -> None:
+        if len(self._deferred) >= self.MAX_DEFERRED:
+            now = now_ms()
+            self._deferred = {a: at for a, at in self._deferred.items() if at > now}
+            if len(self._deferred) >= self.MAX_DEFERRED // 2:
+                self._deferred.clear()
+        self._deferred[address] = retry_at
 
     def _load_then_check(self, address: str, count_it: bool, answer: Answer) -> str | None:
         """A cache miss: load the mailbox and the limits in the thread pool, then check."""
