@@ -27,12 +27,6 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
-# The verdicts of the sending script.
-OK = "ok"
-OVER_MINUTE = "minute"
-OVER_HOUR = "hour"
-OVER_HOUR_BLOCK = "hour_block"
-
 # KEYS: sent log, "blocked in this window" marker, last-sent stamp.
 # ARGV: count (1 at END-OF-MESSAGE, 0 at DATA), now, minute start, hour start, per minute,
 # per hour (0: no limit), log member.

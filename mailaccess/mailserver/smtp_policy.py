@@ -24,7 +24,8 @@ reaches the daemon within that time. A plan change lifts the limits only days la
 
 A check whose mailbox and limits are cached (nearly every check) runs no coroutine: one
 Redis command through the process's ``RedisPipeline``, whose reply callback hands the answer
-to the server. Only a cache miss takes a task, which fills the cache and checks again.
+to the server, or none while the mailbox is deferred for its per-minute limit. Only a cache
+miss takes a task, which fills the cache and checks again.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ class SmtpPolicy:
         if verdict == b"hour":
             minutes = max(1, math.ceil(int(reply[1]) / 60_000))
             return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
-        # OVER_HOUR_BLOCK: the first message over the hourly limit in this window.
+        # 'hour_block': the first message over the hourly limit in this window.
         self._in_background(
             _block_for_hourly_limit,
             sender.mailbox_id,
