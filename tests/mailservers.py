@@ -714,3 +714,51 @@ def curl(
         check=check,
         input=input,
     )
+
+
+@dataclass
+class PrivateRedis:
+    tls_port: int
+    ca_file: Path
+    socket_path: Path
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://localhost:{self.tls_port}/3?ssl_ca_certs={self.ca_file}"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}?db=3"
+
+
+@pytest.fixture(name="private_redis")
+def private_redis_fixture(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of the test's own, reached only over TLS (a certificate made for the test) or
+    its unix socket: the ways production may reach Redis that the shared one does not offer."""
+    if not os.environ.get("REDIS_URL_FOR_TESTS"):
+        pytest.skip("REDIS_URL_FOR_TESTS is not set: the Redis tests are not wanted here")
+    if not shutil.which("redis-server") or not shutil.which("openssl"):
+        pytest.skip("redis-server and openssl are needed to run a private Redis")
+    tls = _make_certificate(tmp_path)
+    # A unix socket's path has room for about 100 bytes: not under a test's own tmp_path.
+    socket_folder = Path(tempfile.mkdtemp(prefix="mp-redis-"))
+    redis = PrivateRedis(free_port(), tls.cert, socket_folder / "redis.sock")
+    log = tmp_path / "redis.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                *("redis-server", "--port", "0", "--bind", "127.0.0.1"),
+                *("--tls-port", str(redis.tls_port), "--unixsocket", str(redis.socket_path)),
+                *("--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)),
+                *("--tls-auth-clients", "no", "--save", "", "--appendonly", "no"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(redis.tls_port, server, lambda: tail(log))
+        yield redis
+    finally:
+        stop_process(server)
+        shutil.rmtree(socket_folder, ignore_errors=True)

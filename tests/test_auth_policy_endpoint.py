@@ -24,6 +24,7 @@ from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
 from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
+from tests.mailservers import PrivateRedis, private_redis_fixture  # noqa: F401
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 API_KEY = "policy-test-key"
@@ -400,3 +401,25 @@ def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(
     response = asyncio.run(ask())
     assert response.status_code == 503
     assert response.json()["status"] == 0
+
+
+@pytest.mark.parametrize("reached_by", ["tls_url", "unix_url"])
+def test_the_endpoint_reaches_redis_over_tls_or_its_unix_socket(
+    reached_by: str,
+    private_redis: PrivateRedis,
+    settings: Any,
+    transactional_db: None,
+    alice: Mailbox,
+) -> None:
+    url = getattr(private_redis, reached_by)
+    settings.MAILSERVER_REDIS_URL = url
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    redis_client.sync_client.cache_clear()
+    try:
+        reply = Dovecot(url).allow("alice@inbox.lv", "smtp")
+        # The refusal with its reason needs the policy's state, which it keeps in that Redis.
+        assert reply["status"] == -1
+        assert reply["msg"].startswith("Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta.")
+        assert redis.Redis.from_url(url).dbsize() > 0
+    finally:
+        redis_client.sync_client.cache_clear()

@@ -19,7 +19,7 @@ import time_machine
 from django.conf import settings
 
 from accounts.models import Mailbox
-from tests.mailservers import free_port
+from tests.mailservers import PrivateRedis, free_port, private_redis_fixture  # noqa: F401
 from tests.policy_daemon import (  # noqa: F401
     PolicyClient,
     RunningDaemon,
@@ -219,6 +219,7 @@ def test_the_redis_pipeline_loads_a_script_redis_does_not_know(test_redis: str) 
         ("redis://redis.internal/4", None, ("redis.internal", 6379), [b"SELECT", b"4"]),
         ("redis://:s%40cret@10.0.0.5:6380", None, ("10.0.0.5", 6380), [b"AUTH", b"s@cret"]),
         ("unix:///run/redis/redis.sock?db=2", "/run/redis/redis.sock", ("", 0), [b"SELECT", b"2"]),
+        ("rediss://redis.internal:6380/1", None, ("redis.internal", 6380), [b"SELECT", b"1"]),
     ],
 )
 def test_the_redis_pipeline_understands_the_usual_urls(
@@ -229,3 +230,33 @@ def test_the_redis_pipeline_understands_the_usual_urls(
     pipeline = RedisPipeline(url, timeout=1)
     assert (pipeline._path, pipeline._address) == (path, address)
     assert b"".join(pipeline._setup) == (pack_command(*setup) if setup else b"")
+
+
+def test_the_daemon_counts_in_a_redis_reached_over_tls(
+    alice: Mailbox, private_redis: PrivateRedis
+) -> None:
+    url = private_redis.tls_url
+    with (
+        time_machine.travel(MONDAY, tick=False),
+        RunningDaemon(url) as daemon,
+        daemon.connect() as client,
+    ):
+        answers = [client.send_message(ALICE, f"t{number}") for number in range(6)]
+    assert answers[:5] == ["DUNNO"] * 5
+    assert answers[5].startswith("DEFER_IF_PERMIT ")
+
+
+def test_a_redis_whose_certificate_is_not_trusted_is_not_used(
+    alice: Mailbox, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = private_redis.tls_port
+    # Without its CA file the self-made certificate fails verification: the checks get the
+    # configured fallback (mail passes, by default) and the outage is logged.
+    with (
+        RunningDaemon(f"rediss://localhost:{port}/3") as daemon,
+        daemon.connect() as client,
+    ):
+        answers = [client.send_message(ALICE, f"u{number}") for number in range(6)]
+    assert answers == ["DUNNO"] * 6
+    assert "event=smtp_policy.redis_unavailable" in caplog.text
+    assert "certificate verify failed" in caplog.text

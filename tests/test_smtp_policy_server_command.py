@@ -50,3 +50,23 @@ def test_the_daemon_answers_on_a_unix_socket_and_stops_cleanly_on_sigterm(
     assert not path.exists()
     assert daemon.stdout is not None
     assert "stopped" in daemon.stdout.read().decode()
+
+
+@pytest.mark.parametrize("command", ["smtp_policy_server", "auth_policy_server"])
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("ssl_ca_certs=/nonexistent/ca.pem", "cannot load its TLS files"),
+        ("ssl_cert_reqs=maybe", "ssl_cert_reqs must be required or none"),
+    ],
+)
+def test_a_bad_tls_setting_for_redis_stops_the_start_with_a_clear_error(
+    command: str, query: str, complaint: str, settings
+) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import CommandError, call_command
+
+    settings.MAILSERVER_REDIS_URL = f"rediss://:secret-password@redis.internal:6380/1?{query}"
+    with pytest.raises(CommandError) as refused:
+        call_command(command, "--listen", "127.0.0.1:1")
+    assert complaint in str(refused.value)
+    assert "secret-password" not in str(refused.value)

@@ -8,7 +8,8 @@ write, replies come back in order and hiredis (C) parses them. Redis answers com
 connection in order, so the n-th reply belongs to the n-th waiter; a waiter that timed out
 stays in the queue, so the order never slips.
 
-Only what the policy needs: EVALSHA, SCRIPT LOAD, and SELECT/AUTH from the URL.
+Only what the policy needs: EVALSHA, SCRIPT LOAD, and SELECT/AUTH from the URL (redis://,
+rediss:// or unix://, as redis-py reads it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mailaccess.mailserver.redis_client import tls_context
 
 
 def encode(*args: Any) -> bytes:
@@ -115,6 +118,7 @@ def _expire(future: asyncio.Future[Any]) -> None:
 class MultiplexedRedis:
     def __init__(self, url: str, timeout: float) -> None:
         self.options = parse_url(url)
+        self.tls = tls_context(url)
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -128,11 +132,15 @@ class MultiplexedRedis:
             if self._protocol is None or self._protocol.closed:
                 loop = asyncio.get_running_loop()
                 try:
+                    path = self.options.get("path")
                     _transport, protocol = await asyncio.wait_for(
-                        loop.create_connection(
+                        loop.create_unix_connection(_Protocol, path)
+                        if path
+                        else loop.create_connection(
                             _Protocol,
                             self.options.get("host", "127.0.0.1"),
                             self.options.get("port", 6379),
+                            ssl=self.tls,
                         ),
                         self.timeout,
                     )

@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from mailaccess.mailserver.redis_client import tls_context
+
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Any], None]
@@ -151,10 +153,11 @@ class RedisPipeline:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._path, self._address, self._setup = self.parse_url(url)
+        self._tls = tls_context(url)
 
     @staticmethod
     def parse_url(url: str) -> tuple[str | None, tuple[str, int], list[bytes]]:
-        """redis://[user:password@]host:port/db, rediss is not supported, unix:///path?db=N."""
+        """redis[s]://[user:password@]host:port/db or unix:///path?db=N."""
         parts = urlsplit(url)
         setup: list[bytes] = []
         if parts.password is not None or parts.username:
@@ -168,12 +171,12 @@ class RedisPipeline:
             db = query.get("db", ["0"])[0]
             path: str | None = parts.path
             address = ("", 0)
-        elif parts.scheme == "redis":
+        elif parts.scheme in ("redis", "rediss"):
             db = parts.path.strip("/") or query.get("db", ["0"])[0]
             path = None
             address = (parts.hostname or "127.0.0.1", parts.port or 6379)
         else:
-            raise ValueError(f"Redis URL {url!r}: the policy daemon speaks redis:// or unix://")
+            raise ValueError(f"Redis URL {url!r}: expected redis://, rediss:// or unix://")
         if db and db != "0":
             setup.append(pack_command(b"SELECT", int(db)))
         return path, address, setup
@@ -259,11 +262,12 @@ class RedisPipeline:
                     )
                 else:
                     _, protocol = await loop.create_connection(
-                        lambda: _Connection(self), *self._address
+                        lambda: _Connection(self), *self._address, ssl=self._tls
                     )
         except (OSError, TimeoutError) as error:
             self._connecting = None
-            self._fail_all(RedisError(f"cannot connect to Redis: {type(error).__name__}"))
+            # The error's text says why (refused, unreachable, a certificate not trusted).
+            self._fail_all(RedisError(f"cannot connect to Redis: {type(error).__name__}: {error}"))
             return
         self._connecting = None
         if self._closed:

@@ -7,11 +7,13 @@ import signal
 from typing import Any
 
 import uvloop
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from mailaccess.mailserver.auth_policy_app import AuthPolicyApp
 from mailaccess.mailserver.auth_policy_http import AuthPolicyHttpServer
 from mailaccess.mailserver.processes import fork_servers
+from mailaccess.mailserver.redis_client import tls_context
 from mailportal.health_http import parse_listen
 
 
@@ -42,6 +44,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             host, port = parse_listen(options["listen"])
+            # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
+            # the start, rather than failing every request later.
+            tls_context(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
 from mailaccess.mailserver.processes import fork_servers
+from mailaccess.mailserver.redis_client import tls_context
 from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import health, health_http, metrics
@@ -83,6 +84,7 @@ class Command(BaseCommand):
             if health_listen:
                 health_http.parse_listen(health_listen)
             RedisPipeline.parse_url(settings.MAILSERVER_REDIS_URL)
+            tls_context(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
