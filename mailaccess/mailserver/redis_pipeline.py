@@ -176,7 +176,10 @@ class RedisPipeline:
             path = None
             address = (parts.hostname or "127.0.0.1", parts.port or 6379)
         else:
-            raise ValueError(f"Redis URL {url!r}: expected redis://, rediss:// or unix://")
+            # Not the URL itself: it may hold Redis's password.
+            raise ValueError(
+                f"Redis URL with {parts.scheme}://: expected redis://, rediss:// or unix://"
+            )
         if db and db != "0":
             setup.append(pack_command(b"SELECT", int(db)))
         return path, address, setup
