@@ -55,9 +55,16 @@ def test_redis_fixture(settings: Any) -> Iterator[str]:
 class RunningDaemon:
     """``SmtpPolicy`` behind ``PolicyServer`` on 127.0.0.1, in a background thread."""
 
-    def __init__(self, redis_url: str, request_timeout: float = 2.0, **policy: Any) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        request_timeout: float = 2.0,
+        idle_timeout: float = 60.0,
+        **policy: Any,
+    ) -> None:
         self.redis_url = redis_url
         self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
         self.policy_options = policy
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -91,7 +98,7 @@ class RunningDaemon:
         client = RedisPipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
         self.server = PolicyServer(
-            self.policy, request_timeout=self.request_timeout, idle_timeout=60
+            self.policy, request_timeout=self.request_timeout, idle_timeout=self.idle_timeout
         )
         low, _, high = os.environ.get("E2E_PORT_RANGE", "21100-21899").partition("-")
         for port in range(int(low), int(high) + 1):

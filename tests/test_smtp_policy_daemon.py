@@ -4,6 +4,7 @@ The same scenarios through real Postfix with SASL follow once the Postfix harnes
 """
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -300,6 +301,22 @@ def test_garbage_closes_the_connection_and_the_daemon_goes_on(test_redis: str) -
         assert client.read_reply() is None
         with daemon.connect() as client:
             assert client.ask(protocol_state="RCPT", sender="a@example.com") == "DUNNO"
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not(test_redis: str) -> None:
+    other = {"protocol_state": "RCPT", "sender": "someone@example.com", "recipient": "x@y.lv"}
+    with (
+        RunningDaemon(test_redis, idle_timeout=1.5) as daemon,
+        daemon.connect() as idle,
+        daemon.connect() as busy,
+    ):
+        assert idle.ask(**other) == "DUNNO"
+        # A request every half second for three seconds: twice the idle timeout, never idle.
+        for _ in range(6):
+            time.sleep(0.5)
+            assert busy.ask(**other) == "DUNNO"
+        # Postfix reconnects by itself; an idle connection only holds a slot until then.
+        assert idle.read_reply() is None
 
 
 def test_a_request_without_its_empty_line_gets_no_answer_and_is_cut_off(
