@@ -735,8 +735,9 @@ class PrivateRedis:
 def private_redis_fixture(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of the test's own, reached only over TLS (a certificate made for the test) or
     its unix socket: the ways production may reach Redis that the shared one does not offer."""
-    if not os.environ.get("REDIS_URL_FOR_TESTS"):
-        pytest.skip("REDIS_URL_FOR_TESTS is not set: the Redis tests are not wanted here")
+    from tests.policy_daemon import redis_url_for_tests
+
+    redis_url_for_tests()  # skips, like every Redis test, where no Redis is wanted
     if not shutil.which("redis-server") or not shutil.which("openssl"):
         pytest.skip("redis-server and openssl are needed to run a private Redis")
     tls = _make_certificate(tmp_path)
