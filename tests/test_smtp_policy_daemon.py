@@ -68,9 +68,15 @@ def test_the_sixth_message_inside_a_minute_is_deferred_with_a_retry_time(
         assert client.send_message(ALICE, "m6") == "DUNNO"
 
 
-def evalsha_calls(url: str) -> int:
+def command_calls(url: str, command: str) -> int:
+    """How often Redis has run a command (counted by the server, for every client)."""
     stats = redis.Redis.from_url(url).info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def checks_run(url: str) -> int:
+    """The commands a sending check sends: the script, and DATA's count of the hour."""
+    return command_calls(url, "evalsha") + command_calls(url, "zcount")
 
 
 def test_retries_inside_a_minute_deferral_are_answered_without_asking_redis(
@@ -84,18 +90,43 @@ def test_retries_inside_a_minute_deferral_are_answered_without_asking_redis(
         for number in range(5):
             assert client.send_message(ALICE, f"m{number}") == "DUNNO"
         assert "pec 60 sekundem" in client.send_message(ALICE, "m5")
-        asked_before = evalsha_calls(test_redis)
+        asked_before = checks_run(test_redis)
         # A program retrying as fast as it can: the same answer, counting down, from the
         # daemon itself.
         for number in range(50):
             assert "pec 60 sekundem" in client.send_message(ALICE, f"r{number}")
         traveller.shift(45)
         assert "pec 15 sekundem" in client.send_message(ALICE, "r50")
-        assert evalsha_calls(test_redis) == asked_before
+        assert checks_run(test_redis) == asked_before
         # At the retry time Redis decides again, and the message passes.
         traveller.shift(15)
         assert client.send_message(ALICE, "m6") == "DUNNO"
-        assert evalsha_calls(test_redis) > asked_before
+        assert checks_run(test_redis) > asked_before
+
+
+def test_a_data_check_below_every_limit_is_one_count_and_near_a_limit_the_script(
+    alice: Mailbox, test_redis: str
+) -> None:
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as daemon,
+        daemon.connect() as client,
+    ):
+        for number in range(4):
+            client.send_message(ALICE, f"m{number}")
+            traveller.shift(20)
+        at_data = {"sasl_username": ALICE, "sender": ALICE, "protocol_state": "DATA"}
+        scripts_before = command_calls(test_redis, "evalsha")
+        counts_before = command_calls(test_redis, "zcount")
+        # Four messages in the hour, under the five a minute: the script is not needed.
+        assert client.ask(**at_data) == "DUNNO"
+        assert command_calls(test_redis, "evalsha") == scripts_before
+        assert command_calls(test_redis, "zcount") == counts_before + 1
+        assert client.ask(protocol_state="END-OF-MESSAGE", sasl_username=ALICE) == "DUNNO"
+        # Five in the hour, but not in the last minute: the script decides, and lets it pass.
+        scripts_before = command_calls(test_redis, "evalsha")
+        assert client.ask(**at_data) == "DUNNO"
+        assert command_calls(test_redis, "evalsha") == scripts_before + 1
 
 
 def test_the_deferred_mailboxes_a_daemon_remembers_are_bounded(test_redis: str) -> None:

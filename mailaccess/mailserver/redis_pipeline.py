@@ -191,6 +191,10 @@ class RedisPipeline:
         Redis is unreachable or late, a ``hiredis.ReplyError`` when it refused the command)."""
         self._send(pack_command(*parts), callback, None)
 
+    def call_packed(self, callback: Callback, command: bytes) -> None:
+        """``call`` of a command already packed in Redis's protocol (``pack_command``)."""
+        self._send(command, callback, None)
+
     def evalsha(self, callback: Callback, script: Script, keys: list[Any], args: list[Any]) -> None:
         parts = [len(keys), *keys, *args]
         self.evalsha_packed(callback, script, len(parts), pack_parts(parts))

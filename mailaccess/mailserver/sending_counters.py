@@ -36,9 +36,11 @@ DAY_MS = 86_400_000
 # Every check runs this script, and Redis, one thread shared by every daemon, is what the
 # checks of the whole provider queue for: the common answers take the fewest calls. A window
 # is counted with ZCOUNT (no trimming before each check: the log is trimmed when a message
-# is added); only over a limit is the message that decides the retry time looked up (a limit
-# of n is reached while the n-th newest message is inside its window, and a retry helps when
-# it leaves it). A bare 0 for "pass" spares Redis building a reply table.
+# is added), and the minute only when the hour holds as many messages as its limit (the
+# minute's messages are among the hour's); only over a limit is the message that decides the
+# retry time looked up (a limit of n is reached while the n-th newest message is inside its
+# window, and a retry helps when it leaves it). A bare 0 for "pass" spares Redis building a
+# reply table.
 #
 # Over the hourly limit the first message blocks access; the marker then lives as long as
 # the window that caused it, so further messages of the same window (a mail program still
@@ -48,21 +50,20 @@ SEND_SCRIPT = """
 local sent, blocked, last_sent = KEYS[1], KEYS[2], KEYS[3]
 local per_minute = tonumber(ARGV[5])
 local per_hour = tonumber(ARGV[6])
-if per_hour > 0 then
-  local in_hour = redis.call('ZCOUNT', sent, '(' .. ARGV[4], '+inf')
-  if in_hour >= per_hour then
-    local now = tonumber(ARGV[2])
-    local nth = redis.call('ZRANGE', sent, per_hour - 1, per_hour - 1, 'REV', 'WITHSCORES')
-    local retry = tonumber(nth[2]) + 3600000 - now
-    local blocked_at = tonumber(redis.call('GET', blocked) or '0')
-    if now - blocked_at >= 3600000 then
-      redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
-      return {'hour_block', retry, in_hour}
-    end
-    return {'hour', retry}
+local in_hour = redis.call('ZCOUNT', sent, '(' .. ARGV[4], '+inf')
+if per_hour > 0 and in_hour >= per_hour then
+  local now = tonumber(ARGV[2])
+  local nth = redis.call('ZRANGE', sent, per_hour - 1, per_hour - 1, 'REV', 'WITHSCORES')
+  local retry = tonumber(nth[2]) + 3600000 - now
+  local blocked_at = tonumber(redis.call('GET', blocked) or '0')
+  if now - blocked_at >= 3600000 then
+    redis.call('SET', blocked, ARGV[2], 'PX', 3600000)
+    return {'hour_block', retry, in_hour}
   end
+  return {'hour', retry}
 end
-if per_minute > 0 and redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf') >= per_minute then
+if per_minute > 0 and in_hour >= per_minute
+    and redis.call('ZCOUNT', sent, '(' .. ARGV[3], '+inf') >= per_minute then
   local nth = redis.call('ZRANGE', sent, per_minute - 1, per_minute - 1, 'REV', 'WITHSCORES')
   return {'minute', tonumber(nth[2]) + 60000 - tonumber(ARGV[2])}
 end
@@ -190,6 +191,18 @@ def packed_send_tail(packed_keys: bytes, *, count_it: bool, now_ms: int, limits:
         len(member),
         member,
     )
+
+
+def packed_hour_count_prefix(address: str) -> bytes:
+    """The start of ``packed_hour_count``'s command, packed once per mailbox as its keys are."""
+    return b"*4\r\n$6\r\nZCOUNT\r\n" + _bulk(sent_key(address).encode())
+
+
+def packed_hour_count(prefix: bytes, now_ms: int) -> bytes:
+    """ZCOUNT of the messages sent in the last hour, in Redis's protocol: the DATA check's
+    first question (see ``smtp_policy``)."""
+    start = b"(%d" % (now_ms - HOUR_MS)
+    return b"%s$%d\r\n%s\r\n$4\r\n+inf\r\n" % (prefix, len(start), start)
 
 
 @dataclass(frozen=True)
