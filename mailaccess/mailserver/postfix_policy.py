@@ -21,7 +21,10 @@ MAX_ATTRIBUTES = 128
 MAX_REPLY_TEXT = 400
 
 _NAME = rb"[A-Za-z0-9_.\-]+"
-_REQUEST_RE = re.compile(rb"(?:%s=[^\n]*\n)*%s=[^\n]*" % (_NAME, _NAME))
+# In a request's text (``PolicyRequest``: a line break in front of every line and one at the
+# end), a line that does not start with a name and "=" (searching for the bad line is a
+# third cheaper than matching every good one).
+_BAD_LINE_RE = re.compile(rb"\n(?!%s=|\Z)" % _NAME)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -29,20 +32,8 @@ class ProtocolError(ValueError):
     """The peer does not speak the protocol: the connection cannot be trusted any further."""
 
 
-# Read for every request, so found (and checked to occur once) when the request is parsed.
-# Postfix never repeats an attribute; a repeated one means two requests ran together (a
-# missing empty line), and answering them as one would judge the wrong message. Decision:
-# only the attributes the daemon reads are checked for repeats (these three at parse time,
-# the others when first read); checking all ~40 was half the cost of parsing a request, and
-# a repeat of an attribute nobody reads cannot make the daemon judge the wrong message.
-_EAGER = ("request", "protocol_state", "sasl_username")
-
-
 def _needle(name: str) -> bytes:
     return b"\n" + name.encode("ascii") + b"="
-
-
-_NEEDLES = tuple((name, _needle(name)) for name in _EAGER)
 
 
 class PolicyRequest:
@@ -54,20 +45,24 @@ class PolicyRequest:
 
     __slots__ = ("_text", "_values", "protocol_state", "request", "sasl_username")
 
-    def __init__(self, block: bytes) -> None:
-        # With a line break in front every attribute, the first too, is found as "\nname=".
-        self._text = b"\n" + block
+    def __init__(self, text: bytes) -> None:
+        """``text``: the request's lines, each with a line break in front and the last one
+        with one after it too, so that every attribute is found as "\nname=" up to a "\n"."""
+        self._text = text
         self._values: dict[str, str] = {}
-        for name, needle in _NEEDLES:
-            self._find(name, needle)
-        values = self._values
-        # Plain attributes, not properties: every check reads them, some twice.
-        self.request = values["request"]
-        self.protocol_state = values["protocol_state"].upper()
+        # Read for every request, so found (and checked to occur once, as ``get`` does) now,
+        # and kept as plain attributes: every check reads them, some twice.
+        self.request = self._find("request", b"\nrequest=")
+        self.protocol_state = self._find("protocol_state", b"\nprotocol_state=").upper()
         # The authenticated login (a mailbox address), lower-case; empty when not signed in.
-        self.sasl_username = values["sasl_username"].strip().lower()
+        self.sasl_username = self._find("sasl_username", b"\nsasl_username=").strip().lower()
 
     def _find(self, name: str, needle: bytes) -> str:
+        # Postfix never repeats an attribute; a repeated one means two requests ran together
+        # (a missing empty line), and answering them as one would judge the wrong message.
+        # Decision: only the attributes the daemon reads are checked for repeats, when first
+        # read; checking all ~40 was half the cost of parsing a request, and a repeat of an
+        # attribute nobody reads cannot make the daemon judge the wrong message.
         text = self._text
         at = text.find(needle)
         if at < 0:
@@ -75,8 +70,6 @@ class PolicyRequest:
         else:
             start = at + len(needle)
             end = text.find(b"\n", start)
-            if end < 0:
-                end = len(text)
             if text.find(needle, end) >= 0:
                 raise ProtocolError(f"attribute {name} repeated: missing empty line?")
             value = text[start:end].decode("utf-8", errors="replace")
@@ -93,7 +86,7 @@ class PolicyRequest:
     @property
     def attributes(self) -> Mapping[str, str]:
         """Every attribute, decoded (for logs and tests; the checks use ``get``)."""
-        text = self._text[1:].decode("utf-8", errors="replace")
+        text = self._text[1:-1].decode("utf-8", errors="replace")
         return dict(line.split("=", 1) for line in text.split("\n"))
 
     @property
@@ -116,21 +109,26 @@ class PolicyRequest:
 def parse_request(block: bytes) -> PolicyRequest:
     """Parse one request: its lines without the empty line that ends it.
 
-    Checked in a few passes over the whole block (one regular expression, a few searches)
+    Checked in a few passes over the whole text (one regular expression, a few searches)
     rather than line by line: the daemon parses every request Postfix sends.
     """
-    if len(block) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request longer than {MAX_REQUEST_BYTES} bytes")
-    if not block:
-        raise ProtocolError("empty request")
-    if block.count(b"\n") >= MAX_ATTRIBUTES:
-        raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes")
-    if len(block) > MAX_LINE_BYTES and max(map(len, block.split(b"\n"))) > MAX_LINE_BYTES:
-        raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
-    if _REQUEST_RE.fullmatch(block) is None:
+    text = b"\n" + block + b"\n"
+    _check_size(text)
+    if _BAD_LINE_RE.search(text) is not None:
         raise ProtocolError("a line is not name=value")
     # Names are ASCII (checked above), so "\nname=" cannot match inside a multi-byte value.
-    return PolicyRequest(block)
+    return PolicyRequest(text)
+
+
+def _check_size(text: bytes) -> None:
+    if len(text) > MAX_REQUEST_BYTES + 2:
+        raise ProtocolError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+    if len(text) == 2:
+        raise ProtocolError("empty request")
+    if text.count(b"\n") > MAX_ATTRIBUTES:
+        raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes")
+    if len(text) > MAX_LINE_BYTES and max(map(len, text.split(b"\n"))) > MAX_LINE_BYTES:
+        raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
 
 
 class RequestParser:
@@ -152,9 +150,14 @@ class RequestParser:
 
         Raises ProtocolError on garbage; the stream cannot be resynchronised after that.
         """
-        if not self._buffer and data.find(b"\n\n") == len(data) - 2 > 0:
-            # The common case, one whole request in one read (as smtpd sends them).
-            return [parse_request(data[:-2])]
+        if not self._buffer and data.endswith(b"\n\n"):
+            # The common case, one whole request in one read (as smtpd sends them). Its text
+            # holds no empty line (which is a bad line) only when it is exactly one request;
+            # anything else takes the general way below.
+            text = b"\n" + data[:-1]
+            if _BAD_LINE_RE.search(text) is None:
+                _check_size(text)
+                return [PolicyRequest(text)]
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest] = []
         start = 0
