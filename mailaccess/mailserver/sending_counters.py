@@ -4,7 +4,9 @@ Every mailbox has a sorted set of the messages it sent through SMTP in the last 
 the time in milliseconds). Counting "the last 60 minutes" from it is what users mean by "15
 an hour"; a clock-hour counter would allow 30 messages across 10:59-11:01. Checking and
 counting happen inside one Lua script, which Redis runs atomically: two connections of one
-mailbox cannot both see "14 sent" and both send the 15th.
+mailbox cannot both see "14 sent" and both send the 15th. (A DATA check counts nothing: it
+asks for a plain count of the hour first, and runs the script only when that count reaches
+a limit.)
 
 Times come from the daemon (so every daemon process agrees, and tests can travel in time);
 markers hold their own time and are compared with it, and their Redis expiry only cleans up.
