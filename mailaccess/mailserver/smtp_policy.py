@@ -27,8 +27,8 @@ reaches the daemon within that time. A plan change lifts the limits only days la
 A check whose mailbox and limits are cached (nearly every check) runs no coroutine: one
 Redis command through the process's ``RedisPipeline`` (two for a DATA check that reaches a
 limit), whose reply callback hands the answer to the server, or none while the mailbox is
-deferred for its per-minute limit. Only a cache
-miss takes a task, which fills the cache and checks again.
+deferred for its per-minute limit. Only a cache miss takes a task, which fills the cache and
+checks again.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class PlanLimits:
     # Per minute and per hour in Redis's protocol (``sending_counters.packed_limits``).
     packed: bytes
     # Fewer messages than this in the last hour are within every limit (the last minute's
-    # messages are among them).
+    # messages are among them); 0 for a plan without limits, which is never checked.
     within_below: int
 
     @classmethod
@@ -132,7 +132,7 @@ class PlanLimits:
         return cls(
             limits,
             sending_counters.packed_limits(limits.per_minute, limits.per_hour),
-            min(limit for limit in (limits.per_minute, limits.per_hour, 2**62) if limit),
+            min((limit for limit in (limits.per_minute, limits.per_hour) if limit), default=0),
         )
 
 
