@@ -136,9 +136,13 @@ class PlanLimits:
         )
 
 
-def _load_limits() -> dict[str, Limits]:
+# A plan the limits table does not name gets the free plan's published limits.
+UNKNOWN_PLAN_LIMITS = PlanLimits.of(DEFAULT_LIMITS[Plan.FREE])
+
+
+def _load_limits() -> dict[str, PlanLimits]:
     close_old_connections()
-    return plan_limits()
+    return {plan: PlanLimits.of(limits) for plan, limits in plan_limits().items()}
 
 
 class SenderDirectory:
@@ -155,8 +159,7 @@ class SenderDirectory:
         self._ttl = ttl
         self._senders: dict[str, tuple[float, Sender | None]] = {}
         self._loading: dict[str, asyncio.Future[Sender | None]] = {}
-        self._limits: tuple[float, dict[str, Limits]] = (0.0, {})
-        self._prepared: dict[Limits, PlanLimits] = {}
+        self._limits: tuple[float, dict[str, PlanLimits]] = (0.0, {})
 
     def cached_sender(self, address: str, now: float) -> Sender | Literal[False] | None:
         """The cached mailbox (None: no such mailbox), or False when it must be loaded."""
@@ -170,13 +173,7 @@ class SenderDirectory:
         expires, table = self._limits
         if expires <= now:
             return None
-        limits = table.get(plan)
-        if limits is None:
-            limits = table[plan] = DEFAULT_LIMITS[Plan.FREE]
-        prepared = self._prepared.get(limits)
-        if prepared is None:
-            prepared = self._prepared[limits] = PlanLimits.of(limits)
-        return prepared
+        return table.get(plan, UNKNOWN_PLAN_LIMITS)
 
     async def sender(self, address: str) -> Sender | None:
         cached = self._senders.get(address)
@@ -196,12 +193,12 @@ class SenderDirectory:
         self._senders[address] = (time.monotonic() + self._ttl, sender)
         return sender
 
-    async def limits(self, plan: str) -> Limits:
+    async def limits(self, plan: str) -> PlanLimits:
         expires, table = self._limits
         if expires <= time.monotonic():
             table = await asyncio.get_running_loop().run_in_executor(self._executor, _load_limits)
             self._limits = (time.monotonic() + self._ttl, table)
-        return table.get(plan, DEFAULT_LIMITS[Plan.FREE])
+        return table.get(plan, UNKNOWN_PLAN_LIMITS)
 
 
 def _block_for_hourly_limit(mailbox_id: int, sent_last_hour: int, repeats: int) -> str:
@@ -513,7 +510,7 @@ class SmtpPolicy:
                     error=type(error).__name__,
                 )
                 return self.fallback_action()
-            return self._ask_redis(sender, PlanLimits.of(limits), count_it, answer, now)
+            return self._ask_redis(sender, limits, count_it, answer, now)
 
         def loaded(task: asyncio.Task[str | None]) -> None:
             if task.cancelled():
