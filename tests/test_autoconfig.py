@@ -270,3 +270,30 @@ def test_the_dns_records_use_the_host_of_mail_ee(settings: Settings) -> None:
 def test_the_dns_records_refuse_a_domain_we_do_not_host() -> None:
     with pytest.raises(CommandError, match="not in MAIL_DOMAINS"):
         call_command("mail_dns_records", "gmail.com", "--portal-host", "x.example")
+
+
+@pytest.mark.parametrize(
+    ("portal_url", "kind", "address"),
+    [
+        ("http://127.0.0.1:8000/", "A", "127.0.0.1"),
+        ("https://[2001:db8::5]/", "AAAA", "2001:db8::5"),
+    ],
+)
+def test_the_dns_records_give_an_address_record_when_the_site_has_no_host_name(
+    settings: Settings, portal_url: str, kind: str, address: str
+) -> None:
+    # A CNAME or SRV target naming an address ("CNAME 127.0.0.1.") is not a valid record.
+    settings.PORTAL_URL = portal_url
+    out = StringIO()
+    call_command("mail_dns_records", "inbox.lv", stdout=out)
+    records = [line.split("\t") for line in out.getvalue().splitlines() if not line.startswith(";")]
+    assert ["autoconfig.inbox.lv.", "3600", "IN", kind, address] in records
+    assert ["autodiscover.inbox.lv.", "3600", "IN", kind, address] in records
+    assert [
+        "_autodiscover._tcp.inbox.lv.",
+        "3600",
+        "IN",
+        "SRV",
+        "0 1 443 autodiscover.inbox.lv.",
+    ] in records
+    assert not any(record[3] == "CNAME" for record in records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +32,30 @@ def srv_records(domain: autoconfig.MailDomain) -> list[tuple[str, int, int, int,
     ]
 
 
+def portal_records(origin: str, portal_host: str, ttl: int) -> list[str]:
+    """The autoconfig and autodiscover hosts, pointed at the host serving this site.
+
+    A CNAME and an SRV target must name a host, never an address (RFC 1034 section 3.6.2,
+    RFC 2782): when the site is reached by an address (PORTAL_URL of a test install, say),
+    the two hosts get address records instead, and the SRV record names one of them.
+    """
+    try:
+        address = ipaddress.ip_address(portal_host)
+    except ValueError:
+        portal = portal_host + "."
+        return [
+            f"autoconfig.{origin}\t{ttl}\tIN\tCNAME\t{portal}",
+            f"autodiscover.{origin}\t{ttl}\tIN\tCNAME\t{portal}",
+            f"_autodiscover._tcp.{origin}\t{ttl}\tIN\tSRV\t0 1 443 {portal}",
+        ]
+    kind = "A" if address.version == 4 else "AAAA"
+    return [
+        f"autoconfig.{origin}\t{ttl}\tIN\t{kind}\t{address}",
+        f"autodiscover.{origin}\t{ttl}\tIN\t{kind}\t{address}",
+        f"_autodiscover._tcp.{origin}\t{ttl}\tIN\tSRV\t0 1 443 autodiscover.{origin}",
+    ]
+
+
 class Command(BaseCommand):
     help = (
         "Print the SRV records (RFC 6186, RFC 8314) and the autoconfig/autodiscover host "
@@ -56,15 +81,12 @@ class Command(BaseCommand):
             raise CommandError("Set PORTAL_URL or pass --portal-host: the host of this site.")
         ttl = options["ttl"]
         origin = domain.name + "."
-        portal = portal_host.rstrip(".") + "."
         lines = [f"; Mail programs' settings for {domain.name} (RFC 6186, RFC 8314)"]
         for service, priority, weight, port, target in srv_records(domain):
             lines.append(f"{service}.{origin}\t{ttl}\tIN\tSRV\t{priority} {weight} {port} {target}")
-        lines += [
-            "; Thunderbird autoconfig and Outlook Autodiscover, answered by this site",
-            f"autoconfig.{origin}\t{ttl}\tIN\tCNAME\t{portal}",
-            f"autodiscover.{origin}\t{ttl}\tIN\tCNAME\t{portal}",
-            f"_autodiscover._tcp.{origin}\t{ttl}\tIN\tSRV\t0 1 443 {portal}",
-            "; Each host above needs an entry in ALLOWED_HOSTS and in the TLS certificate.",
-        ]
+        lines.append("; Thunderbird autoconfig and Outlook Autodiscover, answered by this site")
+        lines += portal_records(origin, portal_host.rstrip("."), ttl)
+        lines.append(
+            "; Each host above needs an entry in ALLOWED_HOSTS and in the TLS certificate."
+        )
         self.stdout.write("\n".join(lines))
