@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 # The suite runs once on SQLite and, when this PostgreSQL answers, once more on it.
+# `make run PORT=8080` when 8000 is taken.
+PORT ?= 8000
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/mailportal
 PYTEST_ARGS ?=
 
@@ -33,8 +35,8 @@ makemessages: $(VENV)/.runtime
 run: install messages
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
-	@echo "Open http://127.0.0.1:8000/ and sign in with a mailbox above."
-	DEBUG=1 $(PY) manage.py runserver 127.0.0.1:8000
+	@echo "Open http://127.0.0.1:$(PORT)/ and sign in with a mailbox above."
+	DEBUG=1 PORTAL_URL=$${PORTAL_URL:-http://127.0.0.1:$(PORT)} $(PY) manage.py runserver 127.0.0.1:$(PORT)
 
 lint: install-dev
 	$(BIN)/ruff check .
