@@ -9,16 +9,19 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/mailportal
 PYTEST_ARGS ?=
 
-.PHONY: run test lint messages makemessages install install-dev clean
+.PHONY: run test lint messages makemessages install install-dev lock clean
 
-$(VENV)/.runtime: pyproject.toml
+# Both installs take exact versions with their hashes from requirements/*.lock (`make lock`
+# writes them from pyproject.toml); the project itself is then installed without dependencies.
+$(VENV)/.runtime: requirements/runtime.lock
 	@$(PYTHON) -m venv $(VENV) || { echo >&2 "Could not create a virtualenv: on Debian run 'apt-get install python3-venv'."; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --require-hashes -r requirements/runtime.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.dev: $(VENV)/.runtime requirements/dev.lock
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
 	touch $@
 
 install: $(VENV)/.runtime
@@ -57,6 +60,14 @@ test: install-dev messages lint
 		echo; echo "!!! SKIPPED: PostgreSQL at $(PG_URL) does not answer: the PostgreSQL-only and"; \
 		echo "!!! end-to-end tests (Dovecot, Postfix, Celery, Chromium) did NOT run. '.ci/run' runs them."; \
 	fi
+
+# Developers only, after changing dependencies in pyproject.toml: pin them (and what they need)
+# again. pip-tools runs from a virtualenv of its own, so it never enters the project's.
+LOCK := .venv-lock/bin/pip-compile -q --no-emit-index-url --no-emit-find-links --generate-hashes --allow-unsafe --strip-extras
+lock:
+	@test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools; }
+	$(LOCK) -o requirements/runtime.lock pyproject.toml requirements/build.in
+	$(LOCK) --extra dev -o requirements/dev.lock pyproject.toml requirements/build.in
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -10,7 +10,7 @@ or lookup key. Read-only: it changes nothing, not even the counters it reads.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -166,7 +166,8 @@ class Command(BaseCommand):
 
     def _counters(self, client: redis.Redis, login: str) -> None:
         now = timezone.now().timestamp()
-        cached = client.hgetall(state_cache.state_key(login))
+        # The client decodes replies (decode_responses=True); redis-py's types cannot know.
+        cached = cast(dict[str, str], client.hgetall(state_cache.state_key(login)))
         if not cached:
             self.line("cached state", "none (the next login reads the database)")
         else:
@@ -186,7 +187,10 @@ class Command(BaseCommand):
             per_hour = settings.AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR
             level = max(0.0, float(bucket[0]) - (now - float(bucket[1] or now)) * per_hour / 3600)
             self.line("connections this hour", f"about {level:.0f} (blocked past {per_hour})")
-        networks = client.zrevrange(mailbox_key("nets", login), 0, 9, withscores=True)
+        networks = cast(
+            list[tuple[str, float]],
+            client.zrevrange(mailbox_key("nets", login), 0, 9, withscores=True),
+        )
         for network, seen in networks:
             self.line(f"known network {network}", f"last success {when(unix(seen))}")
             for protocol in (Protocol.IMAP, Protocol.POP3):
