@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -9,12 +10,13 @@ from typing import Any
 import pytest
 import redis
 from django.db import transaction
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.mailserver import redis_client
 from mailaccess.models import Actor, BlockReason
+from mailportal.metrics import BatchedHistogram
 from tests.policy_client import API_KEY, login
 from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
 
@@ -140,3 +142,32 @@ def test_each_smtp_policy_answer_is_counted_by_stage_and_result_and_timed(
     assert sample("mailportal_smtp_policy_check_seconds_count") == before["timed"] + 6
     assert sample("mailportal_smtp_policy_check_seconds_bucket", le="+Inf") == before["fast"] + 6
     assert sample("mailportal_smtp_policy_check_seconds_sum") > before["seconds"]
+
+
+def test_a_batched_histogram_reads_exactly_like_one_observed_one_value_at_a_time() -> None:
+    # The SMTP daemon adds a second's checks at once: Prometheus must see what it would
+    # have seen had each been observed (bucket bounds inclusive, cumulative, sum, count).
+    values = [0.0001, 0.0005, 0.0007, 0.002, 0.002, 0.04, 0.9, 1.0, 3.5]
+    observed_registry, batched_registry = CollectorRegistry(), CollectorRegistry()
+    observed = Histogram(
+        "check_seconds", "t", buckets=(0.0005, 0.002, 1.0), registry=observed_registry
+    )
+    batched = BatchedHistogram("check_seconds", "t", (0.0005, 0.002, 1.0), batched_registry)
+    for batch in (values[:4], [], values[4:]):
+        counts = [0] * len(batched.upper_bounds)
+        for value in batch:
+            observed.observe(value)
+            counts[bisect.bisect_left(batched.upper_bounds, value)] += 1
+        batched.add(counts, sum(batch))
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    assert samples(batched_registry) == pytest.approx(samples(observed_registry))
+    assert samples(batched_registry)[("check_seconds_bucket", "0.002")] == 5
+    assert samples(batched_registry)[("check_seconds_count", "")] == len(values)

@@ -235,7 +235,7 @@ class _Metrics:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str | None], int] = {}
-        self.bounds = list(metrics.SMTP_POLICY_SECONDS._upper_bounds)
+        self.bounds = list(metrics.SMTP_POLICY_SECONDS.upper_bounds)
         self.buckets = [0] * len(self.bounds)
         self.seconds = 0.0
         self.children: dict[tuple[str, str], Any] = {}
@@ -248,15 +248,9 @@ class _Metrics:
                 child = self.children[labels] = metrics.SMTP_POLICY_CHECKS.labels(*labels)
             child.inc(count)
         self.counts.clear()
-        histogram = metrics.SMTP_POLICY_SECONDS
-        # A histogram has no "observe n times": add to its buckets as observe() would (each
-        # bucket counts the observations up to its bound and above the one before).
-        for index, count in enumerate(self.buckets):
-            if count:
-                histogram._buckets[index].inc(count)
-                self.buckets[index] = 0
-        if self.seconds:
-            histogram._sum.inc(self.seconds)
+        if self.seconds or any(self.buckets):
+            metrics.SMTP_POLICY_SECONDS.add(self.buckets, self.seconds)
+            self.buckets = [0] * len(self.bounds)
             self.seconds = 0.0
 
 
