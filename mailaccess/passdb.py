@@ -1,13 +1,14 @@
 """The texts Dovecot's SQL passdb sends to a refused mail program, in the owner's language.
 
-The passdb view (migration ``0003_dovecot_passdb``) answers a right password of a switched-off
-or blocked mailbox with ``nologin=y`` and a ``reason``, which IMAP and POP3 clients show. The
-reason must be in the mailbox's language, and SQL cannot call gettext: so the translated texts
-are copied into the ``ServerMessage`` table, one row per (language, code), and the view joins
-it on the mailbox's language. The catalogues (the ``.po`` files) stay the single source:
-``sync()`` runs after every ``migrate`` (a post_migrate receiver, so a deploy, which migrates,
-always refreshes it, and so does the test database) and as ``manage.py sync_server_messages``
-for a translation-only change.
+The passdb view (migrations ``0007_dovecot_passdb_view`` and
+``0009_dovecot_passdb_app_password``) answers a right password of a switched-off or blocked
+mailbox with ``nologin=y`` and a ``reason``, which IMAP and POP3 clients show. The reason must
+be in the mailbox's language, and SQL cannot call gettext: so the translated texts are copied
+into the ``ServerMessage`` table, one row per (language, code), and the view joins it on the
+mailbox's language. The catalogues (the ``.po`` files) stay the single source: ``sync()`` runs
+after every ``migrate`` (a post_migrate receiver, so a deploy, which migrates, always refreshes
+it, and so does the test database) and as ``manage.py sync_server_messages`` for a
+translation-only change.
 """
 
 from __future__ import annotations

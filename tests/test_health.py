@@ -97,7 +97,7 @@ def test_without_a_token_nobody_may_scrape(db: None, settings: Any) -> None:
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 403
 
 
-# The auth-policy service (its own ASGI app under uvicorn).
+# The auth-policy service (its own HTTP server, manage.py auth_policy_server).
 
 
 @pytest.fixture

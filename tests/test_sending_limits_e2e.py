@@ -1,10 +1,10 @@
 """SMTP sending limits through real Postfix: what a mail program sees when it sends too much.
 
 Postfix runs from the deploy/ templates (tests/mailservers.py) with SMTP AUTH through Dovecot,
-the auth policy served by uvicorn, and the policy daemon as ``manage.py smtp_policy_server``
-in its own process, on the test database and Redis: Postfix asks it at DATA and at
-END-OF-MESSAGE, as main.cf and master.cf say. The clients are smtplib on 587 (STARTTLS) and
-465 (implicit TLS).
+the auth policy served by ``manage.py auth_policy_server``, and the policy daemon as ``manage.py
+smtp_policy_server`` in its own process, on the test database and Redis: Postfix asks it at DATA
+and at END-OF-MESSAGE, as main.cf and master.cf say. The clients are smtplib on 587 (STARTTLS)
+and 465 (implicit TLS).
 """
 
 from __future__ import annotations
