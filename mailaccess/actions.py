@@ -35,7 +35,7 @@ from mailaccess.models import (
     NoticeKind,
     Protocol,
 )
-from mailaccess.sending_limits import limits_lift_at
+from mailaccess.sending_limits import in_good_standing, limits_lift_at
 from mailportal import metrics
 from mailportal.logging import Event
 
@@ -357,10 +357,15 @@ def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
     locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
     if locked.plan == plan:
         return False
+    now = timezone.now()
     previous = locked.plan
     locked.plan = plan
-    # Free limits stay until the upgrade's lifting date; a downgrade applies them at once.
-    lift_at = limits_lift_at(timezone.now()) if plan == Plan.PLUS else None
+    # An upgrade lifts the free limits at once for a mailbox in good standing, and within
+    # two working days for the others (support may lift them sooner); a downgrade applies
+    # the free limits at once.
+    lift_at = None
+    if plan == Plan.PLUS and not in_good_standing(locked, now):
+        lift_at = limits_lift_at(now)
     locked.sending_limits_lift_at = lift_at
     locked.save(update_fields=["plan", "sending_limits_lift_at"])
     mailbox.plan, mailbox.sending_limits_lift_at = plan, lift_at
@@ -368,6 +373,26 @@ def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
     if lift_at is not None:
         detail["sending_limits_lift_at"] = lift_at.isoformat()
     _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail=detail)
+    _access_changed(mailbox.pk)
+    return True
+
+
+@transaction.atomic
+def lift_sending_limits(mailbox: Mailbox, *, actor: Actor) -> bool:
+    """Support lifts a Mail+ upgrade's free limits before its date; False if none are pending."""
+    locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
+    pending = locked.sending_limits_lift_at
+    if pending is None or pending <= timezone.now():
+        return False
+    locked.sending_limits_lift_at = None
+    locked.save(update_fields=["sending_limits_lift_at"])
+    mailbox.sending_limits_lift_at = None
+    _audit(
+        mailbox,
+        AuditAction.SENDING_LIMITS_LIFTED,
+        actor,
+        detail={"was_due": pending.isoformat()},
+    )
     _access_changed(mailbox.pk)
     return True
 

@@ -106,6 +106,12 @@ def _change_plan(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str |
     return actions.change_plan(mailbox, Plan(data["plan"]), actor=actor)
 
 
+def _lift_sending_limits(
+    mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None
+) -> bool:
+    return actions.lift_sending_limits(mailbox, actor=actor)
+
+
 SUPPORT_ACTIONS: dict[str, SupportAction] = {
     action.slug: action
     for action in [
@@ -157,10 +163,25 @@ SUPPORT_ACTIONS: dict[str, SupportAction] = {
         SupportAction(
             "change-plan",
             gettext_lazy("Change plan"),
-            gettext_lazy("Change the plan? Sending limits of the new plan apply at once."),
+            gettext_lazy(
+                "Change the plan? Going back to Inbox Mail applies its sending limits at once. "
+                "An upgrade to Inbox Mail+ lifts them at once for a mailbox in good standing, "
+                "and within two working days for one blocked for misuse in the last 30 days."
+            ),
             "mailaccess.change_plan",
             ChangePlanForm,
             _change_plan,
+        ),
+        SupportAction(
+            "lift-sending-limits",
+            gettext_lazy("Lift sending limits now"),
+            gettext_lazy(
+                "Lift the Inbox Mail sending limits of this Inbox Mail+ mailbox now, before "
+                "the date they would be lifted anyway?"
+            ),
+            "mailaccess.change_plan",
+            ConfirmForm,
+            _lift_sending_limits,
         ),
     ]
 }

@@ -311,6 +311,7 @@ class AuditAction(models.TextChoices):
     PASSWORD_CREATED = "password_created", _("mail-program password created")
     PASSWORD_REVOKED = "password_revoked", _("mail-program password revoked")
     PLAN_CHANGED = "plan_changed", _("plan changed")
+    SENDING_LIMITS_LIFTED = "sending_limits_lifted", _("free sending limits lifted early")
     STATUS_CHANGED = "status_changed", _("status changed")
     WEB_PASSWORD_CHANGED = "web_password_changed", _("web password changed")
     EXPIRY_WARNED = "expiry_warned", _("expiry warning sent")

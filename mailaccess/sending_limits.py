@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.models import Mailbox, Plan
 from mailaccess.mailserver import redis_client, sending_counters
-from mailaccess.models import SendingLimit
+from mailaccess.models import AuditAction, AuditEvent, BlockReason, ExternalAccess, SendingLimit
 from mailportal import metrics
 from mailportal.logging import log_event
 
@@ -85,6 +85,35 @@ def limits_lift_at(upgraded_at: datetime) -> datetime:
     return end_of_working_days(upgraded_at, LIFT_WORKING_DAYS)
 
 
+# "Up to two working days": the wait exists so that a stolen or spamming mailbox cannot buy
+# its way past the free limits. A mailbox that has given no sign of either gets Mail+ at once.
+GOOD_STANDING_DAYS = 30
+# Blocks that say something went wrong with the mailbox's sending or its password. Idle and
+# inactive blocks only say access went unused, which is no reason to make an owner wait.
+MISUSE_BLOCKS = (
+    BlockReason.HOURLY_LIMIT,
+    BlockReason.COMPROMISED,
+    BlockReason.FAULTY_PROGRAM,
+    BlockReason.SUPPORT,
+)
+
+
+def in_good_standing(mailbox: Mailbox, now: datetime) -> bool:
+    """No misuse block in the last 30 days and no stolen password waiting to be changed.
+
+    Reads the audit trail (one indexed query on the mailbox's recent events): with
+    AUDIT_RETENTION_DAYS below 30 older blocks are forgotten sooner, so keep it above.
+    """
+    if ExternalAccess.objects.filter(mailbox=mailbox, requires_password_change=True).exists():
+        return False
+    return not AuditEvent.objects.filter(
+        mailbox=mailbox,
+        action=AuditAction.ACCESS_BLOCKED,
+        reason__in=MISUSE_BLOCKS,
+        created_at__gte=now - timedelta(days=GOOD_STANDING_DAYS),
+    ).exists()
+
+
 def lift_day(lift_at: datetime) -> date:
     """The last working day the lifting may take, for the panel ("by 20 November")."""
     return timezone.localtime(lift_at, RIGA).date() - timedelta(days=1)
@@ -111,6 +140,8 @@ class SendingPanel:
     last_minute: int | None
     last_hour: int | None
     lift_day: date | None
+    # The lifting waits because of a recent misuse block (the panel says so), not by default.
+    waits_for_standing: bool = False
 
 
 def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
@@ -135,10 +166,12 @@ def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
             error=type(error).__name__,
         )
     pending = mailbox.sending_limits_lift_at
+    waiting = pending is not None and pending > now
     return SendingPanel(
         per_minute=limits.per_minute,
         per_hour=limits.per_hour,
         last_minute=last_minute,
         last_hour=last_hour,
-        lift_day=lift_day(pending) if pending is not None and pending > now else None,
+        lift_day=lift_day(pending) if pending is not None and waiting else None,
+        waits_for_standing=waiting and not in_good_standing(mailbox, now),
     )

@@ -216,14 +216,44 @@ def test_ending_all_passwords_switches_access_off(
 
 
 def test_changing_the_plan_is_audited(staff_client: Client, staff: Mailbox, alice: Mailbox) -> None:
+    actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
     csrf_post(staff_client, action_url(alice, "change-plan"), {"plan": "plus"})
     alice.refresh_from_db()
     assert alice.plan == Plan.PLUS
     event = last_event(alice)
     assert (event.action, event.actor) == (AuditAction.PLAN_CHANGED, staff)
     assert (event.detail["from"], event.detail["to"]) == ("free", "plus")
-    # An upgrade lifts the free sending limits within two working days: the row says when.
+    # Blocked for sending too much just now: the upgrade lifts the free sending limits only
+    # within two working days, and the row says when.
     assert event.detail["sending_limits_lift_at"]
+
+
+def test_support_lifts_the_free_limits_of_an_upgrade_sooner(
+    staff_client: Client, staff: Mailbox, alice: Mailbox
+) -> None:
+    actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
+    actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
+    alice.refresh_from_db()
+    assert alice.sending_limits_lift_at is not None
+    page = staff_client.get(change_url(alice)).content.decode()
+    assert action_url(alice, "lift-sending-limits") in page
+    csrf_post(staff_client, action_url(alice, "lift-sending-limits"), {})
+    alice.refresh_from_db()
+    assert alice.sending_limits_lift_at is None
+    event = last_event(alice)
+    assert (event.action, event.actor) == (AuditAction.SENDING_LIMITS_LIFTED, staff)
+
+
+def test_lifting_limits_needs_the_plan_permission(outsider_client: Client, alice: Mailbox) -> None:
+    actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
+    actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
+    url = action_url(alice, "lift-sending-limits")
+    assert outsider_client.get(url).status_code == 403
+    outsider_client.get(reverse("admin:index"))
+    token = outsider_client.cookies["csrftoken"].value
+    assert outsider_client.post(url, {"csrfmiddlewaretoken": token}).status_code == 403
+    alice.refresh_from_db()
+    assert alice.sending_limits_lift_at is not None
 
 
 def test_an_action_posted_without_the_csrf_token_is_refused(

@@ -23,6 +23,12 @@ def riga(*args: int) -> datetime:
     return datetime(*args, tzinfo=RIGA)  # type: ignore[misc]
 
 
+def blocked_for_misuse(mailbox: Mailbox, reason: BlockReason = BlockReason.HOURLY_LIMIT) -> None:
+    """The mailbox was blocked for sending too much (now, by the clock in force), then freed."""
+    actions.block_access(mailbox, reason, actor=Actor.system("smtp policy"))
+    actions.unblock_access(mailbox, actor=Actor.system("test"))
+
+
 @pytest.mark.parametrize(
     ("upgraded", "lifted_by"),
     [
@@ -50,7 +56,69 @@ def test_the_working_days_count_in_riga_time() -> None:
     assert end_of_working_days(friday_night, 2) == riga(2026, 11, 18)
 
 
-def test_upgrading_to_mail_plus_sets_the_lifting_date(alice: Mailbox) -> None:
+def test_upgrading_a_mailbox_in_good_standing_lifts_the_limits_at_once(alice: Mailbox) -> None:
+    # An idle block long ago and one for unused access this week say nothing about misuse.
+    with time_machine.travel(riga(2026, 9, 1, 12, 0)):
+        blocked_for_misuse(alice)
+    with time_machine.travel(riga(2026, 11, 14, 12, 0)):
+        blocked_for_misuse(alice, BlockReason.IDLE)
+    with time_machine.travel(riga(2026, 11, 17, 12, 0)):
+        actions.change_plan(alice, Plan.PLUS, actor=BILLING)
+        alice.refresh_from_db()
+        assert alice.sending_limits_lift_at is None
+        assert alice.sending_plan(riga(2026, 11, 17, 12, 0)) == Plan.PLUS
+    event = AuditEvent.objects.get(mailbox=alice, action=AuditAction.PLAN_CHANGED)
+    assert "sending_limits_lift_at" not in event.detail
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        BlockReason.HOURLY_LIMIT,
+        BlockReason.COMPROMISED,
+        BlockReason.FAULTY_PROGRAM,
+        BlockReason.SUPPORT,
+    ],
+)
+def test_a_misuse_block_in_the_last_30_days_keeps_the_two_working_days(
+    alice: Mailbox, reason: BlockReason
+) -> None:
+    # A spammer, or whoever stole the password, must not buy their way past the limits.
+    with time_machine.travel(riga(2026, 10, 19, 12, 0)):
+        blocked_for_misuse(alice, reason)
+    with time_machine.travel(riga(2026, 11, 17, 12, 0)):
+        actions.change_plan(alice, Plan.PLUS, actor=BILLING)
+        alice.refresh_from_db()
+        assert alice.sending_limits_lift_at == riga(2026, 11, 21)
+
+
+def test_a_stolen_password_not_yet_changed_keeps_the_wait_however_old(alice: Mailbox) -> None:
+    with time_machine.travel(riga(2026, 6, 1, 12, 0)):
+        actions.block_access(alice, BlockReason.COMPROMISED, actor=Actor.system("smtp policy"))
+    with time_machine.travel(riga(2026, 11, 17, 12, 0)):
+        actions.change_plan(alice, Plan.PLUS, actor=BILLING)
+        alice.refresh_from_db()
+        assert alice.sending_limits_lift_at == riga(2026, 11, 21)
+
+
+def test_support_lifts_pending_limits_sooner_and_it_is_audited(alice: Mailbox) -> None:
+    support = Actor.system("support desk")
+    with time_machine.travel(riga(2026, 11, 10, 12, 0)):
+        blocked_for_misuse(alice)
+    with time_machine.travel(riga(2026, 11, 17, 12, 0)):
+        actions.change_plan(alice, Plan.PLUS, actor=BILLING)
+        assert actions.lift_sending_limits(alice, actor=support)
+        assert not actions.lift_sending_limits(alice, actor=support)
+        alice.refresh_from_db()
+        assert alice.sending_limits_lift_at is None
+        assert alice.sending_plan(riga(2026, 11, 17, 12, 0)) == Plan.PLUS
+    event = AuditEvent.objects.get(mailbox=alice, action=AuditAction.SENDING_LIMITS_LIFTED)
+    assert datetime.fromisoformat(event.detail["was_due"]) == riga(2026, 11, 21)
+
+
+def test_upgrading_a_recently_blocked_mailbox_sets_the_lifting_date(alice: Mailbox) -> None:
+    with time_machine.travel(riga(2026, 11, 16, 12, 0)):
+        blocked_for_misuse(alice)
     with time_machine.travel(riga(2026, 11, 17, 12, 0)):
         actions.change_plan(alice, Plan.PLUS, actor=BILLING)
         alice.refresh_from_db()
@@ -71,6 +139,8 @@ def test_going_back_to_the_free_plan_applies_its_limits_at_once(alice: Mailbox) 
 
 def test_the_job_lifts_the_limits_whose_date_has_come(alice: Mailbox, bob: Mailbox) -> None:
     with time_machine.travel(riga(2026, 11, 9, 12, 0)):
+        blocked_for_misuse(alice)
+        blocked_for_misuse(bob)
         actions.change_plan(alice, Plan.PLUS, actor=BILLING)
     with time_machine.travel(riga(2026, 11, 10, 12, 0)):
         actions.change_plan(bob, Plan.FREE, actor=BILLING)
@@ -138,15 +208,21 @@ def test_the_panel_shows_when_mail_plus_limits_will_be_lifted(
 ) -> None:  # type: ignore[no-untyped-def]
     settings.MAILSERVER_REDIS_URL = "redis://127.0.0.1:21999/0"
     with time_machine.travel(riga(2026, 11, 17, 12, 0)):
+        blocked_for_misuse(bob)
         actions.change_plan(bob, Plan.FREE, actor=BILLING)
         actions.change_plan(bob, Plan.PLUS, actor=BILLING)
         page = bob_client.get(URL).content.decode()
     assert "will be lifted by Nov. 20, 2026 at the latest" in page
+    # Which rule applies, and that support can shorten it.
+    assert "was blocked for misuse in the last 30 days" in page
+    assert "Customer support can lift them sooner." in page
     assert sending_limits.lift_day(riga(2026, 11, 21)) == date(2026, 11, 20)
 
 
-def test_mail_plus_users_see_no_limits(bob_client: Client) -> None:
-    assert "sending-title" not in bob_client.get(URL).content.decode()
+def test_mail_plus_users_see_that_no_limit_applies(bob_client: Client) -> None:
+    page = bob_client.get(URL).content.decode()
+    assert "Inbox Mail+ has no limit on messages sent through mail programs." in page
+    assert 'class="usage"' not in page
 
 
 def test_a_compromised_mailbox_must_change_the_web_password_first(
@@ -169,6 +245,7 @@ def test_the_hourly_beat_job_lifts_due_limits(alice: Mailbox) -> None:
     schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert "mailaccess.tasks.lift_due_sending_limits" in schedule
     with time_machine.travel(riga(2026, 11, 9, 12, 0)):
+        blocked_for_misuse(alice)
         actions.change_plan(alice, Plan.PLUS, actor=BILLING)
     with time_machine.travel(riga(2026, 11, 12, 0, 30)):
         assert tasks.lift_due_sending_limits.apply().get() == 1

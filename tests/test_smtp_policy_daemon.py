@@ -210,10 +210,21 @@ def test_mail_plus_sends_thirty_in_a_row(bob: Mailbox, test_redis: str) -> None:
         assert [client.send_message(BOB, f"b{n}") for n in range(30)] == ["DUNNO"] * 30
 
 
-def test_a_new_mail_plus_user_keeps_the_free_limits_until_they_are_lifted(
+def test_a_mail_plus_user_in_good_standing_sends_without_limits_at_once(
+    alice: Mailbox, test_redis: str
+) -> None:
+    with time_machine.travel(MONDAY, tick=False):
+        actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
+        with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+            assert [client.send_message(ALICE, f"g{n}") for n in range(20)] == ["DUNNO"] * 20
+
+
+def test_a_new_mail_plus_user_blocked_for_misuse_keeps_the_free_limits_until_they_are_lifted(
     alice: Mailbox, test_redis: str
 ) -> None:
     with time_machine.travel(MONDAY, tick=False) as traveller:
+        actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
+        actions.unblock_access(alice, actor=Actor.system("support"))
         actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
         with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
             for number in range(5):
