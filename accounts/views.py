@@ -48,19 +48,28 @@ def _complete_sign_in(
     backend = getattr(mailbox, "backend", None) or settings.AUTHENTICATION_BACKENDS[0]
     login(request, mailbox, backend=backend)
     if device is not None:
+        # The session has passed the second step (what the admin asks for): with the app's
+        # code, or with a recovery code, which stands in for the same authenticator.
         django_otp.login(request, device)
     # Having just given the password (and code), the owner needs no second proof at once.
     sudo.start(request)
-    throttling.clear_mailbox(mailbox.address)
+    throttling.signed_in(
+        throttling.known_device(request, mailbox.address, mailbox), mailbox.address
+    )
     actions.record_sign_in(mailbox, ip=client_ip(request))
-    return redirect(next_url or "mailaccess:settings")
+    response = redirect(next_url or "mailaccess:settings")
+    throttling.remember_device(response, mailbox)
+    return response
 
 
 @sensitive_post_parameters("password")
 @never_cache
 @require_http_methods(["GET", "POST"])
-def sign_in(request: HttpRequest) -> HttpResponse:
-    next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+def sign_in(request: HttpRequest, default_next: str = "") -> HttpResponse:
+    next_url = (
+        _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+        or default_next
+    )
     form = SignInForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         mailbox = form.mailbox
@@ -111,15 +120,22 @@ def sign_in_code(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         ip = client_ip(request)
-        if throttling.is_throttled(mailbox.address, ip):
+        attempt = throttling.attempt(
+            mailbox.address, ip, throttling.known_device(request, mailbox.address, mailbox)
+        )
+        if attempt.refused:
             form.add_error(None, throttled_error())
             status = 429
         else:
             accepted = actions.check_code(mailbox, form.cleaned_data["code"], ip=ip)
             if accepted:
-                device = accepted if isinstance(accepted, TOTPDevice) else None
+                attempt.succeeded()
+                device = (
+                    accepted
+                    if isinstance(accepted, TOTPDevice)
+                    else two_factor.confirmed_device(mailbox)
+                )
                 return _complete_sign_in(request, mailbox, next_url, device)
-            throttling.record_failure(mailbox.address, ip)
             form.add_error("code", _("The code is wrong or has already been used."))
     return render(request, "accounts/sign_in_code.html", {"form": form}, status=status)
 
@@ -146,7 +162,10 @@ def change_password(request: HttpRequest) -> HttpResponse:
         update_session_auth_hash(request, request.user)
         throttling.clear_mailbox(request.user.address)
         messages.success(request, _("Your web password has been changed."))
-        return redirect("mailaccess:mail_programs")
+        response = redirect("mailaccess:mail_programs")
+        # The new password voids every device cookie of the mailbox but this browser's.
+        throttling.remember_device(response, request.user)
+        return response
     return render(request, "accounts/change_password.html", {"form": form})
 
 
@@ -232,13 +251,16 @@ def two_factor_disable(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _security_page(request, mailbox, form, status=400)
     ip = client_ip(request)
-    if throttling.is_throttled(mailbox.address, ip):
+    attempt = throttling.attempt(
+        mailbox.address, ip, throttling.known_device(request, mailbox.address, mailbox)
+    )
+    if attempt.refused:
         form.add_error(None, throttled_error())
         return _security_page(request, mailbox, form, status=429)
     if not actions.disable_two_factor(mailbox, form.cleaned_data["code"], ip=ip):
-        throttling.record_failure(mailbox.address, ip)
         form.add_error("code", _("The code is wrong or has already been used."))
         return _security_page(request, mailbox, form, status=400)
+    attempt.succeeded()
     messages.success(request, _("Two-factor sign-in is off."))
     return redirect("accounts:security")
 
