@@ -5,10 +5,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.crypto import constant_time_compare
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
@@ -86,6 +87,35 @@ def sign_in(request: HttpRequest, default_next: str = "") -> HttpResponse:
         return _complete_sign_in(request, mailbox, next_url)
     status = 429 if form.has_error("__all__", "throttled") else 200
     return render(request, "accounts/sign_in.html", {"form": form, "next": next_url}, status=status)
+
+
+@sensitive_post_parameters("password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def admin_sign_in(request: HttpRequest) -> HttpResponse:
+    """``/admin/login/``: the admin has no sign-in of its own, only this site's.
+
+    A form posted here (the stock admin's, a script's) goes through the same throttled sign-in
+    and second step as the panel's; a visit is sent on to the sign-in page, keeping a safe
+    ``next``. Staff without an authenticator are sent to set one up: the admin opens only to
+    a session that passed the second step.
+    """
+    admin_index = reverse("admin:index")
+    next_url = _safe_next(request, request.GET.get("next") or "") or admin_index
+    user = request.user
+    if user.is_authenticated and user.is_active and user.is_staff:
+        if two_factor.session_verified(request):
+            return HttpResponseRedirect(next_url)
+        assert isinstance(user, Mailbox)
+        if not two_factor.is_enabled(user):
+            messages.info(
+                request,
+                _("The admin needs two-factor sign-in. Set it up here, then open the admin again."),
+            )
+            return redirect("accounts:security")
+    if request.method == "POST":
+        return sign_in(request, default_next=admin_index)
+    return HttpResponseRedirect(f"{reverse('accounts:login')}?{urlencode({'next': next_url})}")
 
 
 def _pending_mailbox(request: HttpRequest) -> tuple[Mailbox, str] | None:
