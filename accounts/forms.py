@@ -61,16 +61,19 @@ class SignInForm(forms.Form):
         cleaned = super().clean() or {}
         address, password = cleaned.get("address"), cleaned.get("password")
         if address and password:
-            ip = client_ip(self.request)
-            if throttling.is_throttled(address, ip):
+            # Counted before the password is checked: beyond a limit, it never is.
+            attempt = throttling.attempt(
+                address, client_ip(self.request), throttling.known_device(self.request, address)
+            )
+            if attempt.refused:
                 raise throttled_error()
             user = authenticate(self.request, username=address, password=password)
             if user is None:
-                throttling.record_failure(address, ip)
                 raise forms.ValidationError(
                     self.error_messages["invalid_login"], code="invalid_login"
                 )
             assert isinstance(user, Mailbox)
+            attempt.succeeded()
             self.mailbox = user
         return cleaned
 
@@ -140,7 +143,10 @@ class SudoForm(forms.Form):
         proof = cleaned.get("code" if self.uses_code else "password")
         if not proof:
             return cleaned
-        if throttling.is_throttled(address, ip):
+        attempt = throttling.attempt(
+            address, ip, throttling.known_device(self.request, address, self.mailbox)
+        )
+        if attempt.refused:
             raise throttled_error()
         if self.uses_code:
             ok = bool(actions.check_code(self.mailbox, proof, ip=ip))
@@ -149,8 +155,8 @@ class SudoForm(forms.Form):
             ok = self.mailbox.check_password(proof)
             error = "wrong_password"
         if not ok:
-            throttling.record_failure(address, ip)
             raise forms.ValidationError(self.error_messages[error], code=error)
+        attempt.succeeded()
         return cleaned
 
 

@@ -24,6 +24,7 @@ from base64 import b32encode
 
 import segno
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -44,6 +45,16 @@ def confirmed_device(mailbox: Mailbox) -> TOTPDevice | None:
 
 def is_enabled(mailbox: Mailbox) -> bool:
     return TOTPDevice.objects.filter(user=mailbox, confirmed=True).exists()
+
+
+def session_verified(request: HttpRequest) -> bool:
+    """Whether this browser's session passed the second step (what the admin requires).
+
+    django-otp's middleware decides it from the session: a confirmed device of this mailbox
+    was recorded there at sign-in (``django_otp.login``).
+    """
+    is_verified = getattr(request.user, "is_verified", None)
+    return bool(is_verified is not None and is_verified())
 
 
 def pending_device(mailbox: Mailbox) -> TOTPDevice | None:

@@ -5,10 +5,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.crypto import constant_time_compare
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
@@ -48,19 +49,28 @@ def _complete_sign_in(
     backend = getattr(mailbox, "backend", None) or settings.AUTHENTICATION_BACKENDS[0]
     login(request, mailbox, backend=backend)
     if device is not None:
+        # The session has passed the second step (what the admin asks for): with the app's
+        # code, or with a recovery code, which stands in for the same authenticator.
         django_otp.login(request, device)
     # Having just given the password (and code), the owner needs no second proof at once.
     sudo.start(request)
-    throttling.clear_mailbox(mailbox.address)
+    throttling.signed_in(
+        throttling.known_device(request, mailbox.address, mailbox), mailbox.address
+    )
     actions.record_sign_in(mailbox, ip=client_ip(request))
-    return redirect(next_url or "mailaccess:settings")
+    response = redirect(next_url or "mailaccess:settings")
+    throttling.remember_device(response, mailbox)
+    return response
 
 
 @sensitive_post_parameters("password")
 @never_cache
 @require_http_methods(["GET", "POST"])
-def sign_in(request: HttpRequest) -> HttpResponse:
-    next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+def sign_in(request: HttpRequest, default_next: str = "") -> HttpResponse:
+    next_url = (
+        _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+        or default_next
+    )
     form = SignInForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         mailbox = form.mailbox
@@ -77,6 +87,35 @@ def sign_in(request: HttpRequest) -> HttpResponse:
         return _complete_sign_in(request, mailbox, next_url)
     status = 429 if form.has_error("__all__", "throttled") else 200
     return render(request, "accounts/sign_in.html", {"form": form, "next": next_url}, status=status)
+
+
+@sensitive_post_parameters("password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def admin_sign_in(request: HttpRequest) -> HttpResponse:
+    """``/admin/login/``: the admin has no sign-in of its own, only this site's.
+
+    A form posted here (the stock admin's, a script's) goes through the same throttled sign-in
+    and second step as the panel's; a visit is sent on to the sign-in page, keeping a safe
+    ``next``. Staff without an authenticator are sent to set one up: the admin opens only to
+    a session that passed the second step.
+    """
+    admin_index = reverse("admin:index")
+    next_url = _safe_next(request, request.GET.get("next") or "") or admin_index
+    user = request.user
+    if user.is_authenticated and user.is_active and user.is_staff:
+        if two_factor.session_verified(request):
+            return HttpResponseRedirect(next_url)
+        assert isinstance(user, Mailbox)
+        if not two_factor.is_enabled(user):
+            messages.info(
+                request,
+                _("The admin needs two-factor sign-in. Set it up here, then open the admin again."),
+            )
+            return redirect("accounts:security")
+    if request.method == "POST":
+        return sign_in(request, default_next=admin_index)
+    return HttpResponseRedirect(f"{reverse('accounts:login')}?{urlencode({'next': next_url})}")
 
 
 def _pending_mailbox(request: HttpRequest) -> tuple[Mailbox, str] | None:
@@ -111,15 +150,22 @@ def sign_in_code(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         ip = client_ip(request)
-        if throttling.is_throttled(mailbox.address, ip):
+        attempt = throttling.attempt(
+            mailbox.address, ip, throttling.known_device(request, mailbox.address, mailbox)
+        )
+        if attempt.refused:
             form.add_error(None, throttled_error())
             status = 429
         else:
             accepted = actions.check_code(mailbox, form.cleaned_data["code"], ip=ip)
             if accepted:
-                device = accepted if isinstance(accepted, TOTPDevice) else None
+                attempt.succeeded()
+                device = (
+                    accepted
+                    if isinstance(accepted, TOTPDevice)
+                    else two_factor.confirmed_device(mailbox)
+                )
                 return _complete_sign_in(request, mailbox, next_url, device)
-            throttling.record_failure(mailbox.address, ip)
             form.add_error("code", _("The code is wrong or has already been used."))
     return render(request, "accounts/sign_in_code.html", {"form": form}, status=status)
 
@@ -146,7 +192,10 @@ def change_password(request: HttpRequest) -> HttpResponse:
         update_session_auth_hash(request, request.user)
         throttling.clear_mailbox(request.user.address)
         messages.success(request, _("Your web password has been changed."))
-        return redirect("mailaccess:mail_programs")
+        response = redirect("mailaccess:mail_programs")
+        # The new password voids every device cookie of the mailbox but this browser's.
+        throttling.remember_device(response, request.user)
+        return response
     return render(request, "accounts/change_password.html", {"form": form})
 
 
@@ -232,13 +281,16 @@ def two_factor_disable(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _security_page(request, mailbox, form, status=400)
     ip = client_ip(request)
-    if throttling.is_throttled(mailbox.address, ip):
+    attempt = throttling.attempt(
+        mailbox.address, ip, throttling.known_device(request, mailbox.address, mailbox)
+    )
+    if attempt.refused:
         form.add_error(None, throttled_error())
         return _security_page(request, mailbox, form, status=429)
     if not actions.disable_two_factor(mailbox, form.cleaned_data["code"], ip=ip):
-        throttling.record_failure(mailbox.address, ip)
         form.add_error("code", _("The code is wrong or has already been used."))
         return _security_page(request, mailbox, form, status=400)
+    attempt.succeeded()
     messages.success(request, _("Two-factor sign-in is off."))
     return redirect("accounts:security")
 

@@ -47,7 +47,8 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]" if DEBUG else "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the site's own sign-in and a required second factor (mailportal/admin.py).
+    "mailportal.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -232,11 +233,17 @@ CONTENT_SECURITY_POLICY = os.environ.get(
 # Sudo mode: switching access on, creating a mail-program password or downloading a profile
 # with one needs the web password (or a two-factor code) again after this many seconds.
 SUDO_MODE_SECONDS = envint("SUDO_MODE_SECONDS", 600)
-# Web sign-in throttling: failed attempts allowed per mailbox address and per client IP
-# within the window (seconds, counted from the first failure). Counters live in the cache.
+# Web sign-in throttling: failed attempts allowed per mailbox address and per client network
+# (an IPv4 address or an IPv6 /64) within the window (seconds, counted from the first
+# attempt). Counters live in the cache; every attempt is counted before its password is checked.
 SIGN_IN_WINDOW_SECONDS = envint("SIGN_IN_WINDOW_SECONDS", 900)
 SIGN_IN_FAILURES_PER_MAILBOX = envint("SIGN_IN_FAILURES_PER_MAILBOX", 10)
 SIGN_IN_FAILURES_PER_IP = envint("SIGN_IN_FAILURES_PER_IP", 30)
+# A browser the owner has signed in from carries a device cookie for that mailbox (this many
+# days): its attempts count only against its own limit, so failures from elsewhere never lock
+# the owner out there (accounts/throttling.py).
+SIGN_IN_FAILURES_PER_DEVICE = envint("SIGN_IN_FAILURES_PER_DEVICE", 10)
+SIGN_IN_DEVICE_COOKIE_DAYS = envint("SIGN_IN_DEVICE_COOKIE_DAYS", 365)
 # How long the second sign-in step (the two-factor code) may take after the password.
 SIGN_IN_CODE_SECONDS = envint("SIGN_IN_CODE_SECONDS", 300)
 # Shown in authenticator apps next to the mailbox address.

@@ -2,6 +2,7 @@
 
 from django.test import Client
 from django.urls import reverse
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -41,3 +42,17 @@ def form_post(client: Client, url: str, data: dict[str, str] | None = None, **ex
     client.get(reverse("accounts:security"))
     token = client.cookies["csrftoken"].value
     return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token}, **extra)
+
+
+def verified_client(mailbox: Mailbox, **kwargs: bool) -> Client:
+    """A browser signed in with the password and the authenticator's code: what the admin needs.
+
+    The mailbox gets a confirmed authenticator if it has none.
+    """
+    device = two_factor.confirmed_device(mailbox) or enable_two_factor(mailbox)[0]
+    client = Client(**kwargs)
+    client.force_login(mailbox)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client

@@ -19,6 +19,7 @@ from mailaccess.models import (
     Notice,
 )
 from tests.conftest import csrf_post
+from tests.otp import verified_client
 
 CHANGELIST = reverse("admin:accounts_mailbox_changelist")
 
@@ -42,9 +43,7 @@ def staff(db: None) -> Mailbox:
 
 @pytest.fixture
 def staff_client(staff: Mailbox) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(staff)
-    return client
+    return verified_client(staff, enforce_csrf_checks=True)
 
 
 @pytest.fixture
@@ -53,17 +52,13 @@ def outsider_client(db: None) -> Client:
     outsider = Mailbox.objects.create_user(
         "intern@inbox.lv", "intern-web-password-1", is_staff=True
     )
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(outsider)
-    return client
+    return verified_client(outsider, enforce_csrf_checks=True)
 
 
 @pytest.fixture
 def superuser_client(db: None) -> Client:
     root = Mailbox.objects.create_superuser("root@inbox.lv", "root-web-password-1")
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(root)
-    return client
+    return verified_client(root, enforce_csrf_checks=True)
 
 
 @pytest.fixture
@@ -334,8 +329,7 @@ def test_staff_allowed_to_edit_mailboxes_still_cannot_grant_privileges(
     from django.contrib.auth.models import Permission
 
     staff.user_permissions.add(Permission.objects.get(codename="change_mailbox"))
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(staff)
+    client = verified_client(staff, enforce_csrf_checks=True)
     response = csrf_post(
         client,
         change_url(alice),
@@ -461,6 +455,5 @@ def test_a_bulk_action_over_too_many_mailboxes_is_refused(
 
 
 def test_an_action_answers_other_methods_with_405(staff: Mailbox, alice: Mailbox) -> None:
-    client = Client()
-    client.force_login(staff)
+    client = verified_client(staff)
     assert client.put(action_url(alice, "block")).status_code == 405

@@ -23,6 +23,7 @@ from mailaccess.models import (
     BlockReason,
     Protocol,
 )
+from tests.otp import verified_client
 
 PANEL = "mailaccess:mail_programs"
 ADD = "mailaccess:add_app_password"
@@ -421,9 +422,7 @@ def support_client(db: None) -> Client:
         "support@inbox.lv", "support-web-password-1", is_staff=True
     )
     member.groups.add(Group.objects.get(name="support"))
-    client = Client()
-    client.force_login(member)
-    return client
+    return verified_client(member)
 
 
 def test_support_sees_each_devices_password_but_never_a_hash(

@@ -85,6 +85,8 @@ def test_wrong_passwords_on_the_confirmation_page_are_throttled(
     alice: Mailbox, settings: object
 ) -> None:
     settings.SIGN_IN_FAILURES_PER_MAILBOX = 3  # type: ignore[attr-defined]
+    # The browser signed in, so it is a known one: its own limit counts.
+    settings.SIGN_IN_FAILURES_PER_DEVICE = 3  # type: ignore[attr-defined]
     client = signed_in(alice)
     with time_machine.travel(LATER, tick=False):
         for _ in range(3):
@@ -92,6 +94,20 @@ def test_wrong_passwords_on_the_confirmation_page_are_throttled(
         response = confirm(client, {"sudo-password": ALICE_PASSWORD})
     assert response.status_code == 429
     assert not AppPassword.objects.filter(mailbox=alice).exists()
+
+
+def test_strangers_failing_to_sign_in_do_not_block_the_owners_confirmation(
+    alice: Mailbox, settings: object
+) -> None:
+    settings.SIGN_IN_FAILURES_PER_MAILBOX = 3  # type: ignore[attr-defined]
+    client = signed_in(alice)
+    with time_machine.travel(LATER, tick=False):
+        for n in range(5):
+            stranger = Client()
+            data = {"address": alice.address, "password": f"guess-{n}"}
+            stranger.post(reverse("accounts:login"), data, REMOTE_ADDR=f"198.51.100.{n}")
+        response = confirm(client, {"sudo-password": ALICE_PASSWORD})
+    assert NEW_PASSWORD_RE.search(response.content.decode())
 
 
 def test_with_two_factor_the_proof_is_a_fresh_code(alice: Mailbox) -> None:

@@ -20,6 +20,7 @@ from tests.otp import (
     form_post,
     is_signed_in,
     sign_in,
+    verified_client,
 )
 
 START = reverse("accounts:two_factor_start")
@@ -198,8 +199,7 @@ def test_new_recovery_codes_replace_the_old_ones(alice_client: Client, alice: Ma
 def test_support_staff_can_remove_an_authenticator_but_never_see_its_key(alice: Mailbox) -> None:
     device, _codes = enable_two_factor(alice)
     staff = Mailbox.objects.create_superuser("support@inbox.lv", "support-password-1")
-    client = Client()
-    client.force_login(staff)
+    client = verified_client(staff)
     page = client.get(reverse("admin:otp_totp_totpdevice_change", args=[device.pk]))
     assert page.status_code == 200
     assert device.key not in page.content.decode()
