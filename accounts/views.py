@@ -35,11 +35,22 @@ RECENT_EVENTS = 20
 
 
 def _safe_next(request: HttpRequest, next_url: str) -> str:
-    if url_has_allowed_host_and_scheme(
+    """Where to go after signing in or confirming: a path on this site, or "" for the panel.
+
+    Only a path. ``redirect()`` would take anything else for a URL name and reverse it: a
+    ``next`` of "x" answered 500 after a right password, and the sign-in was lost. Another
+    host, a scheme ("javascript:") or a protocol-relative "//host" fail Django's own check.
+    """
+    if next_url.startswith("/") and url_has_allowed_host_and_scheme(
         next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         return next_url
     return ""
+
+
+def _go_next(next_url: str) -> HttpResponse:
+    # Never redirect(next_url): a checked path is used as it is, not looked up as a URL name.
+    return HttpResponseRedirect(next_url) if next_url else redirect("mailaccess:settings")
 
 
 def _complete_sign_in(
@@ -58,7 +69,7 @@ def _complete_sign_in(
         throttling.known_device(request, mailbox.address, mailbox), mailbox.address
     )
     actions.record_sign_in(mailbox, ip=client_ip(request))
-    response = redirect(next_url or "mailaccess:settings")
+    response = _go_next(next_url)
     throttling.remember_device(response, mailbox)
     return response
 
@@ -132,7 +143,8 @@ def _pending_mailbox(request: HttpRequest) -> tuple[Mailbox, str] | None:
         pending.get("hash", ""), mailbox.get_session_auth_hash()
     ):
         return None
-    return mailbox, pending.get("next", "")
+    # Checked again: a session written before this rule may hold an unchecked value.
+    return mailbox, _safe_next(request, str(pending.get("next", "")))
 
 
 @sensitive_post_parameters("code")
@@ -318,8 +330,8 @@ def sudo_confirm(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         ok, form, status = sudo.check_proof(request)
         if ok:
-            return redirect(next_url or "mailaccess:settings")
+            return _go_next(next_url)
         return sudo.challenge(request, form, status, action=request.get_full_path())
     if sudo.is_active(request):
-        return redirect(next_url or "mailaccess:settings")
+        return _go_next(next_url)
     return sudo.challenge(request, action=request.get_full_path())

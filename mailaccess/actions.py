@@ -26,6 +26,7 @@ from mailaccess import passwords
 from mailaccess.models import (
     IDLE_EXPIRY,
     Actor,
+    ActorKind,
     AppPassword,
     AuditAction,
     AuditEvent,
@@ -34,6 +35,7 @@ from mailaccess.models import (
     Notice,
     NoticeKind,
     Protocol,
+    is_justification,
 )
 from mailaccess.sending_limits import in_good_standing, limits_lift_at
 from mailportal import metrics
@@ -72,7 +74,12 @@ def _audit(
     reason: str = "",
     ip: str | None = None,
     detail: dict[str, Any] | None = None,
+    justification: str = "",
 ) -> AuditEvent:
+    justification = justification.strip()
+    if actor.kind == ActorKind.SUPPORT and not is_justification(justification):
+        # The admin's form asks for it; this is the guard for every other caller.
+        raise ValueError("A support action needs a justification of 5 to 500 characters.")
     fields: dict[str, Any] = {"mailbox": mailbox.address, "actor": f"{actor.kind}:{actor.label}"}
     fields.update({"reason": reason or None, "ip": ip, **(detail or {})})
     # The log line, like the mail and the notices, only for what was committed.
@@ -86,6 +93,7 @@ def _audit(
         actor=actor.mailbox,
         actor_label=actor.label,
         ip=ip,
+        justification=justification,
         detail=detail or {},
     )
 
@@ -242,7 +250,9 @@ def revoke_app_password(
 
 
 @transaction.atomic
-def disable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> bool:
+def disable_access(
+    mailbox: Mailbox, *, actor: Actor, ip: str | None = None, justification: str = ""
+) -> bool:
     """Switch access off; every app password stops working at once."""
     access = _locked_access(mailbox)
     now = timezone.now()
@@ -252,7 +262,14 @@ def disable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> 
     access.enabled = False
     access.disabled_at = now
     access.save()
-    _audit(mailbox, AuditAction.ACCESS_DISABLED, actor, ip=ip, detail={"revoked": revoked})
+    _audit(
+        mailbox,
+        AuditAction.ACCESS_DISABLED,
+        actor,
+        ip=ip,
+        justification=justification,
+        detail={"revoked": revoked},
+    )
     _access_changed(mailbox.pk)
     return True
 
@@ -264,6 +281,8 @@ def block_access(
     *,
     actor: Actor,
     detail: dict[str, Any] | None = None,
+    ip: str | None = None,
+    justification: str = "",
 ) -> Notice | None:
     """Switch access off for a reason, end every password and notify the owner once.
 
@@ -287,6 +306,8 @@ def block_access(
         AuditAction.ACCESS_BLOCKED,
         actor,
         reason=reason,
+        ip=ip,
+        justification=justification,
         detail={"revoked": revoked, **(detail or {})},
     )
     notice = Notice.objects.create(
@@ -307,7 +328,9 @@ def _notices_created(notice_ids: list[int]) -> None:
 
 
 @transaction.atomic
-def unblock_access(mailbox: Mailbox, *, actor: Actor) -> bool:
+def unblock_access(
+    mailbox: Mailbox, *, actor: Actor, ip: str | None = None, justification: str = ""
+) -> bool:
     """Lift a block (support). Access stays off: the owner switches it on for a new password."""
     access = _locked_access(mailbox)
     if not access.block_reason and not access.requires_password_change:
@@ -317,7 +340,14 @@ def unblock_access(mailbox: Mailbox, *, actor: Actor) -> bool:
     access.blocked_at = None
     access.requires_password_change = False
     access.save()
-    _audit(mailbox, AuditAction.ACCESS_UNBLOCKED, actor, reason=previous)
+    _audit(
+        mailbox,
+        AuditAction.ACCESS_UNBLOCKED,
+        actor,
+        reason=previous,
+        ip=ip,
+        justification=justification,
+    )
     _access_changed(mailbox.pk)
     return True
 
@@ -353,7 +383,14 @@ def record_account_event(
 
 
 @transaction.atomic
-def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
+def change_plan(
+    mailbox: Mailbox,
+    plan: Plan,
+    *,
+    actor: Actor,
+    ip: str | None = None,
+    justification: str = "",
+) -> bool:
     locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
     if locked.plan == plan:
         return False
@@ -372,13 +409,22 @@ def change_plan(mailbox: Mailbox, plan: Plan, *, actor: Actor) -> bool:
     detail = {"from": previous, "to": plan}
     if lift_at is not None:
         detail["sending_limits_lift_at"] = lift_at.isoformat()
-    _audit(mailbox, AuditAction.PLAN_CHANGED, actor, detail=detail)
+    _audit(
+        mailbox,
+        AuditAction.PLAN_CHANGED,
+        actor,
+        ip=ip,
+        justification=justification,
+        detail=detail,
+    )
     _access_changed(mailbox.pk)
     return True
 
 
 @transaction.atomic
-def lift_sending_limits(mailbox: Mailbox, *, actor: Actor) -> bool:
+def lift_sending_limits(
+    mailbox: Mailbox, *, actor: Actor, ip: str | None = None, justification: str = ""
+) -> bool:
     """Support lifts a Mail+ upgrade's free limits before its date; False if none are pending."""
     locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
     pending = locked.sending_limits_lift_at
@@ -391,6 +437,8 @@ def lift_sending_limits(mailbox: Mailbox, *, actor: Actor) -> bool:
         mailbox,
         AuditAction.SENDING_LIMITS_LIFTED,
         actor,
+        ip=ip,
+        justification=justification,
         detail={"was_due": pending.isoformat()},
     )
     _access_changed(mailbox.pk)

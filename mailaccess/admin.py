@@ -52,7 +52,16 @@ class SendingLimitAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "address", "action", "reason", "actor_kind", "actor_label", "ip"]
+    list_display = [
+        "created_at",
+        "address",
+        "action",
+        "reason",
+        "actor_kind",
+        "actor_label",
+        "ip",
+        "justification",
+    ]
     list_filter = ["action", "reason", "actor_kind"]
     sortable_by = ("created_at",)
     search_fields = ["mailbox__address"]
@@ -67,6 +76,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
         "actor",
         "actor_label",
         "ip",
+        "justification",
         "detail",
     ]
 

@@ -5,7 +5,8 @@ for its choice (a block reason, a plan) and the call into ``mailaccess.actions``
 work. The mailbox admin (``accounts/admin.py``) offers every entry twice: as a button on the
 mailbox page, with a confirmation page of its own, and as a bulk admin action, with an
 intermediate confirmation page. Both post back with the CSRF token and both name the staff
-member in the audit row through ``Actor.support``.
+member in the audit row through ``Actor.support``, with the address the request came from
+and the justification every support form asks for.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import Promise
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext
+from django.utils.translation import gettext_lazy, ngettext, ngettext_lazy
 
+from accounts.forms import client_ip
 from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.models import (
+    JUSTIFICATION_MAX_LENGTH,
+    JUSTIFICATION_MIN_LENGTH,
     Actor,
     AuditAction,
     AuditEvent,
@@ -51,21 +55,51 @@ DASHBOARD_DAYS = 7
 DASHBOARD_MAX_DAYS = 90
 
 
-class ConfirmForm(forms.Form):
-    """Nothing to choose: the confirmation page is the question."""
+class SupportForm(forms.Form):
+    """Every support action says why: the audit row keeps it with who, when and from where."""
+
+    justification = forms.CharField(
+        label=gettext_lazy("Justification"),
+        help_text=gettext_lazy(
+            "Why, in a sentence (a ticket number helps). Kept in the mailbox's audit trail "
+            "with your name and address."
+        ),
+        min_length=JUSTIFICATION_MIN_LENGTH,
+        max_length=JUSTIFICATION_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        error_messages={
+            "required": gettext_lazy("Say why: support actions are recorded with a reason."),
+            "min_length": ngettext_lazy(
+                "Say why in at least %(limit_value)d character.",
+                "Say why in at least %(limit_value)d characters.",
+                "limit_value",
+            ),
+            "max_length": ngettext_lazy(
+                "Keep it to %(limit_value)d character at most.",
+                "Keep it to %(limit_value)d characters at most.",
+                "limit_value",
+            ),
+        },
+    )
 
 
-class BlockForm(forms.Form):
+class ConfirmForm(SupportForm):
+    """Nothing to choose: the confirmation page is the question (and the reason)."""
+
+
+class BlockForm(SupportForm):
     # "Compromised" has its own action, which says what it does to the web password.
     reason = forms.ChoiceField(
         label=gettext_lazy("Block reason"),
         choices=[(r.value, r.label) for r in BlockReason if r != BlockReason.COMPROMISED],
         initial=BlockReason.SUPPORT,
     )
+    field_order = ["reason", "justification"]
 
 
-class ChangePlanForm(forms.Form):
+class ChangePlanForm(SupportForm):
     plan = forms.ChoiceField(label=gettext_lazy("New plan"), choices=Plan.choices)
+    field_order = ["plan", "justification"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +108,7 @@ class SupportAction:
     title: Promise
     question: Promise
     permission: str
-    form_class: type[forms.Form]
+    form_class: type[SupportForm]
     # Does the work for one mailbox; returns False when there was nothing to change.
     run: Callable[[Mailbox, Actor, dict[str, Any], str | None], bool]
 
@@ -87,29 +121,43 @@ class SupportAction:
 
 
 def _block(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None) -> bool:
-    return actions.block_access(mailbox, BlockReason(data["reason"]), actor=actor) is not None
+    notice = actions.block_access(
+        mailbox,
+        BlockReason(data["reason"]),
+        actor=actor,
+        ip=ip,
+        justification=data["justification"],
+    )
+    return notice is not None
 
 
 def _mark_compromised(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None) -> bool:
-    return actions.block_access(mailbox, BlockReason.COMPROMISED, actor=actor) is not None
+    notice = actions.block_access(
+        mailbox, BlockReason.COMPROMISED, actor=actor, ip=ip, justification=data["justification"]
+    )
+    return notice is not None
 
 
 def _unblock(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None) -> bool:
-    return actions.unblock_access(mailbox, actor=actor)
+    return actions.unblock_access(mailbox, actor=actor, ip=ip, justification=data["justification"])
 
 
 def _end_passwords(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None) -> bool:
-    return actions.disable_access(mailbox, actor=actor, ip=ip)
+    return actions.disable_access(mailbox, actor=actor, ip=ip, justification=data["justification"])
 
 
 def _change_plan(mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None) -> bool:
-    return actions.change_plan(mailbox, Plan(data["plan"]), actor=actor)
+    return actions.change_plan(
+        mailbox, Plan(data["plan"]), actor=actor, ip=ip, justification=data["justification"]
+    )
 
 
 def _lift_sending_limits(
     mailbox: Mailbox, actor: Actor, data: dict[str, Any], ip: str | None
 ) -> bool:
-    return actions.lift_sending_limits(mailbox, actor=actor)
+    return actions.lift_sending_limits(
+        mailbox, actor=actor, ip=ip, justification=data["justification"]
+    )
 
 
 SUPPORT_ACTIONS: dict[str, SupportAction] = {
@@ -219,7 +267,9 @@ def _run(
 ) -> None:
     assert isinstance(request.user, Mailbox)
     actor = Actor.support(request.user)
-    ip = request.META.get("REMOTE_ADDR")
+    # The address as the sign-in throttle reads it: REMOTE_ADDR, which behind the HTTPS proxy
+    # uvicorn sets from the proxy's header (--proxy-headers), never a header a client chose.
+    ip = client_ip(request)
     changed = unchanged = 0
     for mailbox in mailboxes:
         if action.run(mailbox, actor, data, ip):

@@ -27,6 +27,7 @@ from typing import Any
 from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -218,22 +219,33 @@ def apple_profile(mailbox: Mailbox, password: str | None = None) -> bytes:
 # One-time profile with the new password inside.
 #
 # Design: the password is encrypted with a one-time pad (random bytes as long as the
-# password, XOR) that exists only in the download link; the cache keeps only the ciphertext,
-# for PROFILE_PASSWORD_MINUTES, under a random id, and the first download deletes it. So the
-# password is stored nowhere in plain text: a cache dump holds ciphertext without its key,
-# and the link (which a proxy or access log may record) holds the key for a ciphertext that
-# is gone after the one download, or after a few minutes. The simpler alternative, keeping
-# the whole profile in the cache under a random token, would leave the password readable by
-# anyone who can read Redis for those minutes; this costs one XOR more. A one-time pad needs
-# no crypto library and, used once, cannot be broken. Nothing secret goes to the session.
-# The link works only for the signed-in owner of the mailbox, and only while that password
-# is still live: switching access off and on again makes an unused link useless.
+# password, XOR). The cache keeps the ciphertext, for PROFILE_PASSWORD_MINUTES, under a
+# random id; the owner's session keeps the pad under the same id. The download link names
+# only the id, so no URL, access log, proxy log or browser history ever holds anything of
+# the password: a logged link is a name for two halves that live in two other places (the
+# cache, usually Redis, and the session table in PostgreSQL), only for this one session and
+# only until the first download, refusal or expiry. A cache dump alone is ciphertext without
+# its key; a session row alone is a key without its ciphertext. A one-time pad needs no
+# crypto library and, used once, cannot be broken.
+#
+# Every claim ends the stash, whether it gives the password or not: a refused link (another
+# session or mailbox, sudo mode over, a second try) is never worth keeping, and a secret
+# nobody is going to fetch should not wait ten minutes in Redis. The password must also
+# still be live: switching access off and on again makes an unused link useless.
 
 _STASH_PREFIX = "apple-profile:"
+_PADS_SESSION_KEY = "apple_profile_pads"
+# secrets.token_urlsafe(18): what a link may name. Anything else is not looked up at all.
+_STASH_ID_LENGTH = 24
+_STASH_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _stash_key(stash_id: str) -> str:
     return _STASH_PREFIX + stash_id
+
+
+def _is_stash_id(text: str) -> bool:
+    return len(text) == _STASH_ID_LENGTH and set(text) <= _STASH_ID_CHARS
 
 
 def _b64(data: bytes) -> str:
@@ -256,34 +268,66 @@ def profile_password_lifetime() -> timedelta:
     return timedelta(minutes=profile_password_minutes())
 
 
-def stash_profile_password(mailbox: Mailbox, password: str) -> str:
-    """Keep the new password for one download; return the token for the download link."""
+def stash_profile_password(session: SessionBase, mailbox: Mailbox, password: str) -> str:
+    """Keep the new password for one download in this session; return the id for the link."""
     secret = password.encode()
     pad = secrets.token_bytes(len(secret))
     stash_id = secrets.token_urlsafe(18)
     lifetime = profile_password_lifetime()
+    expires = (timezone.now() + lifetime).timestamp()
     cache.set(
         _stash_key(stash_id),
         {
             "mailbox": mailbox.pk,
             "ciphertext": _b64(_xor(secret, pad)),
             # The cache's own expiry may run on another clock (Redis): check ours too.
-            "expires": (timezone.now() + lifetime).timestamp(),
+            "expires": expires,
         },
         timeout=int(lifetime.total_seconds()),
     )
-    return f"{stash_id}.{_b64(pad)}"
+    now = timezone.now().timestamp()
+    pads = {
+        kept_id: kept
+        for kept_id, kept in _session_pads(session).items()
+        if kept.get("expires", 0) > now
+    }
+    pads[stash_id] = {"pad": _b64(pad), "expires": expires}
+    session[_PADS_SESSION_KEY] = pads
+    return stash_id
 
 
-def claim_profile_password(mailbox: Mailbox, token: str) -> str | None:
-    """The stashed password, once: the first claim removes it. None when gone or not ours."""
-    stash_id, _sep, pad_text = token.partition(".")
+def _session_pads(session: SessionBase) -> dict[str, dict[str, Any]]:
+    pads = session.get(_PADS_SESSION_KEY)
+    return dict(pads) if isinstance(pads, dict) else {}
+
+
+def _take_pad(session: SessionBase, stash_id: str) -> str | None:
+    pads = _session_pads(session)
+    kept = pads.pop(stash_id, None)
+    if kept is not None:
+        session[_PADS_SESSION_KEY] = pads
+    return kept.get("pad") if isinstance(kept, dict) else None
+
+
+def end_profile_stash(session: SessionBase, stash_id: str) -> None:
+    """Forget a download that will not happen: both halves, at once."""
+    if not _is_stash_id(stash_id):
+        return
+    _take_pad(session, stash_id)
+    cache.delete(_stash_key(stash_id))
+
+
+def claim_profile_password(session: SessionBase, mailbox: Mailbox, stash_id: str) -> str | None:
+    """The stashed password, once: any claim ends the stash. None when gone or not ours."""
+    if not _is_stash_id(stash_id):
+        return None
+    pad_text = _take_pad(session, stash_id)
     key = _stash_key(stash_id)
     stashed = cache.get(key)
-    if not isinstance(stashed, dict) or stashed.get("mailbox") != mailbox.pk:
-        return None
     # delete() says whether it removed the key: of two simultaneous downloads only one wins.
-    if not cache.delete(key):
+    if not cache.delete(key) or pad_text is None:
+        return None
+    if not isinstance(stashed, dict) or stashed.get("mailbox") != mailbox.pk:
         return None
     if timezone.now().timestamp() >= stashed["expires"]:
         return None

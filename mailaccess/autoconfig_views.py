@@ -21,8 +21,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from accounts import sudo
 from accounts.models import Mailbox
-from accounts.sudo import require_sudo_mode
 from mailaccess import autoconfig
 from mailaccess.instructions import IMAP_PORT, POP3_PORT, SMTP_SSL_PORT, SMTP_STARTTLS_PORT
 
@@ -147,17 +147,23 @@ def apple_profile(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @login_required
-@require_sudo_mode  # this download hands out a working password
 @require_GET
 def apple_profile_with_password(request: HttpRequest) -> HttpResponse:
     """The profile with the password just created, once, within a few minutes of it.
 
-    The token rides in the query string, not the path: Django logs the path of every 4xx
-    answer, and the token holds half of the secret.
+    The link names the stash (``mailaccess.autoconfig``), nothing of the secret. The download
+    hands out a working password, so it needs sudo mode; but when sudo mode is over, the
+    link is refused and the stash ended rather than kept for after the confirmation page:
+    the device can take the profile without a password instead.
     """
     mailbox = request.user
     assert isinstance(mailbox, Mailbox)
-    password = autoconfig.claim_profile_password(mailbox, request.GET.get("token", ""))
+    stash_id = request.GET.get("download", "")
+    password = None
+    if sudo.is_active(request):
+        password = autoconfig.claim_profile_password(request.session, mailbox, stash_id)
+    else:
+        autoconfig.end_profile_stash(request.session, stash_id)
     if password is None:
         context = {"minutes": settings.APPLE_PROFILE_PASSWORD_MINUTES}
         return render(request, "autoconfig/profile_gone.html", context, status=410)

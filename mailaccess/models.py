@@ -339,6 +339,16 @@ SECURITY_EVENTS = [
 ]
 
 
+# A support action says why, in a sentence: long enough not to be a blank ("-", "ok"), short
+# enough for the audit table. The staff member's name and address go with it.
+JUSTIFICATION_MIN_LENGTH = 5
+JUSTIFICATION_MAX_LENGTH = 500
+
+
+def is_justification(text: str) -> bool:
+    return JUSTIFICATION_MIN_LENGTH <= len(text.strip()) <= JUSTIFICATION_MAX_LENGTH
+
+
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def update(self, **kwargs: Any) -> int:
         raise TypeError("The audit log is append-only.")
@@ -367,6 +377,10 @@ class AuditEvent(models.Model):
     )
     actor_label = models.CharField(_("done by (name)"), max_length=254, blank=True)
     ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    # Why support acted, in the staff member's words (required for every support action).
+    justification = models.CharField(
+        _("justification"), max_length=JUSTIFICATION_MAX_LENGTH, blank=True
+    )
     detail = models.JSONField(_("detail"), default=dict, blank=True)
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
 

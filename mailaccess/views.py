@@ -130,7 +130,9 @@ def _panel(
         "new_app_password": new_app_password,
         # A one-time download of an Apple profile with this password inside: the profile sets
         # up IMAP and SMTP, so only for a password allowed both.
-        "apple_profile_token": autoconfig.stash_profile_password(mailbox, new_password)
+        "apple_profile_download": autoconfig.stash_profile_password(
+            request.session, mailbox, new_password
+        )
         if new_password
         and (
             new_app_password is None

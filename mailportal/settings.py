@@ -16,11 +16,62 @@ from django.utils.translation import gettext_lazy as _
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
 def envbool(name: str, default: bool) -> bool:
+    """A yes/no setting. A value it does not know is an error, not "off": a typo such as
+    ``SECURE_COOKIES=ture`` must stop the start, not quietly send cookies over plain HTTP."""
     value = os.environ.get(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={value!r} is neither on (1, true, yes, on) nor off (0, false, no, off)."
+    )
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from ``NAME`` or from the file ``NAME_FILE`` names, never both.
+
+    Files are how container secrets (/run/secrets/...) and systemd credentials
+    (``LoadCredential=``) hand a secret over without putting it in the environment, which
+    every child process inherits and ``/proc/<pid>/environ`` shows. A relative path is read
+    from ``$CREDENTIALS_DIRECTORY``, where systemd puts the credentials, so a unit can say
+    ``Environment=SECRET_KEY_FILE=secret_key``. One trailing newline (what ``echo`` and
+    editors add) is not part of the secret.
+    """
+    value = os.environ.get(name, "")
+    path_text = os.environ.get(f"{name}_FILE", "")
+    if not path_text:
+        return value or default
+    if value:
+        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+    path = Path(path_text)
+    if not path.is_absolute():
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        if not credentials:
+            raise ImproperlyConfigured(
+                f"{name}_FILE={path_text} is a relative path, which is read from "
+                "$CREDENTIALS_DIRECTORY (systemd's LoadCredential=), and that is not set."
+            )
+        path = Path(credentials) / path
+    try:
+        secret = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        # The error names the file and why, never its contents.
+        raise ImproperlyConfigured(
+            f"{name}_FILE: cannot read {path} ({type(error).__name__})."
+        ) from error
+    secret = secret.removesuffix("\r\n") if secret.endswith("\r\n") else secret.removesuffix("\n")
+    if not secret:
+        raise ImproperlyConfigured(f"{name}_FILE: {path} is empty.")
+    return secret
 
 
 def envint(name: str, default: int) -> int:
@@ -34,11 +85,11 @@ def envlist(name: str, default: str) -> list[str]:
 
 DEBUG = envbool("DEBUG", False)
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "SECRET_KEY must be set when DEBUG is off (see .env.example). "
+            "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off (see .env.example). "
             "For local development run `make run`, which sets DEBUG=1."
         )
     # Only ever used on a developer's machine: DEBUG is on.
@@ -98,15 +149,17 @@ TEMPLATES = [
 
 # The embedded default: a SQLite file in the git-ignored var/ folder.
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+# URLs with a password inside may come from files too (DATABASE_URL_FILE, REDIS_URL_FILE, ...).
+_database_url = env_secret("DATABASE_URL")
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'mailportal.sqlite3'}",
+        _database_url or f"sqlite:///{VAR_DIR / 'mailportal.sqlite3'}",
         conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60),
         conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    if not os.environ.get("DATABASE_URL"):
+    if not _database_url:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
     # SQLite has no SELECT ... FOR UPDATE: taking the write lock when a transaction begins
     # (IMMEDIATE) serialises the access actions the way row locks do on PostgreSQL. Without
@@ -123,7 +176,7 @@ LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "mailaccess:settings"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = env_secret("REDIS_URL")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -194,7 +247,7 @@ EMAIL_BACKEND = os.environ.get(
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
-EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Inbox.lv <noreply@inbox.lv>")
 
@@ -213,8 +266,11 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
-# Preloading cannot be undone quickly: the operator opts in.
-SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# On, like the two above and like .env.example. The directive alone puts nothing in a
+# browser's preload list: that takes a submission of the registered domain (inbox.lv), whose
+# own apex must send it; the provider's mail web is HTTPS-only anyway. Off would make every
+# production `check --deploy` warn (security.W021) unless each operator remembered to opt in.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", not DEBUG)
 if os.environ.get("SECURE_PROXY_SSL_HEADER"):
     _header, _sep, _value = os.environ["SECURE_PROXY_SSL_HEADER"].partition(",")
     if not _sep or not _header.strip().startswith("HTTP_") or not _value.strip():
@@ -263,14 +319,12 @@ LOGGING = {
 
 # The mail-server side (auth policy, SMTP policy daemon): its counters and cached state live
 # in Redis. Seconds, not more: Dovecot and Postfix wait on every answer.
-MAILSERVER_REDIS_URL = os.environ.get(
-    "MAILSERVER_REDIS_URL", REDIS_URL or "redis://127.0.0.1:6379/0"
-)
+MAILSERVER_REDIS_URL = env_secret("MAILSERVER_REDIS_URL", REDIS_URL or "redis://127.0.0.1:6379/0")
 MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5"))
 
 # The Dovecot auth-policy endpoint (manage.py auth_policy_server). Dovecot sends this key in
 # X-API-Key (auth_policy_server_api_header); while it is empty every request gets a 401.
-AUTH_POLICY_API_KEY = os.environ.get("AUTH_POLICY_API_KEY", "")
+AUTH_POLICY_API_KEY = env_secret("AUTH_POLICY_API_KEY")
 # "No checks more often than every five minutes" (the help page). What a check is: see
 # mailaccess/mailserver/auth_policy.py.
 AUTH_POLICY_CHECK_INTERVAL = envint("AUTH_POLICY_CHECK_INTERVAL", 300)
@@ -333,7 +387,7 @@ SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED = envint(
 # broker (the embedded default of `make run`) tasks run eagerly in the process that queues them:
 # a block notice is e-mailed synchronously once the block commits, and the periodic jobs run
 # through `manage.py run_job` instead of beat. Nothing then needs a worker.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not CELERY_BROKER_URL)
 # A task is acknowledged only once done, and requeued when its worker dies: every task is
 # idempotent, so running one twice is safe, and losing one is not.
@@ -392,7 +446,7 @@ JOB_BATCH_SIZE = envint("JOB_BATCH_SIZE", 1000)
 # and Redis this many seconds: a load balancer's probe must finish well inside its interval.
 HEALTH_CHECK_TIMEOUT = float(os.environ.get("HEALTH_CHECK_TIMEOUT", "1.0"))
 # Prometheus sends it as "Authorization: Bearer <token>" to every /metrics; empty: no scraping.
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
 # host:port where `smtp_policy_server` answers /healthz, /readyz and /metrics over HTTP, and
 # where a Celery worker serves /metrics (each process of a host needs its own port).
 SMTP_POLICY_HEALTH_LISTEN = os.environ.get("SMTP_POLICY_HEALTH_LISTEN", "")

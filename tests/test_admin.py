@@ -22,6 +22,8 @@ from tests.conftest import csrf_post
 from tests.otp import verified_client
 
 CHANGELIST = reverse("admin:accounts_mailbox_changelist")
+# Every support action says why (tests/test_support_audit.py).
+WHY = "Ticket 4711: the owner asked us to."
 
 
 def change_url(mailbox: Mailbox) -> str:
@@ -82,7 +84,12 @@ def bulk(client: Client, action: str, mailboxes: list[Mailbox], **data: str):  #
     return csrf_post(
         client,
         CHANGELIST,
-        {"action": action, ACTION_CHECKBOX_NAME: [str(m.pk) for m in mailboxes], **data},  # type: ignore[dict-item]
+        {
+            "action": action,
+            ACTION_CHECKBOX_NAME: [str(m.pk) for m in mailboxes],  # type: ignore[dict-item]
+            "justification": WHY,
+            **data,
+        },
     )
 
 
@@ -144,7 +151,9 @@ def test_blocking_asks_first_then_blocks_notifies_and_names_the_staff_member(
     assert 'name="reason"' in confirmation.content.decode()
     assert access_of(alice).enabled, "asking changes nothing"
 
-    response = csrf_post(staff_client, action_url(alice, "block"), {"reason": "faulty_program"})
+    response = csrf_post(
+        staff_client, action_url(alice, "block"), {"reason": "faulty_program", "justification": WHY}
+    )
     assert response.status_code == 302
     access = access_of(alice)
     assert not access.enabled
@@ -163,7 +172,9 @@ def test_blocking_asks_first_then_blocks_notifies_and_names_the_staff_member(
 def test_a_block_with_an_unknown_reason_changes_nothing(
     staff_client: Client, alice: Mailbox, alice_on: str
 ) -> None:
-    response = csrf_post(staff_client, action_url(alice, "block"), {"reason": "because"})
+    response = csrf_post(
+        staff_client, action_url(alice, "block"), {"reason": "because", "justification": WHY}
+    )
     assert response.status_code == 400
     assert access_of(alice).enabled
     assert not Notice.objects.exists()
@@ -172,7 +183,7 @@ def test_a_block_with_an_unknown_reason_changes_nothing(
 def test_marking_compromised_forces_a_web_password_change(
     staff_client: Client, staff: Mailbox, alice: Mailbox, alice_on: str
 ) -> None:
-    csrf_post(staff_client, action_url(alice, "compromised"))
+    csrf_post(staff_client, action_url(alice, "compromised"), {"justification": WHY})
     access = access_of(alice)
     assert access.block_reason == BlockReason.COMPROMISED
     assert access.requires_password_change
@@ -185,7 +196,7 @@ def test_lifting_a_block_leaves_access_off_for_the_owner_to_switch_on(
     staff_client: Client, staff: Mailbox, alice: Mailbox
 ) -> None:
     actions.block_access(alice, BlockReason.COMPROMISED, actor=Actor.system("test"))
-    csrf_post(staff_client, action_url(alice, "unblock"))
+    csrf_post(staff_client, action_url(alice, "unblock"), {"justification": WHY})
     access = access_of(alice)
     assert (access.block_reason, access.requires_password_change, access.enabled) == (
         "",
@@ -199,7 +210,7 @@ def test_lifting_a_block_leaves_access_off_for_the_owner_to_switch_on(
 def test_ending_all_passwords_switches_access_off(
     staff_client: Client, staff: Mailbox, alice: Mailbox, alice_on: str
 ) -> None:
-    csrf_post(staff_client, action_url(alice, "end-passwords"))
+    csrf_post(staff_client, action_url(alice, "end-passwords"), {"justification": WHY})
     assert not access_of(alice).enabled
     assert not AppPassword.objects.live().filter(mailbox=alice).exists()
     event = last_event(alice)
@@ -212,7 +223,9 @@ def test_ending_all_passwords_switches_access_off(
 
 def test_changing_the_plan_is_audited(staff_client: Client, staff: Mailbox, alice: Mailbox) -> None:
     actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
-    csrf_post(staff_client, action_url(alice, "change-plan"), {"plan": "plus"})
+    csrf_post(
+        staff_client, action_url(alice, "change-plan"), {"plan": "plus", "justification": WHY}
+    )
     alice.refresh_from_db()
     assert alice.plan == Plan.PLUS
     event = last_event(alice)
@@ -232,7 +245,7 @@ def test_support_lifts_the_free_limits_of_an_upgrade_sooner(
     assert alice.sending_limits_lift_at is not None
     page = staff_client.get(change_url(alice)).content.decode()
     assert action_url(alice, "lift-sending-limits") in page
-    csrf_post(staff_client, action_url(alice, "lift-sending-limits"), {})
+    csrf_post(staff_client, action_url(alice, "lift-sending-limits"), {"justification": WHY})
     alice.refresh_from_db()
     assert alice.sending_limits_lift_at is None
     event = last_event(alice)
@@ -246,7 +259,8 @@ def test_lifting_limits_needs_the_plan_permission(outsider_client: Client, alice
     assert outsider_client.get(url).status_code == 403
     outsider_client.get(reverse("admin:index"))
     token = outsider_client.cookies["csrftoken"].value
-    assert outsider_client.post(url, {"csrfmiddlewaretoken": token}).status_code == 403
+    response = outsider_client.post(url, {"justification": WHY, "csrfmiddlewaretoken": token})
+    assert response.status_code == 403
     alice.refresh_from_db()
     assert alice.sending_limits_lift_at is not None
 

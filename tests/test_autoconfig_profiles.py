@@ -1,9 +1,12 @@
 """Apple configuration profiles for iOS and macOS Mail."""
 
+import base64
+import html
 import os
 import plistlib
 import re
 from datetime import timedelta
+from urllib.parse import unquote
 
 import pytest
 import time_machine
@@ -15,11 +18,12 @@ from pytest_django.fixtures import Settings
 
 from accounts import sudo
 from accounts.models import Mailbox
-from tests.conftest import csrf_post
+from tests.conftest import csrf_post, signed_in_client
 
 MAIL_PROGRAMS = reverse("mailaccess:mail_programs")
 GENERIC = reverse("mailaccess:apple_profile")
-ONCE_LINK_RE = re.compile(r'href="(/settings/mail-programs/apple-profile/once/\?token=[^"]+)"')
+ONCE_LINK_RE = re.compile(r'href="(/settings/mail-programs/apple-profile/once/\?[^"]+)"')
+URL_ATTRIBUTE_RE = re.compile(r'(?:href|src|action|formaction)="([^"]*)"')
 PASSWORD_RE = re.compile(r'<output id="new-password"[^>]*>([a-z2-9-]+)</output>')
 
 
@@ -116,10 +120,22 @@ def switch_on_again(client: Client) -> tuple[str, str]:
     return switch_on(client)
 
 
-def test_someone_else_cannot_use_the_link(alice_client: Client, bob_client: Client) -> None:
-    password, link = switch_on(alice_client)
+def test_someone_else_cannot_use_the_link_and_it_ends_it(
+    alice_client: Client, bob_client: Client
+) -> None:
+    _password, link = switch_on(alice_client)
     assert bob_client.get(link).status_code == 410
-    assert mail_account(alice_client.get(link))["IncomingPassword"] == password
+    assert alice_client.get(link).status_code == 410
+
+
+def test_the_link_works_only_in_the_session_that_made_the_password(
+    alice: Mailbox, alice_client: Client
+) -> None:
+    _password, link = switch_on(alice_client)
+    # The same owner signed in elsewhere (or someone who copied the link and the password).
+    other_browser = signed_in_client(alice)
+    assert other_browser.get(link).status_code == 410
+    assert alice_client.get(link).status_code == 410
 
 
 def test_a_link_of_a_password_switched_off_gives_nothing(alice_client: Client) -> None:
@@ -128,10 +144,86 @@ def test_a_link_of_a_password_switched_off_gives_nothing(alice_client: Client) -
     assert alice_client.get(link).status_code == 410
 
 
-def test_a_tampered_token_gives_nothing(alice_client: Client) -> None:
+def test_a_made_up_link_gives_nothing(alice_client: Client) -> None:
     _password, link = switch_on(alice_client)
-    stash_id = link.split("token=")[1].split(".")[0]
-    assert alice_client.get(f"{link.split('?')[0]}?token={stash_id}.AAAAAAAA").status_code == 410
+    base = link.split("?")[0]
+    for download in ["", "x", "A" * 24, "../" * 8, link.split("=")[1] + "A"]:
+        assert alice_client.get(base, {"download": download}).status_code == 410
+    # Nothing above named the real stash: it still works.
+    assert alice_client.get(link).status_code == 200
+
+
+def stashes() -> dict[str, dict]:  # type: ignore[type-arg]
+    """The profile stashes in the (local-memory) cache, by cache key."""
+    store = getattr(cache, "_cache", None)
+    if store is None:
+        pytest.skip("the cache in use cannot be listed")
+    found = {}
+    for key in list(store):
+        # Stored as ":<version>:<key>": read back through the cache itself.
+        _empty, _version, name = key.split(":", 2)
+        if name.startswith("apple-profile:"):
+            found[name] = cache.get(name)
+    return found
+
+
+def urls_on(page: str) -> list[str]:
+    return [unquote(html.unescape(url)) for url in URL_ATTRIBUTE_RE.findall(page)]
+
+
+def test_no_url_on_the_page_holds_the_password_or_its_pad(alice_client: Client) -> None:
+    response = csrf_post(alice_client, MAIL_PROGRAMS, {"external_access": "on"})
+    page = response.content.decode()
+    password = PASSWORD_RE.search(page)
+    assert password and ONCE_LINK_RE.search(page)
+    secret = password.group(1).encode()
+    (stash,) = stashes().values()
+    ciphertext = base64.urlsafe_b64decode(stash["ciphertext"] + "=" * 4)
+    pad = bytes(a ^ b for a, b in zip(ciphertext, secret, strict=True))
+    pad_texts = {base64.urlsafe_b64encode(pad).decode().rstrip("="), pad.hex()}
+    for url in urls_on(page):
+        assert password.group(1) not in url
+        for pad_text in pad_texts:
+            assert pad_text not in url, url
+
+
+def signed_in_without_sudo(client: Client) -> None:
+    session = client.session
+    session[sudo.SESSION_KEY] = 0
+    session.save()
+
+
+def test_a_download_refused_because_sudo_mode_is_over_ends_the_stash(
+    alice_client: Client,
+) -> None:
+    _password, link = switch_on(alice_client)
+    assert stashes()
+    signed_in_without_sudo(alice_client)
+    refused = alice_client.get(link)
+    assert refused.status_code == 410
+    assert 'name="sudo-password"' not in refused.content.decode()
+    assert stashes() == {}
+    assert not alice_client.session.get("apple_profile_pads")
+    # Proof again does not bring it back.
+    session = alice_client.session
+    sudo.grant(session)
+    session.save()
+    assert alice_client.get(link).status_code == 410
+
+
+def test_a_download_refused_to_someone_else_ends_the_stash(
+    alice_client: Client, bob_client: Client
+) -> None:
+    _password, link = switch_on(alice_client)
+    assert bob_client.get(link).status_code == 410
+    assert stashes() == {}
+
+
+def test_a_download_ends_the_stash(alice_client: Client) -> None:
+    _password, link = switch_on(alice_client)
+    assert alice_client.get(link).status_code == 200
+    assert stashes() == {}
+    assert alice_client.session["apple_profile_pads"] == {}
 
 
 def test_the_password_is_not_kept_in_plain_text(alice_client: Client, alice: Mailbox) -> None:

@@ -221,6 +221,9 @@ class Command(BaseCommand):
             parts.append(f"by {event.get_actor_kind_display()} {event.actor_label}".rstrip())
             if event.ip:
                 parts.append(f"from {event.ip}")
+            if event.justification:
+                # Free text typed by staff: one line, so the story stays one event per line.
+                parts.append(f"why: {' '.join(event.justification.split())}")
             if event.detail:
                 parts.append(" ".join(f"{key}={value}" for key, value in event.detail.items()))
             self.line(when(event.created_at), "; ".join(parts))
