@@ -29,5 +29,11 @@ class Command(BaseCommand):
                 if staff:
                     mailbox.is_staff = mailbox.is_superuser = True
                     mailbox.save(update_fields=["is_staff", "is_superuser"])
-            role = "support staff, /admin/" if staff else str(Plan(plan).label)
+            # The admin asks every staff member for a second step: the demo's sets up an
+            # authenticator app on its first visit, like a real support account.
+            role = (
+                "support staff, /admin/ (sets up two-factor sign-in on the first visit)"
+                if staff
+                else str(Plan(plan).label)
+            )
             self.stdout.write(f"  {address:<22} {password:<20} ({role})")
