@@ -443,3 +443,21 @@ def wait_for_lock_wait(url: str) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("the server's write never waited for the lock")
+
+
+def test_json_nested_thousands_deep_is_a_bad_request_not_a_crash(server: Server) -> None:
+    with server.connect() as sock:
+        reader = Reader(sock)
+        for _ in range(20):
+            sock.sendall(post(b"[" * 5000))
+            answer = reader.answer()
+            # The documented answer to any malformed body: allowed, the passdb decides.
+            assert (answer.status, json.loads(answer.body)) == (200, {"status": 0, "msg": ""})
+        sock.sendall(post(b'{"login": "x\\u0000\\ud800@inbox.lv", "protocol": "imap"}'))
+        answer = reader.answer()
+        assert (answer.status, json.loads(answer.body)) == (200, {"status": 0, "msg": ""})
+    output = server.output()
+    assert "Traceback" not in output
+    assert "RecursionError" not in output
+    # Twenty-one bad requests within a second or two: one or two lines, not one each.
+    assert 1 <= output.count("event=auth_policy.bad_request") <= 3

@@ -179,13 +179,28 @@ def _flag(data: dict[str, Any], key: str) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in {"true", "yes", "1"})
 
 
+# The fields whose text goes to Redis (keys and script arguments) or the database.
+_STORED_FIELDS = ("protocol", "remote", "pwhash", "session_id", "app_password", "password_key")
+
+
+def _check_text(data: dict[str, Any], login: str) -> None:
+    if not login.isprintable():
+        raise RequestError("login has control characters")
+    try:
+        "".join(_text(data, key) for key in _STORED_FIELDS).encode()
+    except UnicodeEncodeError:
+        raise RequestError("lone surrogate in a field") from None
+
+
 def parse_request(command: Command, body: bytes) -> PolicyRequest:
     """The JSON Dovecot POSTs. Only ``login`` is required; the rest degrade gracefully."""
     if len(body) > MAX_BODY_BYTES:
         raise RequestError("body too large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested thousands deep ("[" * 5000), which the parser gives up
+        # on. Still just a malformed body, not a crash.
         raise RequestError("malformed JSON") from None
     if not isinstance(data, dict):
         raise RequestError("not a JSON object")
@@ -193,6 +208,13 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
     if not login or len(login) > 254:
         raise RequestError("login missing")
     service = _text(data, "protocol").strip().lower()
+    if not body.isascii() or b"\\u" in body:
+        # Only an escape or a non-ASCII byte can bring a control character or a lone
+        # surrogate into a string (JSON refuses raw control characters): checked only then,
+        # so the plain bodies Dovecot sends cost two scans in C. No address holds either;
+        # PostgreSQL refuses NUL in text and a lone surrogate cannot even be encoded for
+        # Redis, so such a login is a bad request, answered as an unknown address is.
+        _check_text(data, login)
     network, remote = client_network(_text(data, "remote"))
     return PolicyRequest(
         command=command,

@@ -52,13 +52,18 @@ from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.models import Actor, BlockReason
 from mailportal import health, metrics
-from mailportal.logging import log_event, short_id
+from mailportal.logging import Throttle, log_event, short_id
 
 logger = logging.getLogger("mailaccess.auth_policy")
 # Every answer is one log line, but a plain "allow" at DEBUG: at thousands of logins a second
 # INFO would be mostly noise, and Dovecot logs each login itself. Refusals, delays, failed
 # passwords, recorded uses and blocks are INFO and up.
 QUIET_RESULTS = frozenset({"allow", "unknown", "success", "none"})
+# A stranger's login name reaches this endpoint: what one can cause on every request (a bad
+# request, an unexpected error) is logged a line a second at most per process, with the
+# number left out; the metrics count every one.
+_BAD_REQUEST_LOG = Throttle()
+_ERROR_LOG = Throttle()
 
 PATH = b"/auth-policy"
 JSON = b"application/json"
@@ -187,7 +192,14 @@ class AuthPolicyApp:
             request = auth_policy.parse_request(command, body)
         except RequestError as error:
             metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
-            log_event(logger, "auth_policy.bad_request", logging.WARNING, reason=str(error))
+            if (left_out := _BAD_REQUEST_LOG.due()) is not None:
+                log_event(
+                    logger,
+                    "auth_policy.bad_request",
+                    logging.WARNING,
+                    reason=str(error),
+                    left_out=left_out,
+                )
             return OK_ALLOWED
         started = time.perf_counter()
         protocol = request.protocol.value if request.protocol else "other"
@@ -237,14 +249,16 @@ class AuthPolicyApp:
 
     def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
         if not isinstance(error, redis.RedisError):
-            log_event(
-                logger,
-                "auth_policy.error",
-                logging.ERROR,
-                exc_info=True,
-                mailbox=request.login,
-                command=request.command.value,
-            )
+            if (left_out := _ERROR_LOG.due()) is not None:
+                log_event(
+                    logger,
+                    "auth_policy.error",
+                    logging.ERROR,
+                    exc_info=True,
+                    mailbox=request.login,
+                    command=request.command.value,
+                    left_out=left_out,
+                )
             return
         metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
         # Redis down fails every request: one line a second per process says so well enough,
