@@ -126,9 +126,7 @@ def test_control_characters_from_a_request_are_escaped_in_the_log(
     login = "x\x00@inbox.lv\x1b[2J\x07\x7f\x9b\u2028\ud800\t"
     log_event(logger, "auth_policy.allow", mailbox=login)
     line = formatted(caplog)
-    assert line.endswith(
-        'mailbox="x\\x00@inbox.lv\\x1b[2J\\x07\\x7f\\x9b\\u2028\\ud800\\t"'
-    ), line
+    assert line.endswith('mailbox="x\\x00@inbox.lv\\x1b[2J\\x07\\x7f\\x9b\\u2028\\ud800\\t"'), line
     assert line.isprintable()
     line.encode("utf-8")  # what a log file needs
     assert "Traceback" not in formatted(caplog)
