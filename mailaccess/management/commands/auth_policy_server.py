@@ -42,6 +42,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.AUTH_POLICY_API_KEY.strip():
+            # Without a key every request gets a 401: with Dovecot's
+            # auth_policy_reject_on_fail = no every check would silently switch off, while
+            # this process looked healthy. Refuse to start instead, so the unit fails loudly.
+            raise CommandError(
+                "AUTH_POLICY_API_KEY is not set: the auth policy refuses to start without it "
+                "(set the same key in Dovecot's auth_policy_server_api_header; see deploy/README.md)."
+            )
         try:
             host, port = parse_listen(options["listen"])
             # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
