@@ -42,6 +42,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            host, port = parse_listen(options["listen"])
+            # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
+            # the start, rather than failing every request later.
+            tls_context(settings.MAILSERVER_REDIS_URL)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
         if not settings.AUTH_POLICY_API_KEY.strip():
             # Without a key every request gets a 401: with Dovecot's
             # auth_policy_reject_on_fail = no every check would silently switch off, while
@@ -50,13 +57,6 @@ class Command(BaseCommand):
                 "AUTH_POLICY_API_KEY is not set: the auth policy refuses to start without it "
                 "(set the same key in Dovecot's auth_policy_server_api_header; see deploy/README.md)."
             )
-        try:
-            host, port = parse_listen(options["listen"])
-            # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
-            # the start, rather than failing every request later.
-            tls_context(settings.MAILSERVER_REDIS_URL)
-        except ValueError as error:
-            raise CommandError(str(error)) from error
         processes: int = options["processes"]
         if processes < 1:
             raise CommandError("--processes must be at least 1")
