@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from accounts.models import Mailbox
 from mailaccess import actions
@@ -64,6 +64,7 @@ QUIET_RESULTS = frozenset({"allow", "unknown", "success", "none"})
 # number left out; the metrics count every one.
 _BAD_REQUEST_LOG = Throttle()
 _ERROR_LOG = Throttle()
+_DATABASE_ERROR_LOG = Throttle()
 
 PATH = b"/auth-policy"
 JSON = b"application/json"
@@ -138,10 +139,16 @@ class AuthPolicyApp:
             self._store = PolicyStore(client, self.limits)
         return self._store
 
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+    @property
+    def database(self) -> DatabaseThreads:
         if self._executor is None:
             self._executor = DatabaseThreads(DB_THREADS, "auth-policy-db")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return self._executor
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any, finish: bool = False) -> T:
+        """The ORM in the app's threads, waited for ``MAILSERVER_DATABASE_WAIT`` at most
+        (``database_threads.py``): past that, TimeoutError, and the request is a 503."""
+        return await self.database.call(function, *args, finish=finish)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -248,6 +255,18 @@ class AuthPolicyApp:
             )
 
     def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+        if isinstance(error, TimeoutError | DatabaseError):
+            # PostgreSQL away or slow: every cache miss fails alike, a line a second says so.
+            if (left_out := _DATABASE_ERROR_LOG.due()) is not None:
+                log_event(
+                    logger,
+                    "auth_policy.database_error",
+                    logging.ERROR,
+                    error=type(error).__name__,
+                    command=request.command.value,
+                    left_out=left_out,
+                )
+            return
         if not isinstance(error, redis.RedisError):
             if (left_out := _ERROR_LOG.due()) is not None:
                 log_event(
@@ -302,8 +321,8 @@ class AuthPolicyApp:
             metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
             checks["redis"] = type(error).__name__
         try:
-            checks["database"] = await asyncio.wait_for(
-                self._in_thread(health.check_database, timeout), timeout + 0.5
+            checks["database"] = await self.database.call(
+                health.check_database, timeout, wait=timeout + 0.5
             )
         except TimeoutError:
             checks["database"] = "TimeoutError"
@@ -372,7 +391,12 @@ class AuthPolicyApp:
                 client_ip=request.remote,
                 connections_per_hour=self.limits.faulty_connections_per_hour,
             )
+            # Never dropped: the script reports a faulty program once.
             await self._in_thread(
-                _block_faulty, result.state, request, self.limits.faulty_connections_per_hour
+                _block_faulty,
+                result.state,
+                request,
+                self.limits.faulty_connections_per_hour,
+                finish=True,
             )
         return effect

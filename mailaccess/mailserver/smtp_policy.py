@@ -57,7 +57,7 @@ from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 from mailportal import metrics
-from mailportal.logging import log_event
+from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,8 @@ class SmtpPolicy:
         self._fallbacks = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups: set[asyncio.Task[str | None]] = set()
+        self.database_wait = settings.MAILSERVER_DATABASE_WAIT
+        self._lookup_failures_log = Throttle()
 
     # -- the decision -------------------------------------------------------------------
 
@@ -494,21 +496,26 @@ class SmtpPolicy:
 
         async def load() -> str | None:
             try:
-                sender = await self._directory.sender(address)
-                if sender is None:
-                    log.debug("no mailbox for sasl_username %s", address)
-                    return DUNNO
-                now = now_ms()
-                limits = await self._directory.limits(sender.sending_plan(now))
+                # Bounded (MAILSERVER_DATABASE_WAIT): the load goes on in its thread, bounded
+                # by its connection's timeouts (database_threads.py), and fills the cache.
+                async with asyncio.timeout(self.database_wait):
+                    sender = await self._directory.sender(address)
+                    if sender is None:
+                        log.debug("no mailbox for sasl_username %s", address)
+                        return DUNNO
+                    now = now_ms()
+                    limits = await self._directory.limits(sender.sending_plan(now))
             except Exception as error:
                 # The database is down or slow: the same choice as for Redis.
-                log_event(
-                    log,
-                    "smtp_policy.lookup_failed",
-                    logging.ERROR,
-                    mailbox=address,
-                    error=type(error).__name__,
-                )
+                if (left_out := self._lookup_failures_log.due()) is not None:
+                    log_event(
+                        log,
+                        "smtp_policy.lookup_failed",
+                        logging.ERROR,
+                        mailbox=address,
+                        error=type(error).__name__,
+                        left_out=left_out,
+                    )
                 return self.fallback_action()
             return self._ask_redis(sender, limits, count_it, answer, now)
 
