@@ -13,19 +13,27 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import time_machine
 
-from tests.mailservers import free_port, start_command, stop_process, tail
+from accounts.models import Mailbox
+from tests.mailservers import REPO, free_port, start_command, stop_process, tail, wait_for_port
 
 pytestmark = [pytest.mark.e2e]
 
 API_KEY = "outage-test-key-0123456789"
+MONDAY = datetime(2026, 11, 9, 10, 0, tzinfo=UTC)
+ALICE = "alice@inbox.lv"
 
 
 def redis_url() -> str:
@@ -179,3 +187,119 @@ def test_only_the_policy_servers_database_threads_carry_the_timeouts() -> None:
     assert asyncio.run(in_pool()) == "2s"
     # The web, the jobs and the migrations keep PostgreSQL's default (none).
     assert statement_timeout() == "0"
+
+
+# --- Redis restarted ---------------------------------------------------------------------
+
+
+class DurableRedis:
+    """A redis-server of the test's own, from deploy/redis/mailportal-redis.conf, in its own
+    folder; ``restart`` stops it (cleanly, or by a crash) and starts it on the same files."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.folder / f"redis-{self.starts}.log"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    str(REPO / "deploy" / "redis" / "mailportal-redis.conf"),
+                    # What the site's own redis.conf sets (this file leaves them alone).
+                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--dir", str(self.folder), "--daemonize", "no", "--logfile", ""),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, self.process, lambda: tail(log))
+        # Loading the file happens before Redis answers anything but LOADING errors.
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.BusyLoadingError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self, how: str) -> None:
+        assert self.process is not None
+        if how == "crash":
+            # everysec: what was written more than a second ago is on disk.
+            time.sleep(1.5)
+            self.process.kill()
+            self.process.wait(10)
+        else:
+            stop_process(self.process)  # SIGTERM, as systemctl stop / restart sends
+
+    def config(self, name: str) -> str:
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            return str(client.config_get(name)[name])
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
+    redis_url()  # skips where no Redis is wanted, like every Redis test
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is needed to restart a Redis of the test's own")
+    server = DurableRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        stop_process(server.process)
+
+
+@pytest.mark.parametrize("how", ["clean", "crash"])
+@pytest.mark.django_db(transaction=True)
+def test_a_redis_restart_keeps_the_sending_counts_and_the_guessing_lock(
+    durable_redis: DurableRedis, settings: Any, alice: Mailbox, how: str
+) -> None:
+    from mailaccess import actions
+    from mailaccess.mailserver import redis_client
+    from mailaccess.models import Actor
+    from tests.policy_client import API_KEY
+    from tests.policy_client import login as dovecot_login
+    from tests.policy_daemon import RunningDaemon
+
+    assert durable_redis.config("appendonly") == "yes"
+    assert durable_redis.config("appendfsync") == "everysec"
+    url = durable_redis.url
+    settings.MAILSERVER_REDIS_URL = url
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    redis_client.sync_client.cache_clear()
+    try:
+        assert actions.enable_access(alice, actor=Actor.user(alice)) is not None
+        with time_machine.travel(MONDAY, tick=False):
+            # Five messages in a minute, the free plan's limit; and ten different wrong
+            # passwords from a network alice never used, which lock her mailbox there.
+            with RunningDaemon(url) as daemon, daemon.connect() as client:
+                for number in range(5):
+                    assert client.send_message(ALICE, f"before-{number}") == "DUNNO"
+            for number in range(10):
+                dovecot_login(url, ALICE, pwhash=f"bad{number:03x}", right=False)
+            assert dovecot_login(url, ALICE)["status"] == -1
+
+            durable_redis.stop(how)
+            durable_redis.start()
+
+            # A new daemon process, as after a restart of everything: it knows only Redis.
+            with RunningDaemon(url) as daemon, daemon.connect() as client:
+                sixth = client.send_message(ALICE, "after")
+            assert sixth.startswith("DEFER_IF_PERMIT "), sixth
+            locked = dovecot_login(url, ALICE)
+            assert locked["status"] == -1, locked
+    finally:
+        redis_client.sync_client.cache_clear()
