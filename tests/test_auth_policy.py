@@ -181,6 +181,8 @@ def test_the_owners_usual_network_is_never_locked_out() -> None:
         b'{"login": "alice@inbox.lv", "protocol": "imap", "session_id": "\\udfff"}',
         b'{"login": "alice@inbox.lv", "protocol": "\\ud83d"}',
         b'{"login": "alice\\u001b[2J@inbox.lv"}',
+        b'{"login": "alice\\n@inbox.lv"}',
+        b'{"login": "alice\x7f@inbox.lv"}',
     ],
     ids=[
         "nested",
@@ -190,6 +192,8 @@ def test_the_owners_usual_network_is_never_locked_out() -> None:
         "surrogate-session",
         "surrogate-protocol",
         "escape",
+        "line-break",
+        "raw-del",
     ],
 )
 def test_deep_nesting_control_characters_and_lone_surrogates_are_bad_requests(

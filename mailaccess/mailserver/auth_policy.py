@@ -183,9 +183,7 @@ def _flag(data: dict[str, Any], key: str) -> bool:
 _STORED_FIELDS = ("protocol", "remote", "pwhash", "session_id", "app_password", "password_key")
 
 
-def _check_text(data: dict[str, Any], login: str) -> None:
-    if not login.isprintable():
-        raise RequestError("login has control characters")
+def _check_encodable(data: dict[str, Any]) -> None:
     try:
         "".join(_text(data, key) for key in _STORED_FIELDS).encode()
     except UnicodeEncodeError:
@@ -208,13 +206,15 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
     if not login or len(login) > 254:
         raise RequestError("login missing")
     service = _text(data, "protocol").strip().lower()
+    if not login.isprintable():
+        # NUL, other control characters, lone surrogates: no address holds one, PostgreSQL
+        # refuses NUL in text and a lone surrogate cannot even be encoded for Redis. A bad
+        # request, answered as an unknown address is.
+        raise RequestError("login has control characters")
     if not body.isascii() or b"\\u" in body:
-        # Only an escape or a non-ASCII byte can bring a control character or a lone
-        # surrogate into a string (JSON refuses raw control characters): checked only then,
-        # so the plain bodies Dovecot sends cost two scans in C. No address holds either;
-        # PostgreSQL refuses NUL in text and a lone surrogate cannot even be encoded for
-        # Redis, so such a login is a bad request, answered as an unknown address is.
-        _check_text(data, login)
+        # Only a \u escape or a non-ASCII byte can put a lone surrogate into the other
+        # fields: checked only then, so Dovecot's plain bodies cost two scans in C.
+        _check_encodable(data)
     network, remote = client_network(_text(data, "remote"))
     return PolicyRequest(
         command=command,

@@ -55,7 +55,7 @@ class Command(BaseCommand):
             # this process looked healthy. Refuse to start instead, so the unit fails loudly.
             raise CommandError(
                 "AUTH_POLICY_API_KEY is not set: the auth policy refuses to start without it "
-                "(set the same key in Dovecot's auth_policy_server_api_header; see deploy/README.md)."
+                "(Dovecot sends the same key: auth_policy_server_api_header; see deploy/README.md)."
             )
         processes: int = options["processes"]
         if processes < 1:
