@@ -9,8 +9,9 @@ loaded two-core machine must not turn slowness into a failure).
   ``ProtocolError`` and nothing else; every accessor of a parsed request raises nothing else
   either; well-formed requests come back attribute for attribute, however they are split.
 - Dovecot's auth-policy JSON: any body, and any JSON document (deeply nested ones included),
-  gives a request or ``RequestError`` and nothing else; a request's text fields can always be
-  encoded for Redis; well-formed Dovecot requests come back as sent.
+  gives a request or ``RequestError`` and nothing else; a request's Redis commands encode, or
+  fail with ``UnicodeEncodeError`` before anything is sent (answered as a bad request);
+  well-formed Dovecot requests come back as sent.
 - Log values: whatever the text, one line without control characters, writable as UTF-8.
 """
 
@@ -26,10 +27,12 @@ from hypothesis import strategies as st
 
 from mailaccess.mailserver.auth_policy import (
     Command,
+    Limits,
     RequestError,
     parse_command,
     parse_request,
 )
+from mailaccess.mailserver.auth_policy_store import PolicyStore
 from mailaccess.mailserver.postfix_policy import (
     PolicyRequest,
     ProtocolError,
@@ -164,25 +167,25 @@ FIELDS = st.sampled_from(
 )
 
 
+STORE = PolicyStore(None, Limits())  # type: ignore[arg-type]  # encodes only, sends nothing
+
+
 def stored_fields_encode(body: bytes) -> None:
+    """A body is a request or a RequestError; a request's Redis commands encode, or fail with
+    UnicodeEncodeError before anything is sent (which the app answers as a bad request)."""
     for command in Command:
         try:
             request = parse_request(command, body)
         except RequestError:
             continue
-        # What goes to Redis keys and script arguments, and to the database.
-        for text in (
-            request.login,
-            request.service,
-            request.network or "",
-            request.remote or "",
-            request.pwhash,
-            request.session_id,
-            request.password_key,
-            request.client,
-        ):
-            text.encode("utf-8")
         assert request.login.isprintable()
+        request.login.encode("utf-8")  # the database and the state cache's keys
+        request.client.encode("utf-8")  # the database (last use)
+        with contextlib.suppress(UnicodeEncodeError):
+            STORE._mailbox_call(request, "allow", 1_800_000_000.0)
+            network = STORE._network_key(request)
+            if network is not None:
+                STORE._network_call(network, request, "failure", 1_800_000_000.0)
 
 
 @FUZZ

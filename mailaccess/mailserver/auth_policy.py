@@ -179,17 +179,6 @@ def _flag(data: dict[str, Any], key: str) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in {"true", "yes", "1"})
 
 
-# The fields whose text goes to Redis (keys and script arguments) or the database.
-_STORED_FIELDS = ("protocol", "remote", "pwhash", "session_id", "app_password", "password_key")
-
-
-def _check_encodable(data: dict[str, Any]) -> None:
-    try:
-        "".join(_text(data, key) for key in _STORED_FIELDS).encode()
-    except UnicodeEncodeError:
-        raise RequestError("lone surrogate in a field") from None
-
-
 def parse_request(command: Command, body: bytes) -> PolicyRequest:
     """The JSON Dovecot POSTs. Only ``login`` is required; the rest degrade gracefully."""
     if len(body) > MAX_BODY_BYTES:
@@ -209,12 +198,9 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
     if not login.isprintable():
         # NUL, other control characters, lone surrogates: no address holds one, PostgreSQL
         # refuses NUL in text and a lone surrogate cannot even be encoded for Redis. A bad
-        # request, answered as an unknown address is.
+        # request, answered as an unknown address is. (A lone surrogate in another field is
+        # found when it is encoded for Redis: see ``AuthPolicyApp.respond``.)
         raise RequestError("login has control characters")
-    if not body.isascii() or b"\\u" in body:
-        # Only a \u escape or a non-ASCII byte can put a lone surrogate into the other
-        # fields: checked only then, so Dovecot's plain bodies cost two scans in C.
-        _check_encodable(data)
     network, remote = client_network(_text(data, "remote"))
     return PolicyRequest(
         command=command,

@@ -198,20 +198,16 @@ class AuthPolicyApp:
             command = auth_policy.parse_command(query)
             request = auth_policy.parse_request(command, body)
         except RequestError as error:
-            metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
-            if (left_out := _BAD_REQUEST_LOG.due()) is not None:
-                log_event(
-                    logger,
-                    "auth_policy.bad_request",
-                    logging.WARNING,
-                    reason=str(error),
-                    left_out=left_out,
-                )
-            return OK_ALLOWED
+            return self._bad_request(str(error))
         started = time.perf_counter()
         protocol = request.protocol.value if request.protocol else "other"
         try:
             reply, result = await self.handle(request)
+        except UnicodeEncodeError:
+            # A lone surrogate (only a \u escape makes one) in a field other than the login
+            # cannot be encoded for Redis. Every command is encoded before anything is sent,
+            # so this costs nothing and changes nothing: cheaper than scanning every body.
+            return self._bad_request("a field holds a lone surrogate")
         except Exception as error:
             # Redis or PostgreSQL is away: let auth_policy_reject_on_fail decide.
             metrics.AUTH_POLICY_DECISIONS.labels(request.command.value, protocol, "error").inc()
@@ -221,6 +217,15 @@ class AuthPolicyApp:
         if reply["status"] == 0 and not reply["msg"]:
             return OK_ALLOWED  # nearly every answer: no JSON encoding
         return 200, json.dumps(reply, ensure_ascii=False).encode(), JSON, ()
+
+    def _bad_request(self, reason: str) -> Response:
+        """Answered as an unknown address is: the passdb decides (and finds no such user)."""
+        metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
+        if (left_out := _BAD_REQUEST_LOG.due()) is not None:
+            log_event(
+                logger, "auth_policy.bad_request", logging.WARNING, reason=reason, left_out=left_out
+            )
+        return OK_ALLOWED
 
     def _account(
         self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
