@@ -159,14 +159,14 @@ def test_the_smtp_policy_gives_its_fallback_within_a_second_when_the_database_dr
     assert "event=smtp_policy.lookup_failed" in tail(log, 200)
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_only_the_policy_servers_database_threads_carry_the_timeouts() -> None:
     from django.db import connection
 
     from mailaccess.mailserver.database_threads import DatabaseThreads
 
-    if connection.vendor != "postgresql":
-        pytest.skip("statement_timeout is PostgreSQL's")
+    assert connection.vendor == "postgresql"
 
     def statement_timeout() -> str:
         from django.db import connection

@@ -34,7 +34,7 @@ from mailaccess.mailserver.postfix_policy import (
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import metrics
-from mailportal.logging import log_event
+from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 # Label values are a closed set whatever a client sends (see mailportal/metrics.py).
@@ -58,6 +58,7 @@ READ_CHUNK = 64 * 1024
 MAX_IN_FLIGHT = 256
 
 _REPLIES: dict[str, bytes] = {}
+_ERROR_LOG = Throttle()
 
 
 def reply_bytes(action: str) -> bytes:
@@ -162,7 +163,12 @@ class _PolicyConnection(asyncio.Protocol):
                 self.protocol_error(error)
                 return
             except Exception:
-                log_event(log, "smtp_policy.error", logging.ERROR, exc_info=True)
+                # Whatever a request could trigger, it could trigger on every request: a
+                # traceback a second at most.
+                if (left_out := _ERROR_LOG.due()) is not None:
+                    log_event(
+                        log, "smtp_policy.error", logging.ERROR, exc_info=True, left_out=left_out
+                    )
                 action = server.policy.fallback_action()
                 account(request, action, started, "error")
                 pending.action = action
