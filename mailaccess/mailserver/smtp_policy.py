@@ -180,18 +180,24 @@ class SenderDirectory:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         loading = self._loading.get(address)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, _load_sender, address)
-        self._loading[address] = future
-        try:
-            sender = await asyncio.shield(future)
-        finally:
-            self._loading.pop(address, None)
+        if loading is None:
+            loading = asyncio.get_running_loop().run_in_executor(
+                self._executor, _load_sender, address
+            )
+            self._loading[address] = loading
+            # Cached and forgotten when the load ends, not when a check stops waiting for it
+            # (MAILSERVER_DATABASE_WAIT): while the database hangs, the next checks of this
+            # address wait on the same load instead of queueing one each.
+            loading.add_done_callback(lambda done: self._loaded(address, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, address: str, done: asyncio.Future[Sender | None]) -> None:
+        self._loading.pop(address, None)
+        if done.cancelled() or done.exception() is not None:
+            return
         if len(self._senders) >= self.MAX_ENTRIES:
             self._senders.clear()
-        self._senders[address] = (time.monotonic() + self._ttl, sender)
-        return sender
+        self._senders[address] = (time.monotonic() + self._ttl, done.result())
 
     async def limits(self, plan: str) -> PlanLimits:
         expires, table = self._limits
