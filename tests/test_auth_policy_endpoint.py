@@ -443,9 +443,9 @@ def test_a_login_with_nul_or_a_lone_surrogate_is_answered_as_an_unknown_address(
 ) -> None:
     switch_on(alice)
     # json.dumps writes both as \u escapes, as a JSON encoder would.
-    for _ in range(5):
+    for _ in range(10):
         assert dovecot.allow(login, **extra) == {"status": 0, "msg": ""}
     assert "Traceback" not in caplog.text
-    # Bad requests in a moment: logged once (the rest are counted in that line or the next),
-    # not once each.
-    assert caplog.text.count("event=auth_policy.bad_request") <= 3
+    # Ten bad requests in a moment: a line a second at most (the rest are counted in the
+    # next line's left_out), not one each.
+    assert 1 <= caplog.text.count("event=auth_policy.bad_request") <= 5

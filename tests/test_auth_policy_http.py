@@ -462,7 +462,7 @@ def test_json_nested_thousands_deep_is_a_bad_request_not_a_crash(server: Server)
     assert "Traceback" not in output
     assert "RecursionError" not in output
     # Twenty-one bad requests within a second or two: one or two lines, not one each.
-    assert 1 <= output.count("event=auth_policy.bad_request") <= 3
+    assert 1 <= output.count("event=auth_policy.bad_request") <= 5
 
 
 @pytest.mark.parametrize("key", ["", "   "], ids=["empty", "blank"])
