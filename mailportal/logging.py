@@ -12,14 +12,22 @@ Use ``log_event(logger, "what.happened", mailbox=..., ...)``. The mailbox addres
 (support searches by it); secrets never are: a field whose name says password, hash, key,
 token or session is written as ``[redacted]`` whatever its value, so a careless call cannot leak
 one. A session id appears only shortened by ``short_id``, as ``session_prefix``.
-Values are quoted and their line breaks escaped, so a login name sent by a stranger cannot
-forge a second log line.
+Values are quoted and every control character in them escaped (line breaks as ``\\n``, the
+rest as ``\\xNN`` or ``\\uNNNN``: C0 and C1 controls, DEL, the Unicode line and paragraph
+separators, and lone surrogates, which a UTF-8 log could not even be written with), so a login
+name sent by a stranger can neither forge a second log line nor send escape sequences to the
+terminal of whoever reads the log.
+
+An error a stranger can cause on every request is logged through a ``Throttle``: one line a
+second at most, saying how many were left out, so a flood cannot fill the disk with
+tracebacks.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +37,19 @@ _SECRET_NAME = re.compile(r"pass|hash|secret|token|api_?key|lookup_?key|session|
 # Written only through short_id, so allowed although the name says "session".
 _SHORTENED = frozenset({"session_prefix"})
 _BARE = re.compile(r"[A-Za-z0-9_.@:/+\-*\[\]]+")
+# What a quoted value must not hold as is: the quote and the backslash (escaped as \" and
+# \\), and every character that is not text on one line.
+_UNSAFE = re.compile(r'[\\"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    escaped = _ESCAPES.get(char)
+    if escaped is None:
+        code = ord(char)
+        escaped = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return escaped
 
 
 def short_id(value: str | None, keep: int = 6) -> str:
@@ -48,10 +69,7 @@ def format_value(value: Any) -> str:
     text = str(value)
     if text and _BARE.fullmatch(text):
         return text
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
+    return f'"{_UNSAFE.sub(_escape, text)}"'
 
 
 def format_fields(fields: Mapping[str, Any]) -> str:
@@ -61,6 +79,26 @@ def format_fields(fields: Mapping[str, Any]) -> str:
         shown = "[redacted]" if secret else format_value(value)
         parts.append(f"{name}={shown}")
     return " ".join(parts)
+
+
+class Throttle:
+    """Lets one log line through per ``seconds``; counts those it held back meanwhile."""
+
+    __slots__ = ("_last", "_skipped", "seconds")
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._last = -seconds
+        self._skipped = 0
+
+    def due(self) -> int | None:
+        """None: skip this line. Otherwise log it, with the number left out since the last."""
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self._skipped += 1
+            return None
+        skipped, self._skipped, self._last = self._skipped, 0, now
+        return skipped
 
 
 class Event:

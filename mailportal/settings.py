@@ -321,6 +321,15 @@ LOGGING = {
 # in Redis. Seconds, not more: Dovecot and Postfix wait on every answer.
 MAILSERVER_REDIS_URL = env_secret("MAILSERVER_REDIS_URL", REDIS_URL or "redis://127.0.0.1:6379/0")
 MAILSERVER_REDIS_TIMEOUT = float(os.environ.get("MAILSERVER_REDIS_TIMEOUT", "0.5"))
+# Their database calls (a cache miss, a last-use write, a block): an answer waits at most this
+# many seconds for one, then is given as when the database is down (a 503 for the auth policy,
+# SMTP_POLICY_ON_REDIS_ERROR for Postfix). Well inside Dovecot's 2 s and the daemon's request
+# timeout, so the fallback is the policy's own answer, not the mail server's timeout.
+MAILSERVER_DATABASE_WAIT = float(os.environ.get("MAILSERVER_DATABASE_WAIT", "0.5"))
+# Whole seconds a policy server's database thread may be held by one call: connect_timeout
+# (libpq's minimum is 2), tcp_user_timeout and statement_timeout of those threads' connections
+# only (mailaccess/mailserver/database_threads.py).
+MAILSERVER_DATABASE_TIMEOUT = max(2, envint("MAILSERVER_DATABASE_TIMEOUT", 2))
 
 # The Dovecot auth-policy endpoint (manage.py auth_policy_server). Dovecot sends this key in
 # X-API-Key (auth_policy_server_api_header); while it is empty every request gets a 401.

@@ -169,3 +169,36 @@ def test_a_guessing_network_is_locked_out() -> None:
 def test_the_owners_usual_network_is_never_locked_out() -> None:
     counters = Counters(check_tokens=6, mailbox_failures=50, ip_failures=500, known_network=True)
     assert decide_allow(request(), ON, counters, LIMITS, NOW).status == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000,
+        b'{"login": ' + b"[" * 5000 + b"}",
+        b'{"login": "alice\\u0000@inbox.lv", "protocol": "imap"}',
+        b'{"login": "\\ud800@inbox.lv", "protocol": "imap"}',
+        b'{"login": "alice\\u001b[2J@inbox.lv"}',
+        b'{"login": "alice\\n@inbox.lv"}',
+        b'{"login": "alice\x7f@inbox.lv"}',
+    ],
+    ids=[
+        "nested",
+        "nested-login",
+        "nul",
+        "lone-surrogate",
+        "escape",
+        "line-break",
+        "raw-del",
+    ],
+)
+def test_deep_nesting_control_characters_and_lone_surrogates_are_bad_requests(
+    body: bytes,
+) -> None:
+    with pytest.raises(RequestError):
+        parse_request(Command.ALLOW, body)
+
+
+def test_escaped_letters_in_a_login_are_fine() -> None:
+    body = b'{"login": "J\\u0101nis@inbox.lv", "protocol": "imap", "session_id": "\\ud83d\\ude00"}'
+    assert parse_request(Command.ALLOW, body).login == "jānis@inbox.lv"

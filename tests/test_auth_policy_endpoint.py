@@ -423,3 +423,30 @@ def test_the_endpoint_reaches_redis_over_tls_or_its_unix_socket(
         assert redis.Redis.from_url(url).dbsize() > 0
     finally:
         redis_client.sync_client.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("login", "extra"),
+    [
+        ("alice\u0000@inbox.lv", {}),
+        ("\ud800alice@inbox.lv", {}),
+        ("alice@inbox.lv", {"session_id": "\udfff", "pwhash": "\ud800"}),
+    ],
+    ids=["nul", "lone-surrogate", "lone-surrogate-elsewhere"],
+)
+def test_a_login_with_nul_or_a_lone_surrogate_is_answered_as_an_unknown_address(
+    dovecot: Dovecot,
+    alice: Mailbox,
+    login: str,
+    extra: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    switch_on(alice)
+    # json.dumps writes both as \u escapes, as a JSON encoder would.
+    for _ in range(10):
+        assert dovecot.allow(login, **extra) == {"status": 0, "msg": ""}
+    assert "Traceback" not in caplog.text
+    # Ten bad requests in a moment: a line a second at most per process (the rest are
+    # counted in the next line's left_out), not one each; none at all when the test before
+    # logged one within the second.
+    assert caplog.text.count("event=auth_policy.bad_request") <= 5

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor
 from tests.mailservers import (
+    REPO,
     database_environment,
     free_port,
     start_command,
@@ -443,3 +445,45 @@ def wait_for_lock_wait(url: str) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("the server's write never waited for the lock")
+
+
+def test_json_nested_thousands_deep_is_a_bad_request_not_a_crash(server: Server) -> None:
+    with server.connect() as sock:
+        reader = Reader(sock)
+        for _ in range(20):
+            sock.sendall(post(b"[" * 5000))
+            answer = reader.answer()
+            # The documented answer to any malformed body: allowed, the passdb decides.
+            assert (answer.status, json.loads(answer.body)) == (200, {"status": 0, "msg": ""})
+        sock.sendall(post(b'{"login": "x\\u0000\\ud800@inbox.lv", "protocol": "imap"}'))
+        answer = reader.answer()
+        assert (answer.status, json.loads(answer.body)) == (200, {"status": 0, "msg": ""})
+    output = server.output()
+    assert "Traceback" not in output
+    assert "RecursionError" not in output
+    # Twenty-one bad requests within a second or two: one or two lines, not one each.
+    assert 1 <= output.count("event=auth_policy.bad_request") <= 5
+
+
+@pytest.mark.parametrize("key", ["", "   "], ids=["empty", "blank"])
+def test_the_server_refuses_to_start_without_an_api_key(tmp_path: Path, key: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTH_POLICY_API_KEY": key,
+        "MAILSERVER_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
+        "DJANGO_SETTINGS_MODULE": "mailportal.settings",
+        "SECRET_KEY": "auth-policy-http-tests-only",
+        "DEBUG": "0",
+    }
+    finished = subprocess.run(
+        [sys.executable, "manage.py", "auth_policy_server", "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert b"AUTH_POLICY_API_KEY is not set" in finished.stderr
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass

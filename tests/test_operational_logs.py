@@ -114,3 +114,19 @@ def test_a_login_name_cannot_forge_a_second_log_line(caplog: pytest.LogCaptureFi
     line = formatted(caplog)
     assert "\n" not in line
     assert line.endswith('mailbox="x@inbox.lv\\ntime=0 event=access.forged \\""')
+
+
+def test_control_characters_from_a_request_are_escaped_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    logger = logging.getLogger("mailaccess.test")
+    # NUL, a terminal escape (ESC [ 2 J clears the screen), BEL, DEL, a C1 control, the Unicode
+    # line separator and a lone surrogate: none may reach the log file as is.
+    login = "x\x00@inbox.lv\x1b[2J\x07\x7f\x9b\u2028\ud800\t"
+    log_event(logger, "auth_policy.allow", mailbox=login)
+    line = formatted(caplog)
+    assert line.endswith('mailbox="x\\x00@inbox.lv\\x1b[2J\\x07\\x7f\\x9b\\u2028\\ud800\\t"'), line
+    assert line.isprintable()
+    line.encode("utf-8")  # what a log file needs
+    assert "Traceback" not in formatted(caplog)

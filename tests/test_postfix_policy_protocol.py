@@ -111,3 +111,17 @@ def test_replies_are_one_line_of_ascii() -> None:
     assert action == "DEFER_IF_PERMIT Meginiet velreiz pec 40 sekundem. X-Injected: 1"
     assert format_reply(reject("Ā" * 1000)).count(b"\n") == 2
     assert len(reply_text("x" * 1000)) == 400
+
+
+def test_the_requests_before_garbage_in_one_read_come_with_the_error() -> None:
+    with pytest.raises(ProtocolError) as raised:
+        RequestParser().feed(DATA_REQUEST + DATA_REQUEST + b"GET / HTTP/1.1\n\n")
+    assert [r.protocol_state for r in raised.value.requests] == ["DATA", "DATA"]
+
+
+def test_the_log_reads_the_first_of_a_repeated_attribute_the_checks_refuse_it() -> None:
+    request = parse_request(b"request=smtpd_access_policy\nclient_address=1\nclient_address=2")
+    assert request.first("client_address") == "1"
+    assert request.first("never_sent") == ""
+    with pytest.raises(ProtocolError, match="repeated"):
+        request.get("client_address")

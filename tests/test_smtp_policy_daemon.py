@@ -3,6 +3,8 @@
 The same scenarios through real Postfix with SASL follow once the Postfix harness exists.
 """
 
+import logging
+import select
 import threading
 import time
 from datetime import UTC, datetime
@@ -368,3 +370,59 @@ def test_a_request_without_its_empty_line_gets_no_answer_and_is_cut_off(
         client.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
         # No answer to half a request; the daemon hangs up once the request is overdue.
         assert client.read_reply() is None
+
+
+def test_a_repeated_attribute_that_only_the_log_reads_is_answered(
+    test_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DEBUG: the decision line (which reads client_address, sender and instance) is written
+    # even for a DUNNO.
+    caplog.set_level(logging.DEBUG, logger="mailaccess.mailserver.policy_server")
+    with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+        client.send_raw(
+            b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@example.com\n"
+            b"client_address=192.0.2.1\nclient_address=192.0.2.2\ninstance=i\ninstance=j\n\n"
+        )
+        assert client.read_reply() == "DUNNO"
+        # The connection goes on serving.
+        assert client.ask(protocol_state="RCPT", sender="a@example.com") == "DUNNO"
+    assert "client_ip=192.0.2.1" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_request_sent_a_byte_at_a_time_is_cut_off_at_the_request_timeout(
+    test_redis: str,
+) -> None:
+    """The timeout is for the whole request: a byte every 0.3 s is never silent for a whole
+    second, yet the request is overdue once a second has passed since its first byte."""
+    stream = b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=slow@example.com\n"
+    with RunningDaemon(test_redis, request_timeout=1.0) as daemon, daemon.connect() as client:
+        started = time.monotonic()
+        closed_after = None
+        for byte in stream:
+            try:
+                client.send_raw(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            ready, _, _ = select.select([client.sock], [], [], 0.3)
+            if ready and client.read_reply() is None:
+                closed_after = time.monotonic() - started
+                break
+    # The watchdog looks once a second: cut off between one and about two seconds in.
+    assert closed_after is not None, "a byte every 0.3 s kept the request open"
+    assert closed_after < 3.0
+
+
+def test_a_request_followed_by_garbage_in_one_write_is_answered_then_the_connection_closed(
+    test_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@example.com\n\n"
+    with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
+        client.send_raw(good + good + b"GET / HTTP/1.1\r\n\r\n\n\n")
+        assert client.read_reply() == "DUNNO"
+        assert client.read_reply() == "DUNNO"
+        # The garbage is a bad request: logged, and the connection closed.
+        assert client.read_reply() is None
+    assert "event=smtp_policy.protocol_error" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -185,7 +185,9 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
         raise RequestError("body too large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested thousands deep ("[" * 5000), which the parser gives up
+        # on. Still just a malformed body, not a crash.
         raise RequestError("malformed JSON") from None
     if not isinstance(data, dict):
         raise RequestError("not a JSON object")
@@ -193,6 +195,12 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
     if not login or len(login) > 254:
         raise RequestError("login missing")
     service = _text(data, "protocol").strip().lower()
+    if not login.isprintable():
+        # NUL, other control characters, lone surrogates: no address holds one, PostgreSQL
+        # refuses NUL in text and a lone surrogate cannot even be encoded for Redis. A bad
+        # request, answered as an unknown address is. (A lone surrogate in another field is
+        # found when it is encoded for Redis: see ``AuthPolicyApp.respond``.)
+        raise RequestError("login has control characters")
     network, remote = client_network(_text(data, "remote"))
     return PolicyRequest(
         command=command,

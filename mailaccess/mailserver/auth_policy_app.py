@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from accounts.models import Mailbox
 from mailaccess import actions
@@ -52,13 +52,19 @@ from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.models import Actor, BlockReason
 from mailportal import health, metrics
-from mailportal.logging import log_event, short_id
+from mailportal.logging import Throttle, log_event, short_id
 
 logger = logging.getLogger("mailaccess.auth_policy")
 # Every answer is one log line, but a plain "allow" at DEBUG: at thousands of logins a second
 # INFO would be mostly noise, and Dovecot logs each login itself. Refusals, delays, failed
 # passwords, recorded uses and blocks are INFO and up.
 QUIET_RESULTS = frozenset({"allow", "unknown", "success", "none"})
+# A stranger's login name reaches this endpoint: what one can cause on every request (a bad
+# request, an unexpected error) is logged a line a second at most per process, with the
+# number left out; the metrics count every one.
+_BAD_REQUEST_LOG = Throttle()
+_ERROR_LOG = Throttle()
+_DATABASE_ERROR_LOG = Throttle()
 
 PATH = b"/auth-policy"
 JSON = b"application/json"
@@ -133,10 +139,16 @@ class AuthPolicyApp:
             self._store = PolicyStore(client, self.limits)
         return self._store
 
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+    @property
+    def database(self) -> DatabaseThreads:
         if self._executor is None:
             self._executor = DatabaseThreads(DB_THREADS, "auth-policy-db")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return self._executor
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any, finish: bool = False) -> T:
+        """The ORM in the app's threads, waited for ``MAILSERVER_DATABASE_WAIT`` at most
+        (``database_threads.py``): past that, TimeoutError, and the request is a 503."""
+        return await self.database.call(function, *args, finish=finish)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -186,13 +198,16 @@ class AuthPolicyApp:
             command = auth_policy.parse_command(query)
             request = auth_policy.parse_request(command, body)
         except RequestError as error:
-            metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
-            log_event(logger, "auth_policy.bad_request", logging.WARNING, reason=str(error))
-            return OK_ALLOWED
+            return self._bad_request(str(error))
         started = time.perf_counter()
         protocol = request.protocol.value if request.protocol else "other"
         try:
             reply, result = await self.handle(request)
+        except UnicodeEncodeError:
+            # A lone surrogate (only a \u escape makes one) in a field other than the login
+            # cannot be encoded for Redis. Every command is encoded before anything is sent,
+            # so this costs nothing and changes nothing: cheaper than scanning every body.
+            return self._bad_request("a field holds a lone surrogate")
         except Exception as error:
             # Redis or PostgreSQL is away: let auth_policy_reject_on_fail decide.
             metrics.AUTH_POLICY_DECISIONS.labels(request.command.value, protocol, "error").inc()
@@ -202,6 +217,15 @@ class AuthPolicyApp:
         if reply["status"] == 0 and not reply["msg"]:
             return OK_ALLOWED  # nearly every answer: no JSON encoding
         return 200, json.dumps(reply, ensure_ascii=False).encode(), JSON, ()
+
+    def _bad_request(self, reason: str) -> Response:
+        """Answered as an unknown address is: the passdb decides (and finds no such user)."""
+        metrics.AUTH_POLICY_DECISIONS.labels("unknown", "other", "bad_request").inc()
+        if (left_out := _BAD_REQUEST_LOG.due()) is not None:
+            log_event(
+                logger, "auth_policy.bad_request", logging.WARNING, reason=reason, left_out=left_out
+            )
+        return OK_ALLOWED
 
     def _account(
         self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
@@ -236,15 +260,29 @@ class AuthPolicyApp:
             )
 
     def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+        if isinstance(error, TimeoutError | DatabaseError):
+            # PostgreSQL away or slow: every cache miss fails alike, a line a second says so.
+            if (left_out := _DATABASE_ERROR_LOG.due()) is not None:
+                log_event(
+                    logger,
+                    "auth_policy.database_error",
+                    logging.ERROR,
+                    error=type(error).__name__,
+                    command=request.command.value,
+                    left_out=left_out,
+                )
+            return
         if not isinstance(error, redis.RedisError):
-            log_event(
-                logger,
-                "auth_policy.error",
-                logging.ERROR,
-                exc_info=True,
-                mailbox=request.login,
-                command=request.command.value,
-            )
+            if (left_out := _ERROR_LOG.due()) is not None:
+                log_event(
+                    logger,
+                    "auth_policy.error",
+                    logging.ERROR,
+                    exc_info=True,
+                    mailbox=request.login,
+                    command=request.command.value,
+                    left_out=left_out,
+                )
             return
         metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
         # Redis down fails every request: one line a second per process says so well enough,
@@ -288,8 +326,8 @@ class AuthPolicyApp:
             metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
             checks["redis"] = type(error).__name__
         try:
-            checks["database"] = await asyncio.wait_for(
-                self._in_thread(health.check_database, timeout), timeout + 0.5
+            checks["database"] = await self.database.call(
+                health.check_database, timeout, wait=timeout + 0.5
             )
         except TimeoutError:
             checks["database"] = "TimeoutError"
@@ -358,7 +396,12 @@ class AuthPolicyApp:
                 client_ip=request.remote,
                 connections_per_hour=self.limits.faulty_connections_per_hour,
             )
+            # Never dropped: the script reports a faulty program once.
             await self._in_thread(
-                _block_faulty, result.state, request, self.limits.faulty_connections_per_hour
+                _block_faulty,
+                result.state,
+                request,
+                self.limits.faulty_connections_per_hour,
+                finish=True,
             )
         return effect

@@ -37,7 +37,7 @@ import httptools
 
 from mailaccess.mailserver.auth_policy import MAX_BODY_BYTES
 from mailaccess.mailserver.auth_policy_app import OK_ALLOWED, AuthPolicyApp, Response
-from mailportal.logging import log_event
+from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger("mailaccess.auth_policy")
 
@@ -54,6 +54,8 @@ STALL_TIMEOUT = 10.0
 LINGER = 2.0
 # Pipelined requests waiting behind the one being answered; past this, stop reading.
 MAX_QUEUED = 32
+# An error that a request can cause may repeat on every request: a traceback a second at most.
+_ERROR_LOG = Throttle()
 
 _REASONS = {
     200: b"OK",
@@ -375,7 +377,10 @@ class _Connection(asyncio.Protocol):
                     request.method, path, query, request.api_key, request.authorization, body
                 )
             except Exception:
-                log_event(log, "auth_policy.error", logging.ERROR, exc_info=True)
+                if (left_out := _ERROR_LOG.due()) is not None:
+                    log_event(
+                        log, "auth_policy.error", logging.ERROR, exc_info=True, left_out=left_out
+                    )
                 response = (500, b'{"error": "internal error"}', b"application/json", ())
             transport = self.transport
             if transport is None or transport.is_closing():

@@ -34,7 +34,7 @@ from mailaccess.mailserver.postfix_policy import (
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import metrics
-from mailportal.logging import log_event
+from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 # Label values are a closed set whatever a client sends (see mailportal/metrics.py).
@@ -58,6 +58,7 @@ READ_CHUNK = 64 * 1024
 MAX_IN_FLIGHT = 256
 
 _REPLIES: dict[str, bytes] = {}
+_ERROR_LOG = Throttle()
 
 
 def reply_bytes(action: str) -> bytes:
@@ -102,6 +103,9 @@ class _PolicyConnection(asyncio.Protocol):
         # Bytes arrived since the watchdog's last round.
         self.active = True
         self.last_active = 0.0
+        # When the request now arriving began (perf_counter; 0: none is half-received). A
+        # request has this long in total, however slowly its bytes trickle in.
+        self.partial_since = 0.0
         # Finish what was received, then close (protocol error, shutdown).
         self.finishing = False
         self.write_paused = False
@@ -126,10 +130,22 @@ class _PolicyConnection(asyncio.Protocol):
         try:
             requests = self.parser.feed(data)
         except ProtocolError as error:
-            self.protocol_error(error)
+            # Garbage, perhaps after whole requests in the same read: answer those first.
+            if error.requests:
+                self.received(error.requests)
+            if not self.finishing:
+                self.protocol_error(error)
             return
         if not requests:
+            if not self.partial_since:
+                self.partial_since = time.perf_counter()
             return
+        if self.partial_since:
+            self.partial_since = 0.0
+        self.received(requests)
+
+    def received(self, requests: list[PolicyRequest]) -> None:
+        """Check whole requests; write the answers known at once, in order."""
         server = self.server
         check = server.policy.check
         account = server.account
@@ -147,7 +163,12 @@ class _PolicyConnection(asyncio.Protocol):
                 self.protocol_error(error)
                 return
             except Exception:
-                log_event(log, "smtp_policy.error", logging.ERROR, exc_info=True)
+                # Whatever a request could trigger, it could trigger on every request: a
+                # traceback a second at most.
+                if (left_out := _ERROR_LOG.due()) is not None:
+                    log_event(
+                        log, "smtp_policy.error", logging.ERROR, exc_info=True, left_out=left_out
+                    )
                 action = server.policy.fallback_action()
                 account(request, action, started, "error")
                 pending.action = action
@@ -347,13 +368,20 @@ class PolicyServer:
             if connection.active:
                 connection.active = False
                 connection.last_active = now
-            elif waiting:
+                idle = False
+            else:
+                idle = now - connection.last_active >= self.idle_timeout
+            if waiting:
                 continue
-            elif connection.parser.pending:
-                # A partial request must complete promptly.
-                if now - connection.last_active >= self.request_timeout:
+            if connection.parser.pending:
+                # A partial request must complete within the request timeout from its first
+                # byte (not from its latest: a byte a second would hold the slot for ever).
+                # One that began in a read which also completed requests is timed from here.
+                if not connection.partial_since:
+                    connection.partial_since = now
+                elif now - connection.partial_since >= self.request_timeout:
                     connection.close()
-            elif now - connection.last_active >= self.idle_timeout:
+            elif idle:
                 connection.close()
         self._metrics.publish()
 
@@ -409,11 +437,13 @@ class PolicyServer:
             log,
             "smtp_policy.decision",
             logging.DEBUG if result == "dunno" else logging.INFO,
-            mailbox=request.sasl_username or request.recipient or None,
+            mailbox=request.sasl_username or request.first("recipient").strip().lower() or None,
             stage=_stage(request.protocol_state),
             result=result,
-            client_ip=request.get("client_address") or None,
-            sender=request.sender or None,
-            recipients=request.get("recipient_count") or None,
-            instance=request.instance or None,
+            # ``first``: a repeat of an attribute that only this line reads must not fail
+            # the answer (``get`` would raise on it).
+            client_ip=request.first("client_address") or None,
+            sender=request.first("sender").strip().lower() or None,
+            recipients=request.first("recipient_count") or None,
+            instance=request.first("instance") or None,
         )

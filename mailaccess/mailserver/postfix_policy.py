@@ -29,7 +29,15 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class ProtocolError(ValueError):
-    """The peer does not speak the protocol: the connection cannot be trusted any further."""
+    """The peer does not speak the protocol: the connection cannot be trusted any further.
+
+    ``requests``: the whole requests that came before the garbage in the same read; they are
+    still answered, in order, before the connection is closed.
+    """
+
+    def __init__(self, message: str, requests: list[PolicyRequest] | None = None) -> None:
+        super().__init__(message)
+        self.requests: list[PolicyRequest] = requests or []
 
 
 def _needle(name: str) -> bytes:
@@ -82,6 +90,20 @@ class PolicyRequest:
         if value is None:
             value = self._find(name, _needle(name))
         return value
+
+    def first(self, name: str) -> str:
+        """An attribute's first value, repeated or not: for the log line, which must not fail
+        on a repeat of an attribute the decision never read (a repeat of one it read has
+        already been refused by ``get``)."""
+        value = self._values.get(name)
+        if value is not None:
+            return value
+        needle = _needle(name)
+        at = self._text.find(needle)
+        if at < 0:
+            return ""
+        start = at + len(needle)
+        return self._text[start : self._text.find(b"\n", start)].decode("utf-8", errors="replace")
 
     @property
     def attributes(self) -> Mapping[str, str]:
@@ -161,21 +183,25 @@ class RequestParser:
         buffer = self._buffer + data if self._buffer else data
         requests: list[PolicyRequest] = []
         start = 0
-        while True:
-            if buffer.startswith(b"\n", start):
-                raise ProtocolError("empty request")
-            end = buffer.find(b"\n\n", max(start, self._scanned - 1))
-            if end < 0:
-                break
-            requests.append(parse_request(buffer[start:end]))
-            start = end + 2
-            self._scanned = start
+        try:
+            while True:
+                if buffer.startswith(b"\n", start):
+                    raise ProtocolError("empty request")
+                end = buffer.find(b"\n\n", max(start, self._scanned - 1))
+                if end < 0:
+                    break
+                requests.append(parse_request(buffer[start:end]))
+                start = end + 2
+                self._scanned = start
+        except ProtocolError as error:
+            # Postfix waits for the answers to the requests it sent before the garbage.
+            raise ProtocolError(str(error), requests) from None
         rest = buffer[start:]
         if len(rest) > MAX_REQUEST_BYTES:
-            raise ProtocolError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+            raise ProtocolError(f"request longer than {MAX_REQUEST_BYTES} bytes", requests)
         last_line = len(rest) - rest.rfind(b"\n") - 1
         if last_line > MAX_LINE_BYTES:
-            raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+            raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes", requests)
         self._buffer = rest
         self._scanned = len(rest)
         return requests

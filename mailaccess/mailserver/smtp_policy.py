@@ -57,7 +57,7 @@ from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 from mailportal import metrics
-from mailportal.logging import log_event
+from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +180,24 @@ class SenderDirectory:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         loading = self._loading.get(address)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, _load_sender, address)
-        self._loading[address] = future
-        try:
-            sender = await asyncio.shield(future)
-        finally:
-            self._loading.pop(address, None)
+        if loading is None:
+            loading = asyncio.get_running_loop().run_in_executor(
+                self._executor, _load_sender, address
+            )
+            self._loading[address] = loading
+            # Cached and forgotten when the load ends, not when a check stops waiting for it
+            # (MAILSERVER_DATABASE_WAIT): while the database hangs, the next checks of this
+            # address wait on the same load instead of queueing one each.
+            loading.add_done_callback(lambda done: self._loaded(address, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, address: str, done: asyncio.Future[Sender | None]) -> None:
+        self._loading.pop(address, None)
+        if done.cancelled() or done.exception() is not None:
+            return
         if len(self._senders) >= self.MAX_ENTRIES:
             self._senders.clear()
-        self._senders[address] = (time.monotonic() + self._ttl, sender)
-        return sender
+        self._senders[address] = (time.monotonic() + self._ttl, done.result())
 
     async def limits(self, plan: str) -> PlanLimits:
         expires, table = self._limits
@@ -324,6 +330,8 @@ class SmtpPolicy:
         self._fallbacks = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups: set[asyncio.Task[str | None]] = set()
+        self.database_wait = settings.MAILSERVER_DATABASE_WAIT
+        self._lookup_failures_log = Throttle()
 
     # -- the decision -------------------------------------------------------------------
 
@@ -494,21 +502,26 @@ class SmtpPolicy:
 
         async def load() -> str | None:
             try:
-                sender = await self._directory.sender(address)
-                if sender is None:
-                    log.debug("no mailbox for sasl_username %s", address)
-                    return DUNNO
-                now = now_ms()
-                limits = await self._directory.limits(sender.sending_plan(now))
+                # Bounded (MAILSERVER_DATABASE_WAIT): the load goes on in its thread, bounded
+                # by its connection's timeouts (database_threads.py), and fills the cache.
+                async with asyncio.timeout(self.database_wait):
+                    sender = await self._directory.sender(address)
+                    if sender is None:
+                        log.debug("no mailbox for sasl_username %s", address)
+                        return DUNNO
+                    now = now_ms()
+                    limits = await self._directory.limits(sender.sending_plan(now))
             except Exception as error:
                 # The database is down or slow: the same choice as for Redis.
-                log_event(
-                    log,
-                    "smtp_policy.lookup_failed",
-                    logging.ERROR,
-                    mailbox=address,
-                    error=type(error).__name__,
-                )
+                if (left_out := self._lookup_failures_log.due()) is not None:
+                    log_event(
+                        log,
+                        "smtp_policy.lookup_failed",
+                        logging.ERROR,
+                        mailbox=address,
+                        error=type(error).__name__,
+                        left_out=left_out,
+                    )
                 return self.fallback_action()
             return self._ask_redis(sender, limits, count_it, answer, now)
 

@@ -49,6 +49,14 @@ class Command(BaseCommand):
             tls_context(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
+        if not settings.AUTH_POLICY_API_KEY.strip():
+            # Without a key every request gets a 401: with Dovecot's
+            # auth_policy_reject_on_fail = no every check would silently switch off, while
+            # this process looked healthy. Refuse to start instead, so the unit fails loudly.
+            raise CommandError(
+                "AUTH_POLICY_API_KEY is not set: the auth policy refuses to start without it "
+                "(Dovecot sends the same key: auth_policy_server_api_header; see deploy/README.md)."
+            )
         processes: int = options["processes"]
         if processes < 1:
             raise CommandError("--processes must be at least 1")
