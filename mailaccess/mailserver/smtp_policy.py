@@ -24,6 +24,16 @@ Nothing here runs SQL per check: mailboxes and plan limits are cached in the pro
 minute (``SMTP_POLICY_CACHE_SECONDS``), so a change of plan or of the limits in the admin
 reaches the daemon within that time. A plan change lifts the limits only days later anyway.
 
+A blocked or switched-off mailbox is refused at DATA and at END-OF-MESSAGE, with its reason:
+a session that authenticated before the block (or while the auth policy was down) must not
+send another message. The cached mailbox carries its access state, so the common path pays
+one attribute test and no Redis command. An access change must not wait for the cache to
+expire: the access actions publish the address on ``ACCESS_CHANNEL`` after commit (in the
+same Redis pipeline that invalidates the auth policy's state, ``state.invalidate_addresses``)
+and every daemon process, subscribed (``follow_access_changes``), forgets that mailbox at
+once. While the subscription is down nothing is forgotten, so on (re)subscribing the whole
+cache is dropped, and the cache's TTL bounds the rest.
+
 A check whose mailbox and limits are cached (nearly every check) runs no coroutine: one
 Redis command through the process's ``RedisPipeline`` (two for a DATA check that reaches a
 limit), whose reply callback hands the answer to the server, or none while the mailbox is
@@ -34,6 +44,7 @@ checks again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -49,12 +60,21 @@ from django.db import close_old_connections
 from django.utils import timezone, translation
 from django.utils.translation import gettext, ngettext
 
+from redis import asyncio as aioredis
+
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
+from mailaccess import actions, passdb
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.mailserver.state import ACCESS_CHANNEL
+from mailaccess.models import (
+    ACCESS_OFF_SERVER_MESSAGE,
+    Actor,
+    AuditAction,
+    AuditEvent,
+    BlockReason,
+)
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 from mailportal import metrics
 from mailportal.logging import log_event
@@ -83,6 +103,8 @@ class Sender:
     # start of its DATA check (``sending_counters.packed_hour_count_prefix``).
     packed_keys: bytes
     packed_hour_count: bytes
+    # Why the mailbox may not send: its block reason, "access_off", or "" (access on).
+    refused: str = ""
 
     def sending_plan(self, now_ms: int) -> str:
         """Mirror of ``Mailbox.sending_plan`` on the cached copy."""
@@ -99,12 +121,19 @@ def _load_sender(address: str) -> Sender | None:
     close_old_connections()
     row = (
         Mailbox.objects.filter(address=address)
-        .values_list("pk", "plan", "sending_limits_lift_at", "language")
+        .values_list(
+            "pk",
+            "plan",
+            "sending_limits_lift_at",
+            "language",
+            "external_access__enabled",
+            "external_access__block_reason",
+        )
         .first()
     )
     if row is None:
         return None
-    pk, plan, lift_at, language = row
+    pk, plan, lift_at, language, enabled, block_reason = row
     return Sender(
         pk,
         address,
@@ -113,7 +142,18 @@ def _load_sender(address: str) -> Sender | None:
         language,
         sending_counters.packed_send_keys(address),
         sending_counters.packed_hour_count_prefix(address),
+        refused=block_reason or ("" if enabled else passdb.ACCESS_OFF_CODE),
     )
+
+
+@lru_cache(maxsize=256)
+def refusal(refused: str, language: str) -> str:
+    """The REJECT for a blocked or switched-off sender, its reason in the owner's language:
+    the same one line IMAP, POP3 and SMTP AUTH show."""
+    with translation.override(language):
+        if refused == passdb.ACCESS_OFF_CODE:
+            return reject(str(ACCESS_OFF_SERVER_MESSAGE))
+        return reject(str(BlockReason(refused).server_message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +207,13 @@ class SenderDirectory:
         if cached is not None and cached[0] > now:
             return cached[1]
         return False
+
+    def forget(self, address: str) -> None:
+        """An access change of this mailbox (``follow_access_changes``): load it again."""
+        self._senders.pop(address, None)
+
+    def forget_all(self) -> None:
+        self._senders.clear()
 
     def cached_limits(self, plan: str, now: float) -> PlanLimits | None:
         """A plan's limits, or None when they must be loaded."""
@@ -324,6 +371,11 @@ class SmtpPolicy:
         self._fallbacks = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups: set[asyncio.Task[str | None]] = set()
+        # Where access changes are published (``follow_access_changes``); followed from the
+        # first mailbox this process caches, so a daemon that only sees port 25 subscribes
+        # to nothing.
+        self.access_changes_url: str | None = None
+        self._follower: asyncio.Task[None] | None = None
 
     # -- the decision -------------------------------------------------------------------
 
@@ -381,6 +433,9 @@ class SmtpPolicy:
         answer: Answer,
         now: int,
     ) -> str | None:
+        if sender.refused:
+            # Blocked or switched off since this session authenticated: no more mail.
+            return refusal(sender.refused, sender.language)
         limits = plan.limits
         if self._deferred and (deferred := self._deferred_reply(sender, limits, now)):
             return deferred
@@ -491,6 +546,11 @@ class SmtpPolicy:
 
     def _load_then_check(self, address: str, count_it: bool, answer: Answer) -> str | None:
         """A cache miss: load the mailbox and the limits in the thread pool, then check."""
+
+        if self._follower is None and self.access_changes_url:
+            self._follower = asyncio.get_running_loop().create_task(
+                self.follow_access_changes(self.access_changes_url)
+            )
 
         async def load() -> str | None:
             try:
@@ -613,6 +673,45 @@ class SmtpPolicy:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def follow_access_changes(self, url: str, *, retry_seconds: float = 1.0) -> None:
+        """Forget a mailbox the moment its access changes (see the module's docstring).
+
+        Runs until cancelled; a lost subscription is opened again after ``retry_seconds``.
+        """
+        failing = False
+        while True:
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(ACCESS_CHANNEL)
+                    # Changes made while nobody listened are unknown: forget them all.
+                    self._directory.forget_all()
+                    failing = False
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._directory.forget(bytes(message["data"]).decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not failing:  # once per outage, not once a second
+                    log_event(
+                        log,
+                        "smtp_policy.access_changes_lost",
+                        logging.WARNING,
+                        error=type(error).__name__,
+                    )
+                failing = True
+            finally:
+                await client.aclose()
+            await asyncio.sleep(retry_seconds)
+
+    async def stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     async def wait_for_background(self) -> None:
         """Let pending blocks finish (graceful shutdown, tests)."""
