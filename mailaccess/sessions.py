@@ -73,15 +73,17 @@ def check_answer(answer: Any, count: int) -> None:
 
 def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) -> None:
     """End every IMAP and POP3 session of ``addresses`` on the Dovecot at ``url``."""
+    if not url.startswith(("http://", "https://")):
+        raise DoveadmError("DOVEADM_API_URL must be an http:// or https:// URL")
     key = base64.b64encode(settings.DOVEADM_API_KEY.encode()).decode()
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
         url,
         data=json.dumps(kick_commands(addresses)).encode(),
         method="POST",
         headers={"Authorization": f"X-Dovecot-API {key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(  # noqa: S310 (an http(s) URL from settings)
+        with urllib.request.urlopen(  # noqa: S310 (the scheme is checked above)
             request, timeout=settings.DOVEADM_API_TIMEOUT if timeout is None else timeout
         ) as response:
             answer = json.loads(response.read())

@@ -34,7 +34,10 @@ DOVECOT_BODY = (
 
 
 def request(  # type: ignore[no-untyped-def]
-    protocol: str = "imap", remote: str = "192.0.2.7", command: str = "allow", verified: bool = False
+    protocol: str = "imap",
+    remote: str = "192.0.2.7",
+    command: str = "allow",
+    verified: bool = False,
 ):
     """``verified``: the ``allow`` after the passdb matched a password (it names the password)."""
     password = ',"app_password":"7"' if verified else ""

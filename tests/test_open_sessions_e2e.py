@@ -58,9 +58,8 @@ def servers(
 
 
 def open_imap(servers: MailServers, user: str, password: str) -> IMAP4SSLFrom:
-    client = IMAP4SSLFrom(
-        "127.0.0.1", servers.imaps_port, source="127.0.0.1", ssl_context=servers.tls.client_context()
-    )
+    context = servers.tls.client_context()
+    client = IMAP4SSLFrom("127.0.0.1", servers.imaps_port, source="127.0.0.1", ssl_context=context)
     client.login(user, password)
     client.select("INBOX")
     return client
@@ -190,9 +189,11 @@ def test_without_the_auth_policy_the_just_ended_password_sends_nothing(
     password = switch_on(mailbox)
     actions.block_access(mailbox, BlockReason.COMPROMISED, actor=Actor.system("test"))
 
-    with smtp_session(servers, mailbox.address, password, implicit_tls=True) as client:
-        with pytest.raises(smtplib.SMTPDataError) as refused:
-            send_message(client, mailbox.address)
+    with (
+        smtp_session(servers, mailbox.address, password, implicit_tls=True) as client,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        send_message(client, mailbox.address)
 
     assert refused.value.smtp_code == 554, servers.logs()
     assert latvian(BlockReason.COMPROMISED.server_message) in refused.value.smtp_error.decode()

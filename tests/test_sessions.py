@@ -24,7 +24,7 @@ class FakeDoveadm:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append((self.headers.get("Authorization", ""), body))
                 if len(owner.requests) <= owner.failures:

@@ -378,8 +378,9 @@ def decide_allow(
 # What only the mailbox itself may be told, in its language. Every other refusal (the
 # guessing lock) may reach a stranger and is told in the site's language: the mailbox's
 # language would tell that the address exists, and what language its owner reads.
-_OWNER_OUTCOMES = frozenset({Outcome.BLOCKED, Outcome.ACCESS_OFF, Outcome.TOO_OFTEN,
-                             Outcome.WRONG_PROTOCOL})
+_OWNER_OUTCOMES = frozenset(
+    {Outcome.BLOCKED, Outcome.ACCESS_OFF, Outcome.TOO_OFTEN, Outcome.WRONG_PROTOCOL}
+)
 
 
 def answer_language(verdict: Verdict, state: MailboxState | None, default: str) -> str:

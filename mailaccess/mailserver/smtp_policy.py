@@ -59,7 +59,6 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone, translation
 from django.utils.translation import gettext, ngettext
-
 from redis import asyncio as aioredis
 
 from accounts.models import Mailbox, Plan
@@ -703,7 +702,7 @@ class SmtpPolicy:
                     )
                 failing = True
             finally:
-                await client.aclose()
+                await client.aclose()  # type: ignore[attr-defined]  # types-redis 4 lacks it
             await asyncio.sleep(retry_seconds)
 
     async def stop_following(self) -> None:

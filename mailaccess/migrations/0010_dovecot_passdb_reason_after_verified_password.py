@@ -17,7 +17,7 @@ What changes from 0009:
   gets through SMTP AUTH; the SMTP policy daemon then refuses its DATA and END-OF-MESSAGE
   (``smtp_policy``: a blocked or switched-off sender is refused at every stage). Only with
   both policy services down at once could that password send: deploy/README.md says so.
-- The most recently ended password is verified for ``ENDED_PASSWORD_DAYS`` (30) days after
+- The most recently ended password is verified for 30 days after
   it ended, then fails like any wrong password. Where its hash lives: in its own AppPassword
   row, the ``{SSHA512}`` Dovecot verifies anyway, so telling the reason costs the same
   passdb lookup and one hash check as a live login, and nothing new is stored. Why 30 days:
@@ -30,9 +30,7 @@ import importlib
 
 from django.db import migrations
 
-ENDED_PASSWORD_DAYS = 30
-
-CREATE_VIEW = f"""
+CREATE_VIEW = """
 CREATE OR REPLACE VIEW mailaccess_dovecot_passdb AS
 SELECT m.address AS "user",
        p.lookup_key,
@@ -58,7 +56,7 @@ WHERE s.allowed
   AND (state.live
        OR (NOT state.access_on
            AND (p.revoked_at IS NULL
-                OR (p.revoked_at > now() - interval '{ENDED_PASSWORD_DAYS} days'
+                OR (p.revoked_at > now() - interval '30 days'
                     AND NOT EXISTS (SELECT 1 FROM mailaccess_apppassword later
                                     WHERE later.mailbox_id = p.mailbox_id
                                       AND later.revoked_at > p.revoked_at)))))
