@@ -199,6 +199,10 @@ class SenderDirectory:
         self._senders: dict[str, tuple[float, Sender | None]] = {}
         self._loading: dict[str, asyncio.Future[Sender | None]] = {}
         self._limits: tuple[float, dict[str, PlanLimits]] = (0.0, {})
+        # Counts ``forget`` calls: a load that a forget overtook (it read the database before
+        # the change committed) answers its check but is not kept, or the change it missed
+        # would be cached for a whole TTL.
+        self._forgotten = 0
 
     def cached_sender(self, address: str, now: float) -> Sender | Literal[False] | None:
         """The cached mailbox (None: no such mailbox), or False when it must be loaded."""
@@ -209,9 +213,11 @@ class SenderDirectory:
 
     def forget(self, address: str) -> None:
         """An access change of this mailbox (``follow_access_changes``): load it again."""
+        self._forgotten += 1
         self._senders.pop(address, None)
 
     def forget_all(self) -> None:
+        self._forgotten += 1
         self._senders.clear()
 
     def cached_limits(self, plan: str, now: float) -> PlanLimits | None:
@@ -228,12 +234,15 @@ class SenderDirectory:
         loading = self._loading.get(address)
         if loading is not None:
             return await asyncio.shield(loading)
+        forgotten = self._forgotten
         future = asyncio.get_running_loop().run_in_executor(self._executor, _load_sender, address)
         self._loading[address] = future
         try:
             sender = await asyncio.shield(future)
         finally:
             self._loading.pop(address, None)
+        if forgotten != self._forgotten:
+            return sender
         if len(self._senders) >= self.MAX_ENTRIES:
             self._senders.clear()
         self._senders[address] = (time.monotonic() + self._ttl, sender)
