@@ -24,7 +24,13 @@ from django.utils import translation
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.mailserver.postfix_policy import reply_text
-from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, Actor, AppPassword, BlockReason
+from mailaccess.models import (
+    ACCESS_OFF_SERVER_MESSAGE,
+    Actor,
+    AppPassword,
+    BlockReason,
+    ExternalAccess,
+)
 from tests.mailservers import (
     IMAP4SSLFrom,
     MailServers,
@@ -115,7 +121,7 @@ def test_a_job_blocking_a_page_of_mailboxes_ends_all_their_sessions(
     sessions = [open_imap(servers, m.address, switch_on(m)) for m in (first, second)]
 
     actions.block_access_many(
-        first.external_access.__class__.objects.filter(mailbox__in=[first, second]),
+        ExternalAccess.objects.filter(mailbox__in=[first, second]),
         BlockReason.IDLE,
         actor=Actor.system("test"),
     )
