@@ -72,11 +72,17 @@ def create_mailboxes(count: int) -> list[str]:
     from django.core.management import call_command
 
     from accounts.models import Mailbox, Plan
+    from mailaccess.models import ExternalAccess
 
     call_command("migrate", verbosity=0)
     addresses = [f"bench{n}@inbox.lv" for n in range(count)]
-    Mailbox.objects.bulk_create(
+    mailboxes = Mailbox.objects.bulk_create(
         [Mailbox(address=a, plan=Plan.FREE, password="!") for a in addresses],  # noqa: S106
+        batch_size=1000,
+    )
+    # Access on, as for any mailbox that can authenticate: the daemon refuses the others.
+    ExternalAccess.objects.bulk_create(
+        [ExternalAccess(mailbox=mailbox, enabled=True) for mailbox in mailboxes],
         batch_size=1000,
     )
     return addresses

@@ -47,6 +47,9 @@ logger = logging.getLogger("mailaccess.actions")
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
 # of the dependency graph.
 access_changed_hooks: list[Callable[[Sequence[int]], None]] = []
+# Called after commit with the ids of mailboxes whose open IMAP and POP3 sessions must end
+# (blocked, switched off, a password ended): mailaccess.sessions registers one.
+sessions_ended_hooks: list[Callable[[Sequence[int]], None]] = []
 # Called after commit with the ids of the notices one transaction created (the notices
 # mailer): a list, so a job's batch of a thousand blocks queues a few tasks, not a thousand.
 notice_created_hooks: list[Callable[[list[int]], None]] = []
@@ -100,6 +103,16 @@ def _audit(
 
 def _access_changed(mailbox_id: int) -> None:
     _access_changed_many([mailbox_id])
+
+
+def _end_sessions(mailbox_ids: Sequence[int]) -> None:
+    """After commit: end the open sessions, which logged in before the change (sessions.py)."""
+
+    def run() -> None:
+        for hook in sessions_ended_hooks:
+            hook(mailbox_ids)
+
+    transaction.on_commit(run)
 
 
 def _revoke_live_passwords(mailbox: Mailbox, now: datetime) -> int:
@@ -246,6 +259,7 @@ def revoke_app_password(
         detail={"app_password": app_password.pk, "label": app_password.label},
     )
     _access_changed(mailbox.pk)
+    _end_sessions([mailbox.pk])
     return True
 
 
@@ -271,6 +285,7 @@ def disable_access(
         detail={"revoked": revoked},
     )
     _access_changed(mailbox.pk)
+    _end_sessions([mailbox.pk])
     return True
 
 
@@ -314,6 +329,7 @@ def block_access(
         mailbox=mailbox, kind=NoticeKind.BLOCKED, reason=reason, key=f"block:{event.pk}"
     )
     _access_changed(mailbox.pk)
+    _end_sessions([mailbox.pk])
     _notices_created([notice.pk])
     transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc())
     return notice
@@ -605,6 +621,7 @@ def block_access_many(
         for mailbox_id, event in zip(ids, events, strict=True)
     )
     _access_changed_many(ids)
+    _end_sessions(ids)
     _notices_created([notice.pk for notice in notices])
     transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc(len(ids)))
     return ids

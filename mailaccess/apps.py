@@ -9,7 +9,7 @@ class MailaccessConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from mailaccess import actions, notices, passdb
+        from mailaccess import actions, notices, passdb, sessions
         from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
@@ -18,6 +18,10 @@ class MailaccessConfig(AppConfig):
         # The auth policy's cached state must follow every access change at once.
         if state.invalidate not in actions.access_changed_hooks:
             actions.access_changed_hooks.append(state.invalidate)
+
+        # A block, a switch-off or an ended password ends the sessions already open.
+        if sessions.queue not in actions.sessions_ended_hooks:
+            actions.sessions_ended_hooks.append(sessions.queue)
 
         if notices.queue not in actions.notice_created_hooks:
             actions.notice_created_hooks.append(notices.queue)

@@ -16,7 +16,7 @@ from celery import shared_task
 from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError
 
-from mailaccess import jobs, notices
+from mailaccess import jobs, notices, sessions
 from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
@@ -86,3 +86,17 @@ def send_notices(notice_ids: list[int]) -> int:
                 # Permanent for this address: retrying the task would not help the others.
                 log_event(logger, "notice.refused", logging.WARNING, notice=notice_id)
     return sent
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=12,
+)
+def end_sessions(url: str, addresses: list[str]) -> None:
+    """Kick these mailboxes' IMAP and POP3 sessions on one Dovecot; retried until it answers
+    (DoveadmError is an OSError). A kick twice ends nothing more: safe to run again."""
+    sessions.kick(url, addresses)

@@ -83,6 +83,15 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def envsecret(name: str) -> str:
+    """NAME, or the contents of the file NAME_FILE names (a systemd credential, a mounted
+    secret), so the secret need not sit in an environment file."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(name, "")
+
+
 DEBUG = envbool("DEBUG", False)
 
 SECRET_KEY = env_secret("SECRET_KEY")
@@ -391,6 +400,15 @@ SMTP_POLICY_BOUNCE_LIMIT = envint("SMTP_POLICY_BOUNCE_LIMIT", 30)
 SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED = envint(
     "SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED", 3
 )
+
+# Ending a mailbox's open IMAP and POP3 sessions when it is blocked, switched off or one of
+# its passwords ends (mailaccess/sessions.py): Dovecot's doveadm HTTP API, one URL per Dovecot
+# server, comma separated (http://127.0.0.1:8102/doveadm/v1), and its doveadm_api_key (or
+# DOVEADM_API_KEY_FILE). Empty: sessions stay open until the program logs in again.
+DOVEADM_API_URL = envlist("DOVEADM_API_URL", "")
+DOVEADM_API_KEY = envsecret("DOVEADM_API_KEY")
+# Seconds for one call. Short: without a broker the call runs inside the web request.
+DOVEADM_API_TIMEOUT = float(os.environ.get("DOVEADM_API_TIMEOUT", "2"))
 
 # Celery: Redis is the broker (REDIS_URL, or CELERY_BROKER_URL to keep it apart). Without a
 # broker (the embedded default of `make run`) tasks run eagerly in the process that queues them:

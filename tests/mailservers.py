@@ -346,6 +346,13 @@ class MailServers:
     policy: PolicyServer | None
     smtp_policy: SmtpPolicyDaemon | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Dovecot's doveadm HTTP API (kick): what the portal's DOVEADM_API_URL/KEY name.
+    doveadm_port: int = 0
+    doveadm_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def doveadm_url(self) -> str:
+        return f"http://127.0.0.1:{self.doveadm_port}/doveadm/v1"
 
     @property
     def dovecot_log(self) -> Path:
@@ -389,6 +396,9 @@ def _values(servers: MailServers, sql_connect: str) -> dict[str, str]:
         "AUTH_POLICY_URL": policy.url if policy else "",
         "AUTH_POLICY_API_KEY": policy.api_key if policy else "unused",
         "AUTH_POLICY_HASH_NONCE": secrets.token_hex(16),
+        "DOVEADM_HTTP_ADDRESS": "127.0.0.1",
+        "DOVEADM_HTTP_PORT": str(servers.doveadm_port),
+        "DOVEADM_API_KEY": servers.doveadm_api_key,
         "POSTFIX_QUEUE_DIR": str(root / "postfix-queue"),
         "POSTFIX_DATA_DIR": str(root / "postfix-data"),
         "POSTFIX_INET_INTERFACES": "127.0.0.1",
@@ -440,6 +450,7 @@ def start_mail_servers(
         submissions_port=free_port(),
         policy=policy,
         smtp_policy=smtp_policy,
+        doveadm_port=free_port(),
     )
     root.chmod(0o755)
     _render_module().render(_values(servers, database_environment()["DOVECOT_SQL_CONNECT"]), root)
@@ -479,6 +490,7 @@ def start_mail_servers(
         servers.processes.append(dovecot)
         wait_for_port(servers.imaps_port, dovecot, servers.logs)
         wait_for_port(servers.pop3s_port, dovecot, servers.logs)
+        wait_for_port(servers.doveadm_port, dovecot, servers.logs)
         check_certificate(servers.imaps_port, tls)
         check_certificate(servers.pop3s_port, tls)
         with servers.postfix_log.open("ab") as out:

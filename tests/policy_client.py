@@ -58,8 +58,13 @@ def login(
     protocol: str = "imap",
     pwhash: str = "5e88489",
     right: bool = True,
+    app_password: str = "1",
 ) -> dict[str, Any]:
-    """One whole login: allow, (allow again,) report. Returns the first answer."""
+    """One whole login: allow, (allow again,) report. Returns the first answer, or the second
+    when that one refuses.
+
+    As Dovecot does, the ``allow`` after a right password names the password the passdb
+    matched (``app_password``): only that one may tell a refused mailbox why."""
     body = {
         "login": login,
         "protocol": protocol,
@@ -76,7 +81,16 @@ def login(
         report = {**body, "success": False, "policy_reject": True}
     else:
         if right:
-            request(redis_url, "POST", "/auth-policy?command=allow", body=body, headers=headers)
+            verified = {**body, "app_password": app_password}
+            second = request(
+                redis_url, "POST", "/auth-policy?command=allow", body=verified, headers=headers
+            ).json()
+            if second["status"] < 0:
+                report = {**verified, "success": False, "policy_reject": True}
+                request(
+                    redis_url, "POST", "/auth-policy?command=report", body=report, headers=headers
+                )
+                return second
         report = {**body, "success": right, "policy_reject": False}
     request(redis_url, "POST", "/auth-policy?command=report", body=report, headers=headers)
     return first

@@ -97,6 +97,8 @@ class RunningDaemon:
         executor = DatabaseThreads(2, "smtp-policy-db")
         client = RedisPipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
+        # As in production: forget a cached mailbox as soon as its access changes.
+        self.policy.access_changes_url = self.redis_url
         self.server = PolicyServer(
             self.policy, request_timeout=self.request_timeout, idle_timeout=self.idle_timeout
         )
@@ -110,6 +112,7 @@ class RunningDaemon:
             break
         self._ready.set()
         await self.server.wait_stopped()
+        await self.policy.stop_following()
         await client.close()
         # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)

@@ -120,10 +120,12 @@ def test_an_unknown_key_is_left_to_the_passdb() -> None:
     assert decide_allow(request, ON, Counters(check_tokens=6), LIMITS, NOW).status == 0
 
 
-def test_access_off_is_told_before_any_scope() -> None:
+def test_access_off_is_told_before_any_scope_once_the_password_was_verified() -> None:
     off = MailboxState(1, False, "", "free", "en", passwords=(PHONE,))
-    request = parse_request(Command.ALLOW, body("smtp", password_key="9c4e"))
-    assert decide_allow(request, off, Counters(), LIMITS, NOW).outcome == Outcome.ACCESS_OFF
+    before = parse_request(Command.ALLOW, body("smtp", password_key="9c4e"))
+    after = parse_request(Command.ALLOW, body("smtp", app_password="11"))
+    assert decide_allow(before, off, Counters(), LIMITS, NOW).outcome == Outcome.UNKNOWN
+    assert decide_allow(after, off, Counters(), LIMITS, NOW).outcome == Outcome.ACCESS_OFF
 
 
 def test_the_cached_state_keeps_each_passwords_scope() -> None:

@@ -33,8 +33,15 @@ DOVECOT_BODY = (
 )
 
 
-def request(protocol: str = "imap", remote: str = "192.0.2.7", command: str = "allow"):  # type: ignore[no-untyped-def]
-    body = f'{{"login":"alice@inbox.lv","protocol":"{protocol}","remote":"{remote}"}}'
+def request(  # type: ignore[no-untyped-def]
+    protocol: str = "imap",
+    remote: str = "192.0.2.7",
+    command: str = "allow",
+    verified: bool = False,
+):
+    """``verified``: the ``allow`` after the passdb matched a password (it names the password)."""
+    password = ',"app_password":"7"' if verified else ""
+    body = f'{{"login":"alice@inbox.lv","protocol":"{protocol}","remote":"{remote}"{password}}}'
     return parse_request(Command(command), body.encode())
 
 
@@ -104,9 +111,35 @@ def test_unknown_users_go_on_to_the_passdb_like_anyone() -> None:
     assert verdict == Verdict(Outcome.UNKNOWN, 0)
 
 
+OFF = MailboxState(1, enabled=False, block_reason="", plan="free", language="lv")
+BLOCKED = MailboxState(1, enabled=False, block_reason="compromised", plan="free", language="lv")
+
+
+@pytest.mark.parametrize("state", [OFF, BLOCKED], ids=["off", "blocked"])
+@pytest.mark.parametrize("protocol", ["imap", "pop3", "smtp"])
+def test_before_the_password_is_verified_an_off_or_blocked_mailbox_is_an_unknown_address(
+    state: MailboxState, protocol: str
+) -> None:
+    unknown = decide_allow(request(protocol), None, Counters(), LIMITS, NOW)
+
+    verdict = decide_allow(request(protocol), state, Counters(), LIMITS, NOW)
+
+    assert verdict == unknown == Verdict(Outcome.UNKNOWN, 0)
+    assert answer(verdict, "lv", LIMITS) == {"status": 0, "msg": ""}
+
+
+@pytest.mark.parametrize("state", [OFF, BLOCKED, None], ids=["off", "blocked", "unknown"])
+def test_guessing_locks_off_blocked_and_unknown_addresses_alike(
+    state: MailboxState | None,
+) -> None:
+    counters = Counters(mailbox_failures=10, mailbox_lock_seconds=600)
+    reply = answer(decide_allow(request(), state, counters, LIMITS, NOW), "en", LIMITS)
+    assert reply == {"status": -1, "msg": "Too many failed logins. Try again after 12:10."}
+
+
 def test_access_off_is_refused_in_the_mailbox_language() -> None:
-    off = MailboxState(1, enabled=False, block_reason="", plan="free", language="lv")
-    verdict = decide_allow(request("smtp"), off, Counters(), LIMITS, NOW)
+    off = OFF
+    verdict = decide_allow(request("smtp", verified=True), off, Counters(), LIMITS, NOW)
     assert verdict.status == -1
     assert answer(verdict, "lv", LIMITS)["msg"].startswith("Ārējā POP3\\IMAP un SMTP pieeja")
     assert answer(verdict, "en", LIMITS)["msg"].startswith("External POP3/IMAP and SMTP access")
@@ -116,7 +149,7 @@ def test_a_block_is_refused_with_its_reason() -> None:
     blocked = MailboxState(
         1, enabled=False, block_reason="faulty_program", plan="free", language="en"
     )
-    verdict = decide_allow(request(), blocked, Counters(), LIMITS, NOW)
+    verdict = decide_allow(request(verified=True), blocked, Counters(), LIMITS, NOW)
     reply = answer(verdict, "en", LIMITS)
     assert reply["status"] == -1
     assert "too many connections" in reply["msg"]

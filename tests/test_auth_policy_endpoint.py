@@ -183,15 +183,19 @@ def test_malformed_json_missing_fields_and_unknown_users_get_a_well_formed_answe
     assert dovecot.login("nobody@inbox.lv", right=False) == {"status": 0, "msg": ""}
 
 
-def test_a_mailbox_with_access_off_is_refused_smtp_auth_with_the_reason_in_its_language(
+def test_a_mailbox_with_access_off_hears_why_in_its_language_once_the_password_was_verified(
     dovecot: Dovecot, alice: Mailbox, bob: Mailbox
 ) -> None:
-    reply = dovecot.allow("alice@inbox.lv", "smtp")
+    # Before the passdb checked the password: exactly what an unknown address gets.
+    assert dovecot.allow("alice@inbox.lv", "smtp") == dovecot.allow("nobody@inbox.lv", "smtp")
+    assert dovecot.allow("alice@inbox.lv", "smtp") == {"status": 0, "msg": ""}
+    # After it: the passdb names the password that matched.
+    reply = dovecot.allow("alice@inbox.lv", "smtp", app_password="7")
     assert reply == {
         "status": -1,
         "msg": "Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta. Ieslēdziet to sadaļā Iestatījumi.",
     }
-    reply = dovecot.allow("bob@mail.ee", "imap")
+    reply = dovecot.allow("bob@mail.ee", "imap", app_password="8")
     assert reply["status"] == -1
     assert reply["msg"].startswith("External POP3/IMAP and SMTP access is switched off")
 
@@ -217,7 +221,7 @@ def test_switching_access_off_is_obeyed_at_once_despite_the_cache(
     switch_on(alice)
     assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == 0
     actions.disable_access(alice, actor=Actor.user(alice))
-    assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == -1
+    assert dovecot.allow("alice@inbox.lv", "smtp", app_password="1")["status"] == -1
     switch_on(alice)
     assert dovecot.allow("alice@inbox.lv", "smtp")["status"] == 0
 
@@ -225,7 +229,8 @@ def test_switching_access_off_is_obeyed_at_once_despite_the_cache(
 def test_a_blocked_mailbox_hears_why(dovecot: Dovecot, bob: Mailbox) -> None:
     switch_on(bob)
     actions.block_access(bob, BlockReason.HOURLY_LIMIT, actor=Actor.system("test"))
-    reply = dovecot.allow("bob@mail.ee", "smtp")
+    assert dovecot.allow("bob@mail.ee", "smtp") == {"status": 0, "msg": ""}
+    reply = dovecot.allow("bob@mail.ee", "smtp", app_password="1")
     assert reply["status"] == -1
     assert "hourly sending limit" in reply["msg"]
 
@@ -287,7 +292,7 @@ def test_a_faulty_program_gets_access_blocked_its_password_ended_and_a_notice(
     password.refresh_from_db()
     assert password.revoked_at is not None
     assert Notice.objects.filter(mailbox=alice, reason=BlockReason.FAULTY_PROGRAM).count() == 1
-    reply = dovecot.allow("alice@inbox.lv")
+    reply = dovecot.allow("alice@inbox.lv", app_password=str(password.pk))
     assert reply["status"] == -1
     assert "pārāk daudz savienojumu" in reply["msg"]
 
@@ -308,6 +313,25 @@ def test_password_guessing_locks_the_mailbox_but_not_from_the_owners_usual_addre
     # The lock ends a failure window after the last counted failure.
     dovecot.now += 15 * 60 + 1
     assert dovecot.allow("alice@inbox.lv", remote="203.0.113.50")["status"] == 0
+
+
+def test_guessing_locks_an_unknown_address_as_it_locks_a_mailbox_in_the_same_words(
+    dovecot: Dovecot, alice: Mailbox, bob: Mailbox
+) -> None:
+    """A lock only real mailboxes could get would list them; bob reads English."""
+    switch_on(bob)
+    actions.block_access(bob, BlockReason.COMPROMISED, actor=Actor.system("test"))
+    logins = ["nobody@inbox.lv", "alice@inbox.lv", "bob@mail.ee"]  # unknown, off, blocked
+    for guess in range(10):
+        for n, login in enumerate(logins):
+            remote = f"203.0.113.{10 * n + guess}"
+            dovecot.login(login, remote=remote, right=False, pwhash=f"{guess:03x}")
+
+    replies = [dovecot.allow(login, remote="198.51.100.77") for login in logins]
+
+    assert replies[0] == replies[1] == replies[2]
+    assert replies[0]["status"] == -1
+    assert replies[0]["msg"].startswith("Pārāk daudz neveiksmīgu pieteikšanās mēģinājumu.")
 
 
 def test_the_same_wrong_password_again_counts_once(dovecot: Dovecot, alice: Mailbox) -> None:
@@ -416,7 +440,7 @@ def test_the_endpoint_reaches_redis_over_tls_or_its_unix_socket(
     settings.AUTH_POLICY_API_KEY = API_KEY
     redis_client.sync_client.cache_clear()
     try:
-        reply = Dovecot(url).allow("alice@inbox.lv", "smtp")
+        reply = Dovecot(url).allow("alice@inbox.lv", "smtp", app_password="1")
         # The refusal with its reason needs the policy's state, which it keeps in that Redis.
         assert reply["status"] == -1
         assert reply["msg"].startswith("Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta.")

@@ -5,6 +5,8 @@ the test database, blocks the idle access, and the notice task it queues on comm
 the owner.
 """
 
+import contextlib
+import imaplib
 import os
 import re
 import subprocess
@@ -16,6 +18,7 @@ from datetime import timedelta
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +31,7 @@ from django.utils import timezone
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
-from tests.mailservers import free_port
+from tests.mailservers import IMAP4SSLFrom, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +63,14 @@ def metrics_port() -> int:
 @pytest.fixture
 def celery(redis_url: str, tmp_path: Path, metrics_port: int) -> Iterator[Path]:
     """Start `celery -A mailportal beat` and `... worker`; yield the folder mail goes to."""
+    with run_celery(redis_url, tmp_path, metrics_port) as mail_dir:
+        yield mail_dir
+
+
+@contextlib.contextmanager
+def run_celery(
+    redis_url: str, tmp_path: Path, metrics_port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Path]:
     queue = f"mailportal-e2e-{uuid.uuid4().hex}"
     mail_dir = tmp_path / "mail"
     mail_dir.mkdir()
@@ -80,6 +91,7 @@ def celery(redis_url: str, tmp_path: Path, metrics_port: int) -> Iterator[Path]:
         "CELERY_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         "METRICS_TOKEN": "scrape-token-123",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **(extra_env or {}),
     }
     celery = [sys.executable, "-m", "celery", "-A", "mailportal"]
     logs = {name: (tmp_path / f"{name}.log").open("w+") for name in ("worker", "beat")}
@@ -165,3 +177,40 @@ def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
     assert re.search(
         r'mailportal_job_runs_total\{job_name="block_idle_access",outcome="ok"\} [1-9]', scrape
     )
+
+
+def test_a_block_by_the_worker_ends_the_open_imap_session_through_a_queued_task(
+    redis_url: str,
+    tmp_path: Path,
+    metrics_port: int,
+    alice: Mailbox,
+    mail_servers_factory: Any,
+) -> None:
+    """The wiring: the idle job blocks in the worker; after its commit the kick goes to the
+    broker as ``end_sessions`` (nothing eager there), and the worker asks Dovecot."""
+    servers = mail_servers_factory(policy=None)
+    with time_machine.travel(timezone.now() - timedelta(days=70), tick=False):
+        password = actions.enable_access(alice, actor=Actor.user(alice))
+    assert password is not None
+    session = IMAP4SSLFrom(
+        "127.0.0.1",
+        servers.imaps_port,
+        source="127.0.0.1",
+        ssl_context=servers.tls.client_context(),
+    )
+    session.login(alice.address, password)
+    session.select("INBOX")
+
+    doveadm = {"DOVEADM_API_URL": servers.doveadm_url, "DOVEADM_API_KEY": servers.doveadm_api_key}
+    with run_celery(redis_url, tmp_path, metrics_port, doveadm):
+
+        def session_gone() -> bool:
+            try:
+                session.noop()
+            except (imaplib.IMAP4.abort, OSError):
+                return True
+            return False
+
+        assert wait_for(session_gone, 60), servers.logs()
+
+    assert ExternalAccess.objects.get(mailbox=alice).block == BlockReason.IDLE

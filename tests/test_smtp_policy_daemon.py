@@ -7,17 +7,21 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 import redis
 import time_machine
+from django.utils import translation
 
 from accounts.models import Mailbox, Plan
 from mailaccess import actions
 from mailaccess.mailserver import sending_counters
+from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import (
+    ACCESS_OFF_SERVER_MESSAGE,
     Actor,
     AppPassword,
     AuditAction,
@@ -37,7 +41,20 @@ BOB = "bob@mail.ee"
 
 
 def switch_on(mailbox: Mailbox) -> None:
-    assert actions.enable_access(mailbox, actor=Actor.user(mailbox)) is not None
+    actions.enable_access(mailbox, actor=Actor.user(mailbox))
+
+
+# Only a mailbox whose access is on may send: the daemon refuses a blocked or switched-off one.
+@pytest.fixture
+def alice(alice: Mailbox) -> Mailbox:
+    actions.enable_access(alice, actor=Actor.user(alice))
+    return alice
+
+
+@pytest.fixture
+def bob(bob: Mailbox) -> Mailbox:
+    actions.enable_access(bob, actor=Actor.user(bob))
+    return bob
 
 
 def access_of(mailbox: Mailbox) -> ExternalAccess:
@@ -161,12 +178,11 @@ def test_the_sixteenth_message_inside_an_hour_blocks_access(
         sixteenth = client.send_message(ALICE, "a-16")
         assert sixteenth.startswith("REJECT ")
         daemon.finish_blocks()
-        # A mail program still connected is deferred, not blocked a second time, until the
-        # first of the fifteen leaves the rolling hour: sent 183 s ago, so in 57 minutes.
+        # A mail program still connected is refused with the block's reason (its access is
+        # off now), and not blocked a second time.
         seventeenth = client.send_message(ALICE, "a-17")
-        assert seventeenth.startswith("DEFER_IF_PERMIT ")
-        assert "15 vestules stunda" in seventeenth
-        assert "pec 57 minutem" in seventeenth
+        assert seventeenth.startswith("REJECT ")
+        assert "parsniegts stundas sutisanas limits" in seventeenth
         daemon.finish_blocks()
 
     access = access_of(alice)
@@ -426,3 +442,41 @@ def test_a_request_followed_by_garbage_in_one_write_is_answered_then_the_connect
         assert client.read_reply() is None
     assert "event=smtp_policy.protocol_error" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def reply_within(seconds: float, ask: Callable[[], str], wanted: str) -> str:
+    """Ask until the reply starts with ``wanted`` or the time is up; the last reply."""
+    deadline = time.monotonic() + seconds
+    reply = ask()
+    while not reply.startswith(wanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        reply = ask()
+    return reply
+
+
+@pytest.mark.parametrize("how", ["blocked", "switched_off"])
+def test_a_blocked_or_switched_off_sender_is_refused_at_once_though_the_daemon_cached_it(
+    alice: Mailbox, test_redis: str, how: str
+) -> None:
+    """An SMTP session authenticated before the block sends nothing more: the daemon's
+    cached copy is dropped the moment the action commits (published in Redis), not when its
+    minute is up."""
+    with RunningDaemon(test_redis, cache_seconds=3600) as daemon, daemon.connect() as client:
+        assert client.send_message(ALICE, "m1") == "DUNNO"  # alice is cached now
+        if how == "blocked":
+            actions.block_access(alice, BlockReason.COMPROMISED, actor=Actor.system("test"))
+            message = BlockReason.COMPROMISED.server_message
+        else:
+            actions.disable_access(alice, actor=Actor.user(alice))
+            message = ACCESS_OFF_SERVER_MESSAGE
+        with translation.override("lv"):
+            reason = reply_text(str(message))
+        common = {"sasl_username": ALICE, "sender": ALICE, "recipient_count": "1"}
+
+        at_data = reply_within(
+            5, lambda: client.ask(protocol_state="DATA", instance="m2", **common), "REJECT"
+        )
+        at_end = client.ask(protocol_state="END-OF-MESSAGE", instance="m3", **common)
+
+    assert at_data.startswith("REJECT ") and reason in at_data, at_data
+    assert at_end == at_data

@@ -19,6 +19,8 @@ import time_machine
 from django.conf import settings
 
 from accounts.models import Mailbox
+from mailaccess import actions
+from mailaccess.models import Actor
 from tests.mailservers import PrivateRedis, free_port, private_redis_fixture  # noqa: F401
 from tests.policy_daemon import (  # noqa: F401
     PolicyClient,
@@ -31,6 +33,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 MONDAY = datetime(2026, 11, 9, 10, 0, tzinfo=UTC)
 ALICE = "alice@inbox.lv"
+
+
+# Only a mailbox whose access is on may send: the daemon refuses a blocked or switched-off one.
+@pytest.fixture
+def alice(alice: Mailbox) -> Mailbox:
+    actions.enable_access(alice, actor=Actor.user(alice))
+    return alice
+
+
+@pytest.fixture
+def bob(bob: Mailbox) -> Mailbox:
+    actions.enable_access(bob, actor=Actor.user(bob))
+    return bob
 
 
 def request(**attributes: str) -> bytes:

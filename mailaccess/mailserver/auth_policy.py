@@ -327,22 +327,38 @@ def decide_allow(
     limits: Limits,
     now: float,
 ) -> Verdict:
-    """Before auth (and again after it): refuse, delay or let the passdb decide."""
-    if state is None:
-        # Unknown users go on to the passdb, which fails them like a wrong password: a
-        # distinct answer here would tell a stranger which addresses exist.
-        return Verdict(Outcome.UNKNOWN)
-    if not state.enabled:
-        if state.block_reason:
-            return Verdict(Outcome.BLOCKED, -1, block_reason=state.block_reason)
-        return Verdict(Outcome.ACCESS_OFF, -1)
+    """Before auth (and again after it): refuse, delay or let the passdb decide.
+
+    Who learns what (threats.md: a stranger must not learn whether an address exists, uses
+    mail programs, or why it is blocked). ``app_password_id`` is set only in the ``allow``
+    Dovecot sends *after* the passdb verified the password (``%{passdb:app_password}``; the
+    passdb view names the matching password, live or the one most recently ended, see
+    migration 0010): only then is a switched-off or blocked mailbox told why. Before that, and
+    for any wrong password, such a mailbox is answered exactly as an unknown address: the
+    same verdict, the same bytes, and the same way on to the passdb, whose one indexed lookup
+    finds no row for either and checks no hash, so neither answer is faster.
+    """
+    if state is not None and not state.enabled:
+        if request.app_password_id is not None:
+            if state.block_reason:
+                return Verdict(Outcome.BLOCKED, -1, block_reason=state.block_reason)
+            return Verdict(Outcome.ACCESS_OFF, -1)
+        state = None
     if not counters.known_network:
         # The owner's usual networks are exempt from both locks: a guesser elsewhere must
-        # not lock them out.
+        # not lock them out. The lock's message may be told before the password is checked:
+        # it names no mailbox state, and unknown addresses (and switched-off or blocked
+        # mailboxes) collect failures and are locked by the very same counters
+        # (auth_policy_store.py), so being locked says nothing about whether an address
+        # exists, uses mail programs or is blocked.
         if counters.mailbox_failures >= limits.mailbox_failures:
             return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.mailbox_lock_seconds)
         if counters.ip_failures >= limits.ip_failures:
             return Verdict(Outcome.GUESSING, -1, retry_at=now + counters.ip_lock_seconds)
+    if state is None:
+        # Unknown users go on to the passdb, which fails them like a wrong password: a
+        # distinct answer here would tell a stranger which addresses exist.
+        return Verdict(Outcome.UNKNOWN)
     password = state.password_for(request)
     if (
         password is not None
@@ -365,6 +381,21 @@ def decide_allow(
             return Verdict(Outcome.DELAYED, max(1, math.ceil(round(wait, 3))))
         return Verdict(Outcome.TOO_OFTEN, -1, retry_at=now + wait)
     return Verdict(Outcome.ALLOW)
+
+
+# What only the mailbox itself may be told, in its language. Every other refusal (the
+# guessing lock) may reach a stranger and is told in the site's language: the mailbox's
+# language would tell that the address exists, and what language its owner reads.
+_OWNER_OUTCOMES = frozenset(
+    {Outcome.BLOCKED, Outcome.ACCESS_OFF, Outcome.TOO_OFTEN, Outcome.WRONG_PROTOCOL}
+)
+
+
+def answer_language(verdict: Verdict, state: MailboxState | None, default: str) -> str:
+    """The language of a verdict's message (see ``_OWNER_OUTCOMES``)."""
+    if state is not None and verdict.outcome in _OWNER_OUTCOMES:
+        return state.language
+    return default
 
 
 def _clock_time(when: float) -> str:

@@ -359,7 +359,7 @@ class AuthPolicyApp:
                 found, counters = loaded, Counters()
             counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
         verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
-        return verdict, found.language if found else settings.LANGUAGE_CODE
+        return verdict, auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
 
     async def _report(self, request: PolicyRequest, now: float) -> str:
         effect = auth_policy.report_effects(request)

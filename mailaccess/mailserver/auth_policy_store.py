@@ -75,9 +75,19 @@ if #state == 0 then
 end
 local fields = {}
 for i = 1, #state, 2 do fields[state[i]] = state[i + 1] end
-if fields['id'] == '0' then return {'state', state} end
-
 local mode, now, net = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local limit, failure_window = tonumber(ARGV[11]), tonumber(ARGV[12])
+if fields['id'] == '0' then
+  -- An unknown address collects wrong passwords and is locked like a mailbox: a lock that
+  -- only existing mailboxes could get would tell a stranger which addresses exist.
+  if mode == 'allow' then
+    local fails, ttl = failures(KEYS[4], now, limit, failure_window)
+    return {'state', state, 0, ARGV[7], fails, ttl, 0}
+  end
+  if mode == 'failure' then fail(KEYS[4], ARGV[4], now, limit, failure_window) end
+  return {'state', state}
+end
+
 local checking = ARGV[5] == '1' and net ~= ''
 local interval, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
 local window, per_check = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -92,7 +102,6 @@ if checking then
 end
 local open = conns > 0 and conns < per_check and (now - start) < window
 
-local limit, failure_window = tonumber(ARGV[11]), tonumber(ARGV[12])
 if mode == 'allow' then
   local fails, ttl = failures(KEYS[4], now, limit, failure_window)
   local known = 0
@@ -322,7 +331,13 @@ class PolicyStore:
             return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_lock_seconds=ip_wait)
         state = state_cache.decode(reply[1])
         if state is None:
-            return None, Counters()
+            # An unknown address: its wrong passwords count as a mailbox's do (the script).
+            return None, Counters(
+                mailbox_failures=int(reply[4]),
+                mailbox_lock_seconds=max(0, int(reply[5])),
+                ip_failures=int(ip_failures),
+                ip_lock_seconds=max(0, int(ip_wait)),
+            )
         return state, Counters(
             check_open=bool(reply[2]),
             check_tokens=float(reply[3]),

@@ -24,6 +24,16 @@ Nothing here runs SQL per check: mailboxes and plan limits are cached in the pro
 minute (``SMTP_POLICY_CACHE_SECONDS``), so a change of plan or of the limits in the admin
 reaches the daemon within that time. A plan change lifts the limits only days later anyway.
 
+A blocked or switched-off mailbox is refused at DATA and at END-OF-MESSAGE, with its reason:
+a session that authenticated before the block (or while the auth policy was down) must not
+send another message. The cached mailbox carries its access state, so the common path pays
+one attribute test and no Redis command. An access change must not wait for the cache to
+expire: the access actions publish the address on ``ACCESS_CHANNEL`` after commit (in the
+same Redis pipeline that invalidates the auth policy's state, ``state.invalidate_addresses``)
+and every daemon process, subscribed (``follow_access_changes``), forgets that mailbox at
+once. While the subscription is down nothing is forgotten, so on (re)subscribing the whole
+cache is dropped, and the cache's TTL bounds the rest.
+
 A check whose mailbox and limits are cached (nearly every check) runs no coroutine: one
 Redis command through the process's ``RedisPipeline`` (two for a DATA check that reaches a
 limit), whose reply callback hands the answer to the server, or none while the mailbox is
@@ -34,6 +44,7 @@ checks again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -48,13 +59,21 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone, translation
 from django.utils.translation import gettext, ngettext
+from redis import asyncio as aioredis
 
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
+from mailaccess import actions, passdb
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.mailserver.state import ACCESS_CHANNEL
+from mailaccess.models import (
+    ACCESS_OFF_SERVER_MESSAGE,
+    Actor,
+    AuditAction,
+    AuditEvent,
+    BlockReason,
+)
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
 from mailportal import metrics
 from mailportal.logging import Throttle, log_event
@@ -83,6 +102,8 @@ class Sender:
     # start of its DATA check (``sending_counters.packed_hour_count_prefix``).
     packed_keys: bytes
     packed_hour_count: bytes
+    # Why the mailbox may not send: its block reason, "access_off", or "" (access on).
+    refused: str = ""
 
     def sending_plan(self, now_ms: int) -> str:
         """Mirror of ``Mailbox.sending_plan`` on the cached copy."""
@@ -99,12 +120,19 @@ def _load_sender(address: str) -> Sender | None:
     close_old_connections()
     row = (
         Mailbox.objects.filter(address=address)
-        .values_list("pk", "plan", "sending_limits_lift_at", "language")
+        .values_list(
+            "pk",
+            "plan",
+            "sending_limits_lift_at",
+            "language",
+            "external_access__enabled",
+            "external_access__block_reason",
+        )
         .first()
     )
     if row is None:
         return None
-    pk, plan, lift_at, language = row
+    pk, plan, lift_at, language, enabled, block_reason = row
     return Sender(
         pk,
         address,
@@ -113,7 +141,18 @@ def _load_sender(address: str) -> Sender | None:
         language,
         sending_counters.packed_send_keys(address),
         sending_counters.packed_hour_count_prefix(address),
+        refused=block_reason or ("" if enabled else passdb.ACCESS_OFF_CODE),
     )
+
+
+@lru_cache(maxsize=256)
+def refusal(refused: str, language: str) -> str:
+    """The REJECT for a blocked or switched-off sender, its reason in the owner's language:
+    the same one line IMAP, POP3 and SMTP AUTH show."""
+    with translation.override(language):
+        if refused == passdb.ACCESS_OFF_CODE:
+            return reject(str(ACCESS_OFF_SERVER_MESSAGE))
+        return reject(str(BlockReason(refused).server_message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +199,10 @@ class SenderDirectory:
         self._senders: dict[str, tuple[float, Sender | None]] = {}
         self._loading: dict[str, asyncio.Future[Sender | None]] = {}
         self._limits: tuple[float, dict[str, PlanLimits]] = (0.0, {})
+        # Counts ``forget`` calls: a load that a forget overtook (it read the database before
+        # the change committed) answers its check but is not kept, or the change it missed
+        # would be cached for a whole TTL.
+        self._forgotten = 0
 
     def cached_sender(self, address: str, now: float) -> Sender | Literal[False] | None:
         """The cached mailbox (None: no such mailbox), or False when it must be loaded."""
@@ -167,6 +210,18 @@ class SenderDirectory:
         if cached is not None and cached[0] > now:
             return cached[1]
         return False
+
+    def forget(self, address: str) -> None:
+        """An access change of this mailbox (``follow_access_changes``): load it again."""
+        self._forgotten += 1
+        self._senders.pop(address, None)
+        # A load in flight may have read the old state: the next check starts a new one.
+        self._loading.pop(address, None)
+
+    def forget_all(self) -> None:
+        self._forgotten += 1
+        self._senders.clear()
+        self._loading.clear()
 
     def cached_limits(self, plan: str, now: float) -> PlanLimits | None:
         """A plan's limits, or None when they must be loaded."""
@@ -188,12 +243,18 @@ class SenderDirectory:
             # Cached and forgotten when the load ends, not when a check stops waiting for it
             # (MAILSERVER_DATABASE_WAIT): while the database hangs, the next checks of this
             # address wait on the same load instead of queueing one each.
-            loading.add_done_callback(lambda done: self._loaded(address, done))
+            generation = self._forgotten
+            loading.add_done_callback(lambda done: self._loaded(address, done, generation))
         return await asyncio.shield(loading)
 
-    def _loaded(self, address: str, done: asyncio.Future[Sender | None]) -> None:
-        self._loading.pop(address, None)
+    def _loaded(self, address: str, done: asyncio.Future[Sender | None], generation: int) -> None:
+        if self._loading.get(address) is done:
+            del self._loading[address]
         if done.cancelled() or done.exception() is not None:
+            return
+        # An access change was published while the load ran: what it read may be the state
+        # before the change, so it is not kept (the next check loads again).
+        if generation != self._forgotten:
             return
         if len(self._senders) >= self.MAX_ENTRIES:
             self._senders.clear()
@@ -332,6 +393,11 @@ class SmtpPolicy:
         self._lookups: set[asyncio.Task[str | None]] = set()
         self.database_wait = settings.MAILSERVER_DATABASE_WAIT
         self._lookup_failures_log = Throttle()
+        # Where access changes are published (``follow_access_changes``); followed from the
+        # first mailbox this process caches, so a daemon that only sees port 25 subscribes
+        # to nothing.
+        self.access_changes_url: str | None = None
+        self._follower: asyncio.Task[None] | None = None
 
     # -- the decision -------------------------------------------------------------------
 
@@ -389,6 +455,9 @@ class SmtpPolicy:
         answer: Answer,
         now: int,
     ) -> str | None:
+        if sender.refused:
+            # Blocked or switched off since this session authenticated: no more mail.
+            return refusal(sender.refused, sender.language)
         limits = plan.limits
         if self._deferred and (deferred := self._deferred_reply(sender, limits, now)):
             return deferred
@@ -499,6 +568,11 @@ class SmtpPolicy:
 
     def _load_then_check(self, address: str, count_it: bool, answer: Answer) -> str | None:
         """A cache miss: load the mailbox and the limits in the thread pool, then check."""
+
+        if self._follower is None and self.access_changes_url:
+            self._follower = asyncio.get_running_loop().create_task(
+                self.follow_access_changes(self.access_changes_url)
+            )
 
         async def load() -> str | None:
             try:
@@ -626,6 +700,45 @@ class SmtpPolicy:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def follow_access_changes(self, url: str, *, retry_seconds: float = 1.0) -> None:
+        """Forget a mailbox the moment its access changes (see the module's docstring).
+
+        Runs until cancelled; a lost subscription is opened again after ``retry_seconds``.
+        """
+        failing = False
+        while True:
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(ACCESS_CHANNEL)
+                    # Changes made while nobody listened are unknown: forget them all.
+                    self._directory.forget_all()
+                    failing = False
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._directory.forget(bytes(message["data"]).decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not failing:  # once per outage, not once a second
+                    log_event(
+                        log,
+                        "smtp_policy.access_changes_lost",
+                        logging.WARNING,
+                        error=type(error).__name__,
+                    )
+                failing = True
+            finally:
+                await client.aclose()  # type: ignore[attr-defined]  # types-redis 4 lacks it
+            await asyncio.sleep(retry_seconds)
+
+    async def stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     async def wait_for_background(self) -> None:
         """Let pending blocks finish (graceful shutdown, tests)."""

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 # A day is far longer than any load-and-store takes; the counter only has to outlive that.
 GENERATION_TTL = 86400
+# Every access change publishes the address here, after commit, with the invalidation: the
+# SMTP policy daemon's processes forget their cached copy of that mailbox at once.
+ACCESS_CHANNEL = "mp:access-changed"
 
 STORE_SCRIPT = """
 -- KEYS[1] state, KEYS[2] generation; ARGV[1] generation seen before the load, ARGV[2] TTL,
@@ -163,6 +166,7 @@ def invalidate_addresses(addresses: Sequence[str], client: redis.Redis | None = 
         pipe.incr(generation_key(login))
         pipe.expire(generation_key(login), GENERATION_TTL)
         pipe.delete(state_key(login))
+        pipe.publish(ACCESS_CHANNEL, login)
     pipe.execute()
 
 

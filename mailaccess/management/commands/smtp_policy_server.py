@@ -143,6 +143,8 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_stop)
+        # Blocks and switch-offs reach this process's cached mailboxes at once.
+        policy.access_changes_url = settings.MAILSERVER_REDIS_URL
         health_server = None
         try:
             for spec in listen:
@@ -159,6 +161,7 @@ class Command(BaseCommand):
             self.stdout.flush()
             await server.wait_stopped()
         finally:
+            await policy.stop_following()
             if health_server is not None:
                 health_server.close()
             await client.close()

@@ -1,0 +1,124 @@
+"""Ending a mailbox's open IMAP and POP3 sessions, through Dovecot's doveadm HTTP API.
+
+A block, switching access off, or ending a password stops new logins at once (the passdb
+view and the auth policy), but a session opened before stays open: an IMAP IDLE connection
+for days. For a hijacked mailbox that is the whole point of blocking it. So those actions
+(``mailaccess.actions``) call ``queue`` after their commit, and every Dovecot server
+(``DOVEADM_API_URL``) is asked to ``kick`` the mailbox's address: Dovecot's own way to end a
+user's sessions, which its anvil process tracks for every IMAP and POP3 login.
+
+Ending *one* device's password ends every session of the mailbox. Dovecot 2.3's ``kick``
+chooses sessions by login name and client address only (``doveadm kick user [ip]``): which
+password a session logged in with is not among what anvil knows, and the password's last
+client address may not be the address of a session it opened elsewhere. The mailbox's other
+programs, whose passwords still work, reconnect by themselves (an IMAP client within seconds,
+as after any server restart); the one whose password ended cannot.
+
+The call runs in a thin Celery task (``tasks.end_sessions``) that retries with back-off while
+Dovecot does not answer, so the web request never waits for Dovecot. On the embedded default
+(no broker, eager tasks) it runs once, here and now, bounded by ``DOVEADM_API_TIMEOUT``, and a
+failure is logged, never raised: the committed block must not fail because a server is away.
+
+Besides, the SMTP policy daemon refuses the mail of an already authenticated SMTP session of
+a blocked or switched-off mailbox (``mailserver/smtp_policy.py``), which no kick can end.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+
+from accounts.models import Mailbox
+from mailportal.logging import log_event
+
+logger = logging.getLogger(__name__)
+
+# Addresses per task and per HTTP request (one "kick" command each, in one JSON array): a
+# job's page of a thousand blocks is ten requests to each server.
+ADDRESSES_PER_CALL = 100
+# doveadm's exit code when nobody matched: no session was open, which is what we want.
+EX_NOUSER = 68
+
+
+class DoveadmError(OSError):
+    """Dovecot did not answer, or answered with something other than "done": retry."""
+
+
+def kick_commands(addresses: Sequence[str]) -> list[list[Any]]:
+    """The doveadm HTTP API body: one ``kick`` per address, tagged with its position."""
+    return [["kick", {"mask": [address]}, str(number)] for number, address in enumerate(addresses)]
+
+
+def check_answer(answer: Any, count: int) -> None:
+    """Raise DoveadmError unless every command was done or found nobody to kick."""
+    if not isinstance(answer, list) or len(answer) != count:
+        raise DoveadmError("unexpected answer from doveadm")
+    for item in answer:
+        if not isinstance(item, list) or len(item) != 3:
+            raise DoveadmError("unexpected answer from doveadm")
+        kind, detail = item[0], item[1]
+        if kind == "doveadmResponse":
+            continue
+        if kind == "error" and isinstance(detail, dict) and detail.get("exitCode") == EX_NOUSER:
+            continue
+        raise DoveadmError(f"doveadm refused the kick: {json.dumps(detail)[:200]}")
+
+
+def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) -> None:
+    """End every IMAP and POP3 session of ``addresses`` on the Dovecot at ``url``."""
+    if not url.startswith(("http://", "https://")):
+        raise DoveadmError("DOVEADM_API_URL must be an http:// or https:// URL")
+    key = base64.b64encode(settings.DOVEADM_API_KEY.encode()).decode()
+    request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
+        url,
+        data=json.dumps(kick_commands(addresses)).encode(),
+        method="POST",
+        headers={"Authorization": f"X-Dovecot-API {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (the scheme is checked above)
+            request, timeout=settings.DOVEADM_API_TIMEOUT if timeout is None else timeout
+        ) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise DoveadmError(f"doveadm answered HTTP {error.code}") from None
+    except ValueError:
+        raise DoveadmError("doveadm answered something other than JSON") from None
+    check_answer(answer, len(addresses))
+
+
+def queue(mailbox_ids: Sequence[int]) -> None:
+    """End these mailboxes' sessions on every Dovecot server (runs after commit). Never raises."""
+    # Imported here: the tasks module imports the jobs, which import the actions.
+    from mailaccess import tasks
+
+    urls = settings.DOVEADM_API_URL
+    if not urls or not mailbox_ids:
+        return
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    for start in range(0, len(addresses), ADDRESSES_PER_CALL):
+        chunk = addresses[start : start + ADDRESSES_PER_CALL]
+        for url in urls:
+            try:
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    # No worker: once, bounded by the timeout, instead of eager retries that
+                    # would hold the request for minutes.
+                    kick(url, chunk)
+                else:
+                    tasks.end_sessions.delay(url, chunk)
+            except Exception as error:
+                log_event(
+                    logger,
+                    "sessions.not_ended",
+                    logging.ERROR,
+                    mailbox=",".join(chunk[:5]),
+                    server=url,
+                    error=type(error).__name__,
+                )
