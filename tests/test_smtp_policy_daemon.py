@@ -243,6 +243,7 @@ def test_a_new_mail_plus_user_blocked_for_misuse_keeps_the_free_limits_until_the
     with time_machine.travel(MONDAY, tick=False) as traveller:
         actions.block_access(alice, BlockReason.HOURLY_LIMIT, actor=Actor.system("smtp policy"))
         actions.unblock_access(alice, actor=Actor.system("support"))
+        actions.enable_access(alice, actor=Actor.user(alice))
         actions.change_plan(alice, Plan.PLUS, actor=Actor.system("billing"))
         with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
             for number in range(5):
