@@ -394,8 +394,12 @@ SMTP_POLICY_REQUEST_TIMEOUT = float(os.environ.get("SMTP_POLICY_REQUEST_TIMEOUT"
 SMTP_POLICY_IDLE_TIMEOUT = float(os.environ.get("SMTP_POLICY_IDLE_TIMEOUT", "600"))
 # How long the daemon trusts its copy of a mailbox's plan and of the plans' limits.
 SMTP_POLICY_CACHE_SECONDS = float(os.environ.get("SMTP_POLICY_CACHE_SECONDS", "60"))
-# Bounces within an hour that mark a mailbox which sent through SMTP as compromised.
+# Distinct messages of the last hour whose bounces (to their signed envelope sender, see
+# mailaccess/mailserver/bounce_tags.py) mark the mailbox that sent them as compromised.
 SMTP_POLICY_BOUNCE_LIMIT = envint("SMTP_POLICY_BOUNCE_LIMIT", 30)
+# Where the daemon serves Postfix's sender_canonical_maps (socketmap) that tags the envelope
+# senders of submitted mail: host:port or unix:/path, comma separated; empty: not served.
+SMTP_POLICY_TAG_LISTEN = envlist("SMTP_POLICY_TAG_LISTEN", "")
 # The n-th hourly-limit block within 24 hours blocks as compromised instead.
 SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED = envint(
     "SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED", 3

@@ -294,6 +294,9 @@ class SmtpPolicyDaemon:
     service: str  # what main.cf's check_policy_service is given: inet:127.0.0.1:PORT
     redis_url: str
     log: Path
+    # Its socketmap of signed envelope senders (--tag-listen), inet:127.0.0.1:PORT; empty:
+    # Postfix tags nothing.
+    tag_service: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -309,6 +312,7 @@ def smtp_policy_daemon(
     if not redis_url:
         pytest.skip("the SMTP policy daemon counts in Redis: set REDIS_URL_FOR_TESTS")
     port = free_port()
+    tag_port = free_port()
     log = tmp_path_factory.mktemp("smtp-policy") / "daemon.log"
     env = {
         **os.environ,
@@ -325,9 +329,13 @@ def smtp_policy_daemon(
         "CELERY_TASK_ALWAYS_EAGER": "1",
         "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
     }
-    process = start_command("smtp_policy_server", port, env, log)
+    process = start_command(
+        "smtp_policy_server", port, env, log, "--tag-listen", f"127.0.0.1:{tag_port}"
+    )
     try:
-        yield SmtpPolicyDaemon(f"inet:127.0.0.1:{port}", redis_url, log)
+        yield SmtpPolicyDaemon(
+            f"inet:127.0.0.1:{port}", redis_url, log, f"inet:127.0.0.1:{tag_port}"
+        )
     finally:
         stop_process(process)
 
@@ -345,6 +353,8 @@ class MailServers:
     submissions_port: int  # implicit TLS, as 465
     policy: PolicyServer | None
     smtp_policy: SmtpPolicyDaemon | None = None
+    # Port 25 of the MX (deploy/postfix/mx-inbound.*.cf): only with an SMTP policy daemon.
+    mx_port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Dovecot's doveadm HTTP API (kick): what the portal's DOVEADM_API_URL/KEY name.
     doveadm_port: int = 0
@@ -412,6 +422,13 @@ def _values(servers: MailServers, sql_connect: str) -> dict[str, str]:
         "SMTP_POLICY_SERVICE": (
             servers.smtp_policy.service if servers.smtp_policy else "inet:127.0.0.1:9"
         ),
+        # Likewise: without a tag service mailportal_sender_tag_maps is emptied.
+        "SENDER_TAG_SERVICE": (
+            servers.smtp_policy.tag_service
+            if servers.smtp_policy and servers.smtp_policy.tag_service
+            else "inet:127.0.0.1:9"
+        ),
+        "MX_SERVICE": f"127.0.0.1:{servers.mx_port or 9}",
     }
 
 
@@ -429,7 +446,26 @@ auth_verbose = yes
 NO_SMTP_POLICY = {
     "submission_data_restrictions": "",
     "submission_end_of_data_restrictions": "",
+    "mailportal_sender_tag_maps": "",
 }
+
+# The MX of the tests, on top of deploy/postfix/mx-inbound.*.cf: a stranger may connect
+# without TLS and without logging in (as on any MX), and it accepts mail for any address
+# (the provider's MX would refuse unknown recipients and relay for nobody; here every 127.0.0.x
+# client may send to any address, and default_transport discards it all).
+# Its own host name: Postfix's SMTP client, handing it a bounce, would otherwise see its own
+# name in the greeting and refuse to deliver "to itself". No reverse DNS of the strangers'
+# 127.0.0.x addresses: the test machine may have no resolver to answer it.
+MX_TEST_OPTIONS = """\
+  -o myhostname=mx.e2e.test
+  -o smtpd_peername_lookup=no
+  -o smtpd_tls_security_level=may
+  -o smtpd_client_restrictions=
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:$config_directory/e2e_nowhere.regexp
+  -o smtpd_sender_restrictions=
+"""
 
 
 def start_mail_servers(
@@ -451,6 +487,7 @@ def start_mail_servers(
         policy=policy,
         smtp_policy=smtp_policy,
         doveadm_port=free_port(),
+        mx_port=free_port() if smtp_policy else 0,
     )
     root.chmod(0o755)
     _render_module().render(_values(servers, database_environment()["DOVECOT_SQL_CONNECT"]), root)
@@ -463,6 +500,29 @@ def start_mail_servers(
     data.mkdir()
     postfix_user = pwd.getpwnam("postfix")
     os.chown(data, postfix_user.pw_uid, postfix_user.pw_gid)
+    if smtp_policy is not None:
+        # The MX that receives bounces on "port 25", asking the same daemon after DATA.
+        with (postfix_dir / "main.cf").open("a") as main_cf:
+            main_cf.write((postfix_dir / "mx-inbound.main.cf").read_text())
+        with (postfix_dir / "master.cf").open("a") as master_cf:
+            master_cf.write((postfix_dir / "mx-inbound.master.cf").read_text() + MX_TEST_OPTIONS)
+        # The MX also plays the Internet for a spam run: mail to nowhere.e2e.test goes to it
+        # and is refused at RCPT, so Postfix writes a bounce ("Mail Delivery System") to the
+        # message's envelope sender; bounces to our tagged envelope senders go to the MX, as
+        # they would come back to inbox.lv.
+        (postfix_dir / "e2e_transport.regexp").write_text(
+            f"/@nowhere\\.e2e\\.test$/ smtp:[127.0.0.1]:{servers.mx_port}\n"
+            f"/^prvs=/ smtp:[127.0.0.1]:{servers.mx_port}\n"
+        )
+        (postfix_dir / "e2e_nowhere.regexp").write_text(
+            "/@nowhere\\.e2e\\.test$/ REJECT no such mailbox\n"
+        )
+        extra_postfix = {
+            "transport_maps": "regexp:$config_directory/e2e_transport.regexp",
+            **(extra_postfix or {}),
+        }
+        if not smtp_policy.tag_service:
+            extra_postfix = {"mailportal_sender_tag_maps": "", **(extra_postfix or {})}
     if smtp_policy is None:
         extra_postfix = {**NO_SMTP_POLICY, **(extra_postfix or {})}
         # Now unused: Postfix would warn about it in every log.
@@ -504,6 +564,8 @@ def start_mail_servers(
         wait_for_port(servers.submission_port, postfix, servers.logs)
         wait_for_port(servers.submissions_port, postfix, servers.logs)
         check_certificate(servers.submissions_port, tls)
+        if servers.mx_port:
+            wait_for_port(servers.mx_port, postfix, servers.logs)
     except BaseException:
         stop_mail_servers(servers)
         raise

@@ -17,7 +17,7 @@ from django.utils import translation
 
 from accounts.models import Mailbox, Plan
 from mailaccess import actions
-from mailaccess.mailserver import sending_counters
+from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import (
@@ -296,34 +296,123 @@ def test_concurrent_connections_cannot_overshoot_the_limit(alice: Mailbox, test_
     assert redis.Redis.from_url(test_redis).zcard(sending_counters.sent_key(ALICE)) == 5
 
 
-def test_a_flood_of_bounces_blocks_a_sending_mailbox_as_compromised(
+def deliver_inbound(client, sender: str, recipient: str, number: int, source: str) -> None:  # type: ignore[no-untyped-def]
+    """What the MX's smtpd asks about one whole message from outside: at RCPT, DATA and
+    END-OF-MESSAGE (the MX may ask at any of them); inbound mail is never refused."""
+    common = {
+        "sender": sender,
+        "recipient": recipient,
+        "recipient_count": "1",
+        "client_address": source,
+        "instance": f"in{number}",
+    }
+    for stage in ("RCPT", "DATA", "END-OF-MESSAGE"):
+        assert client.ask(protocol_state=stage, **common) == "DUNNO"
+
+
+def bounces_counted(url: str, address: str) -> int:
+    return int(redis.Redis.from_url(url).zcard(sending_counters.bounces_key(address)))
+
+
+def test_null_sender_rcpts_without_data_from_many_clients_block_nobody(
+    alice: Mailbox, test_redis: str
+) -> None:
+    switch_on(alice)
+    with (
+        time_machine.travel(MONDAY, tick=False),
+        RunningDaemon(test_redis) as d,
+        d.connect() as submission,
+        d.connect() as inbound,
+    ):
+        assert submission.send_message(ALICE, "one") == "DUNNO"
+        tag = bounce_tags.tag_sender(ALICE, now_ms())
+        # 60 RCPTs from 60 addresses, never a DATA: 40 to her address, 20 to the real tag
+        # (this stranger received her message).
+        for number in range(60):
+            recipient = ALICE if number % 3 else tag
+            assert (
+                inbound.ask(
+                    protocol_state="RCPT",
+                    sender="" if number % 3 else "MAILER-DAEMON@mx.example",
+                    recipient=recipient,
+                    client_address=f"198.51.100.{number}",
+                    instance=f"r{number}",
+                )
+                == "DUNNO"
+            )
+        d.finish_blocks()
+
+    assert bounces_counted(test_redis, ALICE) == 0
+    assert access_of(alice).enabled
+
+
+def test_forged_delivery_reports_do_not_block_a_mailbox_that_sent_one_message(
+    alice: Mailbox, test_redis: str
+) -> None:
+    switch_on(alice)
+    with (
+        time_machine.travel(MONDAY, tick=False) as traveller,
+        RunningDaemon(test_redis) as d,
+        d.connect() as submission,
+        d.connect() as inbound,
+    ):
+        assert submission.send_message(ALICE, "one") == "DUNNO"
+        # The tag Postfix gave that message (what the daemon's socketmap answers).
+        tag = bounce_tags.tag_sender(ALICE, now_ms())
+        assert tag is not None
+        traveller.shift(60)
+        forged_tags = [
+            # A guessed HMAC, another minute under the same HMAC, a validly signed tag two
+            # hours old, and the real tag moved to another address.
+            f"prvs={tag[5:17]}{'0' * 12}={ALICE}",
+            f"prvs={int(tag[5:12], 16) - 1:07x}{tag[12:]}",
+            bounce_tags.tag_sender(ALICE, now_ms() - 2 * 3_600_000),
+            tag.replace(ALICE, f"x{ALICE}"),
+        ]
+        # 60 whole delivery reports from 60 addresses: 34 to her plain address, 16 to forged
+        # tags, and the real tag 10 times.
+        recipients = [ALICE] * 34 + forged_tags * 4 + [tag] * 10
+        for number, recipient in enumerate(recipients):
+            assert recipient is not None
+            deliver_inbound(inbound, "", recipient, number, f"203.0.113.{number}")
+        d.finish_blocks()
+
+    assert bounces_counted(test_redis, ALICE) == 1
+    assert access_of(alice).enabled
+
+
+def test_bounces_of_messages_a_mailbox_really_sent_block_it_as_compromised(
     alice: Mailbox, bob: Mailbox, test_redis: str
 ) -> None:
     switch_on(alice)
     switch_on(bob)
     with (
-        time_machine.travel(MONDAY, tick=False),
+        time_machine.travel(MONDAY, tick=False) as traveller,
         RunningDaemon(test_redis, bounce_limit=5) as d,
         d.connect() as submission,
         d.connect() as inbound,
     ):
-        assert submission.send_message(ALICE, "spam-1", recipients=50) == "DUNNO"
-        for number in range(6):
-            for recipient, sender in ((ALICE, ""), (BOB, "MAILER-DAEMON@mx.example")):
-                answer = inbound.ask(
-                    protocol_state="RCPT",
-                    sender=sender,
-                    recipient=recipient,
-                    instance=f"i{number}",
-                )
-                assert answer == "DUNNO", "bounces are delivered, never refused"
+        tags = []
+        for number in range(5):
+            assert submission.send_message(ALICE, f"spam-{number}", recipients=50) == "DUNNO"
+            tags.append(bounce_tags.tag_sender(ALICE, now_ms()))
+            traveller.shift(5)
+        assert submission.send_message(BOB, "hello") == "DUNNO"
+        # The Mail Delivery System's flood: several reports for each message, some from
+        # MAILER-DAEMON. Bob's bounces come to his plain address: backscatter of mail that
+        # forged his address, not mail he sent.
+        for number in range(15):
+            sender = "" if number % 2 else "MAILER-DAEMON@mx.example"
+            deliver_inbound(inbound, sender, tags[number % 5], number, "192.0.2.25")
+            deliver_inbound(inbound, sender, BOB, 100 + number, "192.0.2.25")
         d.finish_blocks()
 
     access = access_of(alice)
     assert access.block == BlockReason.COMPROMISED
     assert access.requires_password_change
     assert Notice.objects.filter(mailbox=alice, reason=BlockReason.COMPROMISED).exists()
-    # Bob sent nothing through SMTP: his bounces are backscatter of a forged sender.
+    block = AuditEvent.objects.get(mailbox=alice, action=AuditAction.ACCESS_BLOCKED)
+    assert block.detail["bounces_last_hour"] == 5
     assert access_of(bob).enabled
 
 

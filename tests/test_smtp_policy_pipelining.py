@@ -20,6 +20,8 @@ from django.conf import settings
 
 from accounts.models import Mailbox
 from mailaccess import actions
+from mailaccess.mailserver import bounce_tags
+from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import Actor
 from tests.mailservers import PrivateRedis, free_port, private_redis_fixture  # noqa: F401
 from tests.policy_daemon import (  # noqa: F401
@@ -59,8 +61,14 @@ def end_of_message(number: int) -> bytes:
 
 # Not signed in, not a bounce: answered at once, without Redis.
 OTHER = request(protocol_state="RCPT", sender="someone@example.com", recipient="x@inbox.lv")
-# A bounce arriving for a mailbox: counted in Redis, with no database lookup.
-BOUNCE = request(protocol_state="RCPT", sender="", recipient=ALICE, instance="b1")
+
+
+def bounce(instance: str = "b1") -> bytes:
+    """A bounce of a message Alice sent (to its signed envelope sender) arriving for her after
+    DATA: counted in Redis, with no database lookup."""
+    tagged = bounce_tags.tag_sender(ALICE, now_ms())
+    assert tagged is not None
+    return request(protocol_state="END-OF-MESSAGE", sender="", recipient=tagged, instance=instance)
 
 
 @pytest.fixture
@@ -91,7 +99,7 @@ def test_requests_sent_in_one_write_are_answered_in_order(alice: Mailbox, test_r
 
 
 def test_a_request_split_across_many_writes_is_answered_once_whole(test_redis: str) -> None:
-    stream = OTHER + BOUNCE.replace(b"b1", b"b2") + OTHER
+    stream = OTHER + bounce("b2") + OTHER
     with RunningDaemon(test_redis) as daemon, daemon.connect() as client:
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for start in range(0, len(stream), 7):
@@ -161,7 +169,7 @@ def test_pipelined_requests_get_the_configured_answer_when_redis_hangs(
         RunningDaemon(url, request_timeout=1.5, on_redis_error=on_redis_error) as daemon,
         daemon.connect() as client,
     ):
-        client.send_raw(b"".join(end_of_message(n) + BOUNCE for n in range(3)) + OTHER)
+        client.send_raw(b"".join(end_of_message(n) + bounce() for n in range(3)) + OTHER)
         answers = [client.read_reply() for _ in range(7)]
     assert answers[-1] == "DUNNO"
     assert all(a is not None and a.startswith(expected) for a in answers[:-1]), answers
@@ -174,6 +182,8 @@ def test_sigterm_answers_the_request_in_flight_then_exits(silent_redis: socket.s
         "MAILSERVER_REDIS_URL": f"redis://127.0.0.1:{silent_redis.getsockname()[1]}/0",
         "MAILSERVER_REDIS_TIMEOUT": "1",
         "DEBUG": "1",
+        # The key the bounce's tag is signed with here.
+        "SECRET_KEY": settings.SECRET_KEY,
     }
     daemon = subprocess.Popen(
         [sys.executable, "manage.py", "smtp_policy_server", "--listen", f"127.0.0.1:{port}"],
@@ -186,7 +196,7 @@ def test_sigterm_answers_the_request_in_flight_then_exits(silent_redis: socket.s
         assert daemon.stdout is not None
         assert b"listening on" in daemon.stdout.readline()
         with PolicyClient(socket.create_connection(("127.0.0.1", port), timeout=10)) as client:
-            client.send_raw(BOUNCE)
+            client.send_raw(bounce())
             redis_side, _ = silent_redis.accept()
             with redis_side:
                 # The bounce's script has reached "Redis": the request is in flight.

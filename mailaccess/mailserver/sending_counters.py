@@ -78,17 +78,24 @@ end
 return 0
 """
 
-# KEYS: bounce log, last-sent stamp, "reported" marker. ARGV: now, window start, member, limit.
-# The log keeps at most `limit` entries, so a flood costs no memory. A flood counts only when
-# the mailbox itself sent through SMTP in the last day: bounces for a forged sender
-# (backscatter) arrive whether or not the password was stolen, and must not block anyone.
+# KEYS: bounce log, last-sent stamp, "reported" marker. ARGV: now, window start, tag, the
+# minute the bounced message was sent (from its tag), limit.
+# Only bounces of the mailbox's own messages reach this script: the daemon counts a null-sender
+# message after DATA whose one recipient is a tagged envelope sender it verified
+# (``bounce_tags``). The log's members are the tags, scored with the time their message was
+# sent: a tag counts once (ZADD NX), and only while its message is less than an hour old
+# (older tags are refused by ``bounce_tags.verify`` and trimmed here). So the log counts the
+# distinct messages of the last hour that bounced, which nobody but the mailbox's own
+# authenticated sender can raise. The log keeps at most `limit` entries, so a flood costs
+# no memory; a trimmed tag added again is the lowest score and trimmed again at once.
+# The last-sent stamp is implied by a valid tag; it stays as a cheap second check.
 BOUNCE_SCRIPT = """
 local bounces, last_sent, reported = KEYS[1], KEYS[2], KEYS[3]
-local limit = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', bounces, '-inf', ARGV[2])
-redis.call('ZADD', bounces, ARGV[1], ARGV[3])
+redis.call('ZADD', bounces, 'NX', ARGV[4], ARGV[3])
 redis.call('ZREMRANGEBYRANK', bounces, 0, -(limit + 1))
-redis.call('PEXPIRE', bounces, 3600000)
+redis.call('PEXPIRE', bounces, 3720000)
 local n = redis.call('ZCARD', bounces)
 local now = tonumber(ARGV[1])
 local sent_at = tonumber(redis.call('GET', last_sent) or '0')

@@ -15,10 +15,15 @@ The recipients of one message are bounded by Postfix's ``smtpd_recipient_limit``
 submission service (see ``deploy/postfix-policy.md``), and a spam run shows up as a flood of
 bounces, which blocks the mailbox as compromised.
 
-Inbound (port 25, mail arriving for our mailboxes): bounces (null sender, MAILER-DAEMON) are
-counted per recipient at RCPT; a flood of them for a mailbox that sent through SMTP recently
-means its password is being used for spam. Inbound mail is never refused here: the owner
-should see the bounces.
+Inbound (port 25, mail arriving for our mailboxes, asked at END-OF-MESSAGE): a bounce (null
+sender, MAILER-DAEMON) counts only when it is a whole message whose one recipient is a tagged
+envelope sender that the mailbox's own authenticated submission minted (``bounce_tags``:
+signed, at most an hour old, each tag once). A flood of them, 30 distinct messages of the
+last hour, means the mailbox's password is being used for spam. Nothing a stranger sends on
+port 25 counts: RCPTs without DATA are never asked about, bounces to the plain address or to
+a tag whose HMAC does not verify are ignored, and a replayed tag counts once (the reasoning is
+in ``bounce_tags`` and deploy/postfix-policy.md). Inbound mail is never refused here: the
+owner should see the bounces.
 
 Nothing here runs SQL per check: mailboxes and plan limits are cached in the process for a
 minute (``SMTP_POLICY_CACHE_SECONDS``), so a change of plan or of the limits in the admin
@@ -63,7 +68,7 @@ from redis import asyncio as aioredis
 
 from accounts.models import Mailbox, Plan
 from mailaccess import actions, passdb
-from mailaccess.mailserver import sending_counters
+from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
 from mailaccess.mailserver.state import ACCESS_CHANNEL
@@ -412,10 +417,13 @@ class SmtpPolicy:
             if state == "END-OF-MESSAGE":
                 return self._check_sender(address, True, answer)
         elif (
-            state == "RCPT"
+            # After DATA only: a RCPT costs a stranger nothing and proves nothing. A delivery
+            # report goes to one address, the envelope sender of the message it reports;
+            # Postfix names the recipient here only when the message has exactly one.
+            state == "END-OF-MESSAGE"
             and request.policy_context != "submission"
-            and request.recipient
             and is_bounce_sender(request.sender)
+            and request.recipient.startswith(bounce_tags.PREFIX)
         ):
             return self._count_bounce(request.recipient, answer)
         return DUNNO
@@ -613,9 +621,14 @@ class SmtpPolicy:
         return None
 
     def _count_bounce(self, recipient: str, answer: Answer) -> str | None:
+        now = now_ms()
+        verified = bounce_tags.verify(recipient, now)
+        if verified is None:
+            # Forged, stale or mangled: not a bounce of a message this mailbox sent.
+            return DUNNO
+        address, tag, sent_at = verified
         if self._redis_down_until > time.monotonic():
             return self._without_redis(None)
-        now = now_ms()
 
         def replied(reply: Any) -> None:
             if _failed(reply):
@@ -626,22 +639,17 @@ class SmtpPolicy:
                     log,
                     "smtp_policy.bounce_flood",
                     logging.WARNING,
-                    mailbox=recipient,
+                    mailbox=address,
                     bounces=reply[1],
                 )
-                self._in_background(_block_for_bounces, recipient, int(reply[1]))
+                self._in_background(_block_for_bounces, address, int(reply[1]))
             answer(DUNNO)
 
         self._redis.evalsha(
             replied,
             BOUNCE_SCRIPT,
-            sending_counters.bounce_keys(recipient),
-            [
-                now,
-                now - sending_counters.HOUR_MS,
-                sending_counters.unique_member(now),
-                self.bounce_limit,
-            ],
+            sending_counters.bounce_keys(address),
+            [now, now - sending_counters.HOUR_MS, tag, sent_at, self.bounce_limit],
         )
         return None
 

@@ -162,7 +162,8 @@ class Command(BaseCommand):
             now_ms - sending_counters.HOUR_MS,
             "+inf",
         )
-        self.line("bounces received", f"{bounces} in the last hour")
+        # Only bounces to the signed envelope senders of its own messages, each message once.
+        self.line("messages bounced", f"{bounces} of the last hour")
 
     def _counters(self, client: redis.Redis, login: str) -> None:
         now = timezone.now().timestamp()

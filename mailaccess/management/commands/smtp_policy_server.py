@@ -13,6 +13,7 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from mailaccess.mailserver.bounce_tags import serve_sender_tags
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
 from mailaccess.mailserver.processes import fork_servers
@@ -67,6 +68,14 @@ class Command(BaseCommand):
             "TCP only: a unix socket path has one owner)",
         )
         parser.add_argument(
+            "--tag-listen",
+            action="append",
+            metavar="ADDRESS",
+            help="host:port or unix:/path of the socketmap table that tags the envelope "
+            "senders of submitted mail (Postfix's sender_canonical_maps, see "
+            "deploy/postfix-policy.md; default: SMTP_POLICY_TAG_LISTEN)",
+        )
+        parser.add_argument(
             "--health-listen",
             metavar="HOST:PORT",
             default=settings.SMTP_POLICY_HEALTH_LISTEN,
@@ -76,8 +85,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         listen: list[str] = options["listen"] or settings.SMTP_POLICY_LISTEN
+        tag_listen: list[str] = options["tag_listen"] or settings.SMTP_POLICY_TAG_LISTEN
         try:
-            for spec in listen:
+            for spec in [*listen, *tag_listen]:
                 parse_listen(spec)
             unix_mode = int(options["unix_mode"], 8)
             health_listen = options["health_listen"]
@@ -96,17 +106,24 @@ class Command(BaseCommand):
         gc.freeze()
         if processes < 1:
             raise CommandError("--processes must be at least 1")
-        if processes > 1 and any(parse_listen(spec)[0] == "unix" for spec in listen):
+        if processes > 1 and any(
+            parse_listen(spec)[0] == "unix" for spec in [*listen, *tag_listen]
+        ):
             raise CommandError("--processes > 1 needs TCP listen addresses (SO_REUSEPORT)")
         if processes == 1:
             # uvloop: the event loop's own work (transports, timers, callbacks) was half of
             # a check's CPU time on the standard loop.
-            uvloop.run(self._run(listen, unix_mode, health_listen, reuse_port=False))
+            uvloop.run(self._run(listen, tag_listen, unix_mode, health_listen, reuse_port=False))
             return
-        self._run_processes(listen, unix_mode, processes, health_listen)
+        self._run_processes(listen, tag_listen, unix_mode, processes, health_listen)
 
     def _run_processes(
-        self, listen: list[str], unix_mode: int, processes: int, health_listen: str
+        self,
+        listen: list[str],
+        tag_listen: list[str],
+        unix_mode: int,
+        processes: int,
+        health_listen: str,
     ) -> None:
         """Fork the servers (one event loop each, the kernel spreads connections between
         them) and wait; SIGTERM and SIGINT are passed on, each child stops gracefully.
@@ -117,14 +134,26 @@ class Command(BaseCommand):
 
         def run(index: int) -> None:
             uvloop.run(
-                self._run(listen, unix_mode, health_listen if index == 0 else "", reuse_port=True)
+                self._run(
+                    listen,
+                    tag_listen,
+                    unix_mode,
+                    health_listen if index == 0 else "",
+                    reuse_port=True,
+                )
             )
 
         if not fork_servers(processes, run):
             raise CommandError("a server process failed")
 
     async def _run(
-        self, listen: list[str], unix_mode: int, health_listen: str, *, reuse_port: bool
+        self,
+        listen: list[str],
+        tag_listen: list[str],
+        unix_mode: int,
+        health_listen: str,
+        *,
+        reuse_port: bool,
     ) -> None:
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
@@ -146,11 +175,16 @@ class Command(BaseCommand):
         # Blocks and switch-offs reach this process's cached mailboxes at once.
         policy.access_changes_url = settings.MAILSERVER_REDIS_URL
         health_server = None
+        tag_servers: list[asyncio.AbstractServer] = []
         try:
             for spec in listen:
                 self.stdout.write(
                     f"listening on {await server.listen(spec, reuse_port=reuse_port)}"
                 )
+            for spec in tag_listen:
+                tag_server = await serve_sender_tags(spec, unix_mode, reuse_port=reuse_port)
+                tag_servers.append(tag_server)
+                self.stdout.write(f"sender tags on {spec}")
             if health_listen:
                 # Postfix's protocol has no health request, and Prometheus wants HTTP: a
                 # small port on this same event loop, so a hung loop fails /healthz too.
@@ -161,6 +195,8 @@ class Command(BaseCommand):
             self.stdout.flush()
             await server.wait_stopped()
         finally:
+            for tag_server in tag_servers:
+                tag_server.close()
             await policy.stop_following()
             if health_server is not None:
                 health_server.close()
