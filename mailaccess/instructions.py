@@ -127,9 +127,15 @@ PROGRAMS: tuple[Program, ...] = (
     ),
     Program(
         "outlook-pop3",
-        "Outlook / Outlook Express",
+        "Microsoft Outlook",
         Protocol.POP3,
         (
+            # Where a user of an old program looks: the provider's page named Outlook Express
+            # here, and this product has no port without encryption for it.
+            _(
+                "Outlook Express cannot connect: it cannot use TLS 1.2, and there are no ports "
+                "without encryption. Use a current program, such as Outlook or Thunderbird."
+            ),
             _SWITCH_ON_FIRST,
             _("Add a new e-mail account and choose manual setup with POP3."),
             _POP3_SERVER,
