@@ -259,7 +259,7 @@ def program_instructions(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404(_("No instructions for this mail program."))
     context = {
         "program": program,
-        "steps": program.render_steps(mailbox),
+        "steps": program.illustrated_steps(mailbox),
         "servers": instructions.server_table(mailbox),
         "programs": instructions.PROGRAMS,
     }

@@ -327,3 +327,22 @@ def test_block_notices_are_never_a_second_banner(alice: Mailbox, alice_client: C
     html = alice_client.get(URL).content.decode()
     assert 'class="notice"' not in html
     assert text_of(html).count("Pasta programma savienojās ar Jūsu pastkastīti") == 1
+
+
+# 4. Pictures of the steps
+
+
+def test_each_server_step_has_a_drawing_with_the_users_own_values(
+    alice_client: Client, bob_client: Client
+) -> None:
+    html = alice_client.get(reverse("mailaccess:program", args=["thunderbird-imap"])).content
+    page = html.decode()
+    figures = re.findall(r"<svg [^>]*role=\"img\".*?</svg>", page, re.S)
+    assert len(figures) == 2, "incoming and outgoing server"
+    incoming, outgoing = figures
+    for label, value in [("Protokols", "IMAP"), ("Serveris", "mail.inbox.lv"), ("Ports", "993")]:
+        assert f">{label}</text>" in incoming and f">{value}</text>" in incoming
+    assert ">alice@inbox.lv</text>" in incoming and ">STARTTLS</text>" in outgoing
+    assert "Mozilla Thunderbird, ienākošais pasts: kas jāievada katrā laukā." in incoming
+    other = bob_client.get(reverse("mailaccess:program", args=["outlook-pop3"])).content.decode()
+    assert ">POP3</text>" in other and ">mail.ee</text>" in other and ">995</text>" in other
