@@ -189,7 +189,7 @@ def test_a_mailbox_with_access_off_is_refused_smtp_auth_with_the_reason_in_its_l
     reply = dovecot.allow("alice@inbox.lv", "smtp")
     assert reply == {
         "status": -1,
-        "msg": "Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta. Ieslēdziet to sadaļā Iestatījumi.",
+        "msg": "Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta. Ieslēdziet to iestatījumos.",
     }
     reply = dovecot.allow("bob@mail.ee", "imap")
     assert reply["status"] == -1
@@ -227,7 +227,7 @@ def test_a_blocked_mailbox_hears_why(dovecot: Dovecot, bob: Mailbox) -> None:
     actions.block_access(bob, BlockReason.HOURLY_LIMIT, actor=Actor.system("test"))
     reply = dovecot.allow("bob@mail.ee", "smtp")
     assert reply["status"] == -1
-    assert "hourly sending limit" in reply["msg"]
+    assert "a 16th message within one hour was refused" in reply["msg"]
 
 
 def test_failed_and_refused_logins_record_no_use(dovecot: Dovecot, alice: Mailbox) -> None:
