@@ -169,6 +169,10 @@ def enable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> s
     access.blocked_at = None
     access.expiry_warned_at = None
     access.save()
+    # A notice of a block is settled once access is on again: the panel stops showing it.
+    Notice.objects.filter(mailbox=mailbox, kind=NoticeKind.BLOCKED, read_at__isnull=True).update(
+        read_at=now
+    )
     _audit(mailbox, AuditAction.ACCESS_ENABLED, actor, ip=ip)
     _audit(
         mailbox,

@@ -66,6 +66,60 @@ _SWITCH_ON_FIRST = _(
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A drawing of a program's form for one step: each field with the value it gets, the
+    user's own address and host filled in (templates/mailaccess/_figure.html)."""
+
+    caption: str
+    fields: tuple[tuple[str, str], ...]
+
+    # Label above its box, in a narrow drawing: on a phone it is shown near its own size.
+    ROW = 60
+    TOP = 46
+
+    @property
+    def rows(self) -> list[tuple[str, str, int]]:
+        """Each field with the y of its row in the drawing."""
+        return [
+            (label, value, self.TOP + i * self.ROW) for i, (label, value) in enumerate(self.fields)
+        ]
+
+    @property
+    def height(self) -> int:
+        return self.TOP + len(self.fields) * self.ROW + 4
+
+
+def _server_figure(step: Promise, mailbox: Mailbox) -> Figure | None:
+    """The server steps every program shares get the same drawing (matched by identity: a
+    lazy string compares by its text)."""
+    host, address = mailbox.mail_host, mailbox.address
+    login = ((str(_("User name")), address), (str(_("Password")), str(_("Mail-program password"))))
+    if step is _IMAP_SERVER or step is _POP3_SERVER:
+        protocol, port = ("IMAP", IMAP_PORT) if step is _IMAP_SERVER else ("POP3", POP3_PORT)
+        return Figure(
+            str(_("incoming mail")),
+            (
+                (str(_("Protocol")), protocol),
+                (str(_("Server")), host),
+                (str(_("Port")), str(port)),
+                (str(_("Encryption")), "SSL/TLS"),
+                *login,
+            ),
+        )
+    if step is _SMTP_SERVER:
+        return Figure(
+            str(_("outgoing mail")),
+            (
+                (str(_("Server")), host),
+                (str(_("Port")), str(SMTP_STARTTLS_PORT)),
+                (str(_("Encryption")), "STARTTLS"),
+                *login,
+            ),
+        )
+    return None
+
+
+@dataclass(frozen=True)
 class Program:
     slug: str
     name: str
@@ -75,6 +129,16 @@ class Program:
     def render_steps(self, mailbox: Mailbox) -> list[str]:
         values = {"address": mailbox.address, "host": mailbox.mail_host}
         return [str(step) % values for step in self.steps]
+
+    def illustrated_steps(self, mailbox: Mailbox) -> list[tuple[str, Figure | None]]:
+        """Each step's text, with a drawing of the form where a step fills in fields."""
+        return list(
+            zip(
+                self.render_steps(mailbox),
+                (_server_figure(step, mailbox) for step in self.steps),
+                strict=True,
+            )
+        )
 
 
 PROGRAMS: tuple[Program, ...] = (
@@ -127,9 +191,15 @@ PROGRAMS: tuple[Program, ...] = (
     ),
     Program(
         "outlook-pop3",
-        "Outlook / Outlook Express",
+        "Microsoft Outlook",
         Protocol.POP3,
         (
+            # Where a user of an old program looks: the provider's page named Outlook Express
+            # here, and this product has no port without encryption for it.
+            _(
+                "Outlook Express cannot connect: it cannot use TLS 1.2, and there are no ports "
+                "without encryption. Use a current program, such as Outlook or Thunderbird."
+            ),
             _SWITCH_ON_FIRST,
             _("Add a new e-mail account and choose manual setup with POP3."),
             _POP3_SERVER,

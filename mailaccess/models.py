@@ -42,6 +42,11 @@ class BlockReason(models.TextChoices):
         return _BLOCK_CURES[self]
 
     @property
+    def panel_cure(self) -> Promise:
+        """The cure as the panel says it, to an owner who has just signed in."""
+        return _BLOCK_PANEL_CURES.get(self, _BLOCK_CURES[self])
+
+    @property
     def server_message(self) -> Promise:
         """One line for IMAP, POP3 and SMTP replies: no markup, no line breaks."""
         return _BLOCK_SERVER_MESSAGES[self]
@@ -49,8 +54,9 @@ class BlockReason(models.TextChoices):
 
 _BLOCK_EXPLANATIONS: dict[str, Promise] = {
     BlockReason.HOURLY_LIMIT: _(
-        "More than 15 messages were sent through SMTP within one hour. Free Inbox Mail "
-        "mailboxes may send at most 15 messages an hour and 5 a minute through mail programs."
+        "A mail program tried to send a 16th message within one hour: that message was "
+        "refused, and access was switched off. Free Inbox Mail mailboxes may send at most 15 "
+        "messages an hour and 5 a minute through mail programs."
     ),
     BlockReason.COMPROMISED: _(
         "Your password appears to have been stolen: your mailbox was used to send spam, and "
@@ -84,10 +90,22 @@ _BLOCK_CURES: dict[str, Promise] = {
     BlockReason.SUPPORT: _("Contact customer support to find out why and what to do."),
 }
 
+# Signing in made an inactive mailbox active again (accounts.actions.record_sign_in): the
+# panel must not tell its reader to sign in.
+_BLOCK_PANEL_CURES: dict[str, Promise] = {
+    BlockReason.INACTIVE: _(
+        "Your mailbox became active again when you signed in. Switch access on again; you "
+        "will get a new password."
+    ),
+}
+
+# Mail programs show these as the server's reply. SMTP replies are ASCII, so Latvian letters
+# lose their marks there: the translations avoid words that then read as other words (see
+# locale/GLOSSARY.md).
 _BLOCK_SERVER_MESSAGES: dict[str, Promise] = {
     BlockReason.HOURLY_LIMIT: _(
-        "External access is blocked: the hourly sending limit was exceeded. "
-        "Switch it on again in Settings."
+        "External access is off: a 16th message within one hour was refused (15 are allowed). "
+        "Switch access on again in Settings."
     ),
     BlockReason.COMPROMISED: _(
         "External access is blocked: your password may be stolen. Change the web password, "

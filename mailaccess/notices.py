@@ -114,9 +114,11 @@ def _expiry_warning(notice: Notice) -> tuple[str, list[str]]:
             _(
                 "No mail program has used POP3, IMAP or SMTP access to your mailbox %(address)s "
                 "for almost two months. Access unused for two months is switched off "
-                "automatically: yours will be switched off on %(date)s."
+                "automatically."
             )
-            % {"address": address, "date": expires_on},
+            % {"address": address},
+            # The date stands alone: in a sentence it would need the sentence's case.
+            _("Switch-off date: %(date)s") % {"date": expires_on},
             _(
                 "To keep it, check your mail with your mail program before then. If you no "
                 "longer need it, you need not do anything."

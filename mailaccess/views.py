@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -14,7 +15,7 @@ from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
 from mailaccess import actions, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
-from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice
+from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice, NoticeKind
 
 
 def _access_of(mailbox: Mailbox) -> ExternalAccess:
@@ -93,12 +94,18 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
                 else:
                     if new_password is None:
                         messages.info(request, _("External access is already on."))
-            elif actions.disable_access(mailbox, actor=actor, ip=_client_ip(request)):
-                messages.success(
-                    request,
-                    _("External access is off. The mail-program password no longer works."),
+            else:
+                live = list(
+                    AppPassword.objects.live()
+                    .filter(mailbox=mailbox)
+                    .only("label", "allow_imap", "allow_pop3", "allow_smtp")
+                    .order_by("created_at", "pk")
                 )
-                return redirect("mailaccess:mail_programs")
+                if live and request.POST.get("ask_first"):
+                    return _confirm_switch_off(request, live)
+                if actions.disable_access(mailbox, actor=actor, ip=_client_ip(request)):
+                    messages.success(request, _switched_off_message(len(live)))
+                    return redirect("mailaccess:mail_programs")
         else:
             status = 400
 
@@ -109,6 +116,24 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
         new_password=new_password,
         status=status,
     )
+
+
+def _confirm_switch_off(request: HttpRequest, live: list[AppPassword]) -> HttpResponse:
+    """Say which passwords stop before they stop: this POST only renders, the page's own
+    form (posted without ``ask_first``) switches off. Works without JavaScript."""
+    return render(
+        request, "mailaccess/confirm_switch_off.html", {"app_passwords": live, "count": len(live)}
+    )
+
+
+def _switched_off_message(count: int) -> str:
+    if not count:
+        return _("External access is off.")
+    return ngettext(
+        "External access is off. %(count)d mail-program password no longer works.",
+        "External access is off. %(count)d mail-program passwords no longer work.",
+        count,
+    ) % {"count": count}
 
 
 def _panel(
@@ -143,7 +168,11 @@ def _panel(
         "servers": instructions.server_table(mailbox),
         "programs": instructions.PROGRAMS,
         "last_uses": access.last_uses(),
-        "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)[:5],
+        # A block is told once, by the box under the switch, and its notice is settled when
+        # access is on again: only the other notices (the expiry warning) are banners.
+        "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True).exclude(
+            kind=NoticeKind.BLOCKED
+        )[:5],
         # Never the hashes: what is not loaded cannot be rendered.
         "app_passwords": list(
             AppPassword.objects.live()
@@ -230,7 +259,7 @@ def program_instructions(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404(_("No instructions for this mail program."))
     context = {
         "program": program,
-        "steps": program.render_steps(mailbox),
+        "steps": program.illustrated_steps(mailbox),
         "servers": instructions.server_table(mailbox),
         "programs": instructions.PROGRAMS,
     }

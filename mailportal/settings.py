@@ -220,6 +220,8 @@ LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_I18N = True
 USE_TZ = True
 TIME_ZONE = os.environ.get("TIME_ZONE", "Europe/Riga")
+# Numeric dates and a 24-hour clock in every language: see mailportal/formats/__init__.py.
+FORMAT_MODULE_PATH = ["mailportal.formats"]
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]

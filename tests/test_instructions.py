@@ -38,7 +38,7 @@ def test_server_table_has_ports_and_encryption(alice_client: Client) -> None:
     for port in ("993", "995", "587", "465"):
         assert f'<td data-label="Ports">{port}</td>' in page
     assert "STARTTLS" in page
-    assert "atstāt vēstules uz servera" in page
+    assert "atstāt vēstuļu kopiju uz servera" in page
     assert "ne biežāk kā reizi 5 minūtēs" in page
 
 

@@ -1,4 +1,4 @@
-"""The panel "Pasta pārsūtīšana, e-pasta programmas, SMS paziņojumi" and its switch."""
+"""The panel "Pasta programmas: POP3\\IMAP un SMTP pieeja" and its switch."""
 
 import re
 
@@ -52,7 +52,7 @@ def test_access_is_off_for_a_new_mailbox(alice_client: Client, alice: Mailbox) -
 def test_the_latvian_page_shows_the_latvian_switch_label(alice_client: Client) -> None:
     page = alice_client.get(URL).content.decode()
     assert "Atļaut ārējo POP3\\IMAP un SMTP pieeju" in page
-    assert "Pasta pārsūtīšana, e-pasta programmas, SMS paziņojumi" in page
+    assert "Pasta programmas: POP3\\IMAP un SMTP pieeja" in page
 
 
 def test_english_user_sees_english(bob_client: Client) -> None:
@@ -180,7 +180,7 @@ def test_the_panel_explains_an_automatic_block(alice_client: Client, alice: Mail
     actions.enable_access(alice, actor=Actor.user(alice))
     actions.block_access(alice, BlockReason.IDLE, actor=Actor.system("test"))
     page = alice_client.get(URL).content.decode()
-    assert "Atļauja tika automātiski izslēgta" in page
+    assert "Pieeja tika automātiski izslēgta" in page
     assert "Divus mēnešus neviena pasta programma" in page
 
 

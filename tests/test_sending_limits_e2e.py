@@ -46,8 +46,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 WEB_PASSWORD = "e2e-web-password-1"
 MINUTE_DEFERRAL = re.compile(
-    r"<DATA>: Data command rejected: Sasniegts sutisanas limits: 5 vestules minute\. "
-    r"Meginiet velreiz pec (\d+) sekund"
+    r"<DATA>: Data command rejected: Sasniegts limits: ne vairak ka 5 vestules minute\. "
+    r"Sutiet velreiz pec (\d+) sekund"
 )
 
 

@@ -31,7 +31,7 @@ PAGES: list[SitePage] = [
     SitePage(
         "mail-programs",
         "mailaccess:mail_programs",
-        "Pasta pārsūtīšana, e-pasta programmas, SMS paziņojumi",
+        "Pasta programmas: POP3\\IMAP un SMTP pieeja",
     ),
     *(
         SitePage(

@@ -17,7 +17,7 @@ from tests.conftest import ALICE_PASSWORD
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 SETTINGS = "Iestatījumi"
-PANEL = "Pasta pārsūtīšana, e-pasta programmas, SMS paziņojumi"
+PANEL = "Pasta programmas: POP3\\IMAP un SMTP pieeja"
 SWITCH = "Atļaut ārējo POP3\\IMAP un SMTP pieeju"
 PASSWORD_SHAPE = re.compile(r"^[a-z2-9]+(-[a-z2-9]+)+$")
 
@@ -92,7 +92,14 @@ def test_connecting_thunderbird_from_the_settings_panel(
     page.get_by_role("link", name="Atpakaļ uz pasta programmu iestatījumiem").click()
     page.get_by_role("checkbox", name=SWITCH).uncheck()
     page.get_by_role("button", name="Saglabāt").click()
-    expect(page.get_by_role("status")).to_contain_text("Ārējā pieeja ir izslēgta")
+    browsing.expect_heading("Izslēgt ārējo pieeju?")
+    expect(page.get_by_role("main")).to_contain_text("Pārstās darboties 1 pasta programmas parole")
+    assert ExternalAccess.objects.get(mailbox=alice).enabled
+    browsing.check("confirm-switch-off")
+    page.get_by_role("button", name="Izslēgt").click()
+    expect(page.get_by_role("status")).to_contain_text(
+        "Ārējā pieeja ir izslēgta. 1 pasta programmas parole vairs nedarbojas."
+    )
     expect(page.get_by_role("checkbox", name=SWITCH)).not_to_be_checked()
     assert not ExternalAccess.objects.get(mailbox=alice).enabled
     assert not AppPassword.objects.live().filter(mailbox=alice).exists()
@@ -144,6 +151,8 @@ def test_the_keyboard_alone_connects_and_disconnects_a_mail_program(
     browsing.press(switch, "Space")
     expect(switch).not_to_be_checked()
     browsing.press(page.get_by_role("button", name="Saglabāt"), "Enter")
+    browsing.expect_heading("Izslēgt ārējo pieeju?")
+    browsing.press(page.get_by_role("button", name="Izslēgt"), "Enter")
     expect(page.get_by_role("status")).to_contain_text("Ārējā pieeja ir izslēgta")
     browsing.shot("switched-off")
     assert not AppPassword.objects.live().filter(mailbox=alice).exists()
@@ -178,6 +187,59 @@ def test_the_panel_works_without_javascript(
     page.get_by_role("link", name="Atpakaļ uz pasta programmu iestatījumiem").click()
     page.get_by_role("checkbox", name=SWITCH).uncheck()
     page.get_by_role("button", name="Saglabāt").click()
+    browsing.expect_heading("Izslēgt ārējo pieeju?")
+    browsing.check("confirm-switch-off")
+    page.get_by_role("button", name="Izslēgt").click()
     expect(page.get_by_role("status")).to_contain_text("Ārējā pieeja ir izslēgta")
     browsing.check("switched-off")
     assert not AppPassword.objects.live().filter(mailbox=alice).exists()
+
+
+def test_on_a_phone_the_header_takes_two_rows_and_buttons_keep_their_border(
+    browse: Callable[..., Browsing], db: None
+) -> None:
+    """English, the longest labels, and a long address: still two rows, and the Apple profile
+    link is one box, not a border split over two lines."""
+    long_address = "kristaps.berzins-ozolins@inbox.lv"
+    Mailbox.objects.create_user(long_address, ALICE_PASSWORD, language="en")
+    browsing = browse("phone")
+    page = browsing.page
+    browsing.goto("/")
+    browsing.sign_in(long_address, ALICE_PASSWORD)
+    header = page.locator("header.topbar")
+    row = page.locator(".brand").evaluate("e => e.getBoundingClientRect().height")
+    height = header.evaluate("e => e.getBoundingClientRect().height")
+    assert height < 2 * row + 60, f"the header is {height}px high: more than two rows"
+    browsing.check("header")
+
+    page.get_by_role("link", name=re.compile("Mail programs")).click()
+    page.get_by_role("checkbox", name=re.compile("Allow external")).check()
+    page.get_by_role("button", name="Save").click()
+    profile = page.get_by_role("link", name=re.compile("install a profile"))
+    display = profile.evaluate("e => getComputedStyle(e).display")
+    assert display == "inline-block", f"the button is display: {display}"
+    browsing.check("password-shown-english")
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_a_stolen_password_is_one_box_with_its_button(
+    browse: Callable[..., Browsing], alice: Mailbox, viewport: str
+) -> None:
+    from mailaccess import actions
+    from mailaccess.models import Actor, BlockReason
+
+    actions.enable_access(alice, actor=Actor.user(alice))
+    actions.block_access(alice, BlockReason.COMPROMISED, actor=Actor.system("test"))
+    browsing = browse(viewport)
+    page = browsing.page
+    browsing.goto("/")
+    browsing.sign_in(alice.address, ALICE_PASSWORD)
+    page.get_by_role("link", name=PANEL).click()
+    box = page.locator(".block")
+    expect(box).to_have_count(1)
+    expect(box.get_by_role("heading")).to_have_text("Pieeja tika automātiski izslēgta")
+    expect(page.get_by_text("Izskatās, ka Jūsu parole ir uzlauzta")).to_have_count(1)
+    expect(page.get_by_role("checkbox", name=SWITCH)).to_be_disabled()
+    browsing.check("compromised")
+    box.get_by_role("link", name="Mainīt web paroli").click()
+    browsing.expect_heading("Mainīt web paroli")

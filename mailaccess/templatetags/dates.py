@@ -1,0 +1,14 @@
+"""``{{ moment|ago }}``: "pirms 2 minūtēm", in the active language (see mailportal/dates.py)."""
+
+from datetime import datetime
+
+from django import template
+
+from mailportal.dates import time_ago
+
+register = template.Library()
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    return time_ago(moment) if moment else ""
