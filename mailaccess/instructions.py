@@ -64,6 +64,21 @@ _SWITCH_ON_FIRST = _(
     "password it shows."
 )
 
+# Steps of one program that fill in fields: named, so that a drawing can be matched to them.
+_THUNDERBIRD_ACCOUNT = _(
+    "Enter your name, the address %(address)s and the mail-program password, then "
+    "choose “Configure manually”."
+)
+_OUTLOOK_ACCOUNT = _("In Outlook choose “File”, “Add Account”, enter %(address)s.")
+_LIVE_MAIL_ACCOUNT = _(
+    "Choose “Accounts”, “Email”, enter %(address)s and the mail-program password."
+)
+_THE_BAT_ACCOUNT = _("Choose “Account”, “New”, enter your name and %(address)s, protocol IMAP.")
+_APPLE_ACCOUNT = _("Enter your name, %(address)s and the mail-program password; choose “Sign In”.")
+_APPLE_SERVERS = _("Account type IMAP; incoming and outgoing mail server: %(host)s.")
+_IOS_ACCOUNT = _("Enter your name, %(address)s and the mail-program password; tap “Next”.")
+_IOS_SERVERS = _("Choose IMAP. Incoming and outgoing mail server: %(host)s.")
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -89,9 +104,14 @@ class Figure:
         return self.TOP + len(self.fields) * self.ROW + 4
 
 
-def _server_figure(step: Promise, mailbox: Mailbox) -> Figure | None:
-    """The server steps every program shares get the same drawing (matched by identity: a
-    lazy string compares by its text)."""
+def _step_figure(step: Promise, mailbox: Mailbox) -> Figure | None:
+    """The drawing of a step that fills in fields, or None for a step that only names a menu
+    or gives advice (a drawing of a menu would imitate one version of each program and be
+    wrong after its next release). Matched by identity: a lazy string compares by its text.
+
+    The separate user-name and password steps get none: the server drawings above them
+    already show both fields with their values.
+    """
     host, address = mailbox.mail_host, mailbox.address
     login = ((str(_("User name")), address), (str(_("Password")), str(_("Mail-program password"))))
     if step is _IMAP_SERVER or step is _POP3_SERVER:
@@ -116,6 +136,39 @@ def _server_figure(step: Promise, mailbox: Mailbox) -> Figure | None:
                 *login,
             ),
         )
+    account = _account_figure(step, address)
+    if account is not None:
+        return account
+    if step is _APPLE_SERVERS or step is _IOS_SERVERS:
+        return Figure(
+            str(_("incoming and outgoing mail")),
+            (
+                (str(_("Account type")), "IMAP"),
+                (str(_("Incoming mail server")), host),
+                (str(_("Outgoing mail server")), host),
+                *login,
+            ),
+        )
+    return None
+
+
+def _account_figure(step: Promise, address: str) -> Figure | None:
+    """A new account's first form: the fields each program asks for there."""
+    name = (str(_("Name")), str(_("Your name")))
+    email = (str(_("E-mail address")), address)
+    password = (str(_("Password")), str(_("Mail-program password")))
+    # Pairs, not a dict: a lazy string hashes by its translated text.
+    steps: tuple[tuple[Promise, tuple[tuple[str, str], ...]], ...] = (
+        (_THUNDERBIRD_ACCOUNT, (name, email, password)),
+        (_APPLE_ACCOUNT, (name, email, password)),
+        (_IOS_ACCOUNT, (name, email, password)),
+        (_LIVE_MAIL_ACCOUNT, (email, password)),
+        (_OUTLOOK_ACCOUNT, (email,)),
+        (_THE_BAT_ACCOUNT, (name, email, (str(_("Protocol")), "IMAP"))),
+    )
+    for account_step, account_fields in steps:
+        if step is account_step:
+            return Figure(str(_("new account")), account_fields)
     return None
 
 
@@ -135,7 +188,7 @@ class Program:
         return list(
             zip(
                 self.render_steps(mailbox),
-                (_server_figure(step, mailbox) for step in self.steps),
+                (_step_figure(step, mailbox) for step in self.steps),
                 strict=True,
             )
         )
@@ -149,10 +202,7 @@ PROGRAMS: tuple[Program, ...] = (
         (
             _SWITCH_ON_FIRST,
             _("In Thunderbird open the menu, choose “Account Settings”, then “Add Mail Account”."),
-            _(
-                "Enter your name, the address %(address)s and the mail-program password, then "
-                "choose “Configure manually”."
-            ),
+            _THUNDERBIRD_ACCOUNT,
             _IMAP_SERVER,
             _SMTP_SERVER,
             _USER_NAME,
@@ -166,7 +216,7 @@ PROGRAMS: tuple[Program, ...] = (
         Protocol.IMAP,
         (
             _SWITCH_ON_FIRST,
-            _("In Outlook choose “File”, “Add Account”, enter %(address)s."),
+            _OUTLOOK_ACCOUNT,
             _("Open “Advanced options”, tick “Let me set up my account manually”, choose IMAP."),
             _IMAP_SERVER,
             _SMTP_SERVER,
@@ -181,7 +231,7 @@ PROGRAMS: tuple[Program, ...] = (
         Protocol.IMAP,
         (
             _SWITCH_ON_FIRST,
-            _("Choose “Accounts”, “Email”, enter %(address)s and the mail-program password."),
+            _LIVE_MAIL_ACCOUNT,
             _("Tick “Manually configure server settings” and choose IMAP as the server type."),
             _IMAP_SERVER,
             _SMTP_SERVER,
@@ -233,7 +283,7 @@ PROGRAMS: tuple[Program, ...] = (
         Protocol.IMAP,
         (
             _SWITCH_ON_FIRST,
-            _("Choose “Account”, “New”, enter your name and %(address)s, protocol IMAP."),
+            _THE_BAT_ACCOUNT,
             _IMAP_SERVER,
             _SMTP_SERVER,
             _USER_NAME,
@@ -249,8 +299,8 @@ PROGRAMS: tuple[Program, ...] = (
         (
             _SWITCH_ON_FIRST,
             _("Choose “Mail”, “Add Account”, “Other Mail Account”."),
-            _("Enter your name, %(address)s and the mail-program password; choose “Sign In”."),
-            _("Account type IMAP; incoming and outgoing mail server: %(host)s."),
+            _APPLE_ACCOUNT,
+            _APPLE_SERVERS,
             _USER_NAME,
             _("Mail finds the ports by itself: IMAP 993 and SMTP 465 or 587, all encrypted."),
         ),
@@ -262,8 +312,8 @@ PROGRAMS: tuple[Program, ...] = (
         (
             _SWITCH_ON_FIRST,
             _("Open “Settings”, “Mail”, “Accounts”, “Add Account”, “Other”, “Add Mail Account”."),
-            _("Enter your name, %(address)s and the mail-program password; tap “Next”."),
-            _("Choose IMAP. Incoming and outgoing mail server: %(host)s."),
+            _IOS_ACCOUNT,
+            _IOS_SERVERS,
             _USER_NAME,
             _PASSWORD,
             _("Tap “Save”. iOS uses SSL on port 993 and 465 by itself."),

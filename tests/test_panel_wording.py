@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polib
+import pytest
 import time_machine
 from django.conf import settings
 from django.test import Client
@@ -338,11 +339,46 @@ def test_each_server_step_has_a_drawing_with_the_users_own_values(
     html = alice_client.get(reverse("mailaccess:program", args=["thunderbird-imap"])).content
     page = html.decode()
     figures = re.findall(r"<svg [^>]*role=\"img\".*?</svg>", page, re.S)
-    assert len(figures) == 2, "incoming and outgoing server"
-    incoming, outgoing = figures
+    assert len(figures) == 3, "the new account, the incoming and the outgoing server"
+    _, incoming, outgoing = figures
+    assert "jauns konts" in figures[0] and "ienākošais pasts" in incoming
     for label, value in [("Protokols", "IMAP"), ("Serveris", "mail.inbox.lv"), ("Ports", "993")]:
         assert f">{label}</text>" in incoming and f">{value}</text>" in incoming
     assert ">alice@inbox.lv</text>" in incoming and ">STARTTLS</text>" in outgoing
     assert "Mozilla Thunderbird, ienākošais pasts: kas jāievada katrā laukā." in incoming
     other = bob_client.get(reverse("mailaccess:program", args=["outlook-pop3"])).content.decode()
     assert ">POP3</text>" in other and ">mail.ee</text>" in other and ">995</text>" in other
+
+
+@pytest.mark.parametrize(
+    ("slug", "fields"),
+    [
+        ("apple-mail", [("Vārds", "Jūsu vārds"), ("E-pasta adrese", "alice@inbox.lv")]),
+        ("ios-mail", [("Vārds", "Jūsu vārds"), ("Parole", "Pasta programmas parole")]),
+        ("outlook-imap", [("E-pasta adrese", "alice@inbox.lv")]),
+        ("the-bat", [("Protokols", "IMAP"), ("E-pasta adrese", "alice@inbox.lv")]),
+    ],
+)
+def test_the_new_account_step_has_a_drawing_of_its_fields(
+    alice_client: Client, slug: str, fields: list[tuple[str, str]]
+) -> None:
+    page = alice_client.get(reverse("mailaccess:program", args=[slug])).content.decode()
+    account = next(
+        figure
+        for figure in re.findall(r"<svg [^>]*role=\"img\".*?</svg>", page, re.S)
+        if "jauns konts" in figure
+    )
+    for label, value in fields:
+        assert f">{label}</text>" in account and f">{value}</text>" in account
+
+
+@pytest.mark.parametrize("slug", ["apple-mail", "ios-mail"])
+def test_apples_server_step_is_drawn_with_the_users_host(alice_client: Client, slug: str) -> None:
+    # Apple Mail and iOS Mail ask for one host for both directions and find the ports.
+    page = alice_client.get(reverse("mailaccess:program", args=[slug])).content.decode()
+    figures = re.findall(r"<svg [^>]*role=\"img\".*?</svg>", page, re.S)
+    servers = next(figure for figure in figures if "Konta tips" in figure)
+    assert ">Ienākošā pasta serveris</text>" in servers
+    assert ">Izejošā pasta serveris</text>" in servers
+    assert servers.count(">mail.inbox.lv</text>") == 2
+    assert ">alice@inbox.lv</text>" in servers
