@@ -837,3 +837,37 @@ def private_redis_fixture(tmp_path: Path) -> Iterator[PrivateRedis]:
     finally:
         stop_process(server)
         shutil.rmtree(socket_folder, ignore_errors=True)
+
+
+# Mailboxes of the sending tests (tests/test_sending_limits_e2e.py, test_bounce_floods_e2e.py).
+SENDER_WEB_PASSWORD = "e2e-web-password-1"
+
+
+@pytest.fixture
+def new_sender(smtp_policy_daemon: Any) -> Iterator[Callable[..., Any]]:
+    """``new_sender(plan)``: a new Latvian mailbox of this test; its counters leave Redis
+    after it (every key of the policies is per address)."""
+    from accounts.models import Mailbox, Plan
+    from tests.policy_daemon import forget_counters
+
+    made: list[str] = []
+
+    def make(plan: Plan) -> Mailbox:
+        mailbox = Mailbox.objects.create_user(
+            f"e2e-{secrets.token_hex(4)}@inbox.lv", SENDER_WEB_PASSWORD, plan=plan, language="lv"
+        )
+        made.append(mailbox.address)
+        return mailbox
+
+    yield make
+    forget_counters(smtp_policy_daemon.redis_url, *made)
+
+
+def switch_on(mailbox: Any) -> str:
+    """The owner switches access on; the mail-program password it shows."""
+    from mailaccess import actions
+    from mailaccess.models import Actor
+
+    app_password = actions.enable_access(mailbox, actor=Actor.user(mailbox))
+    assert app_password is not None
+    return app_password

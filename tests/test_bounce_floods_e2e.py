@@ -14,22 +14,19 @@ import re
 import secrets
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
 from mailaccess.mailserver import bounce_tags, sending_counters
-from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
-from tests.mailservers import MailServers, send_message, smtp_session
-from tests.policy_daemon import forget_counters
+from mailaccess.models import BlockReason, ExternalAccess, Notice
+from tests.mailservers import MailServers, send_message, smtp_session, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-WEB_PASSWORD = "e2e-web-password-1"
 STRANGERS = [f"127.0.0.{n}" for n in range(71, 76)]
 
 
@@ -42,27 +39,6 @@ def servers(
     mail_servers_factory: Any,
 ) -> MailServers:
     return mail_servers_factory(policy=policy_server, smtp_policy=smtp_policy_daemon)
-
-
-@pytest.fixture
-def new_mailbox(smtp_policy_daemon: Any) -> Iterator[Callable[[Plan], Mailbox]]:
-    made: list[str] = []
-
-    def make(plan: Plan) -> Mailbox:
-        mailbox = Mailbox.objects.create_user(
-            f"e2e-{secrets.token_hex(4)}@inbox.lv", WEB_PASSWORD, plan=plan, language="lv"
-        )
-        made.append(mailbox.address)
-        return mailbox
-
-    yield make
-    forget_counters(smtp_policy_daemon.redis_url, *made)
-
-
-def switch_on(mailbox: Mailbox) -> str:
-    app_password = actions.enable_access(mailbox, actor=Actor.user(mailbox))
-    assert app_password is not None
-    return app_password
 
 
 def bounces_counted(servers: MailServers, address: str) -> int:
@@ -115,9 +91,9 @@ def settle() -> None:
 
 
 def test_thirty_rcpts_without_data_from_several_clients_block_nobody(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
-    victim = new_mailbox(Plan.FREE)
+    victim = new_sender(Plan.FREE)
     address = victim.address
     app_password = switch_on(victim)
     with smtp_session(servers, address, app_password, implicit_tls=False) as client:
@@ -139,9 +115,9 @@ def test_thirty_rcpts_without_data_from_several_clients_block_nobody(
 
 
 def test_forged_delivery_reports_do_not_block_a_mailbox_that_sent_one_message(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
-    victim = new_mailbox(Plan.PLUS)
+    victim = new_sender(Plan.PLUS)
     address = victim.address
     app_password = switch_on(victim)
     with smtp_session(servers, address, app_password, implicit_tls=True) as client:
@@ -172,10 +148,10 @@ def test_forged_delivery_reports_do_not_block_a_mailbox_that_sent_one_message(
 
 
 def test_a_mail_program_cannot_send_with_another_mailboxs_envelope_sender(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
     """Otherwise one mailbox could have tags minted for another and make its bounces count."""
-    sender, other = new_mailbox(Plan.PLUS), new_mailbox(Plan.PLUS)
+    sender, other = new_sender(Plan.PLUS), new_sender(Plan.PLUS)
     app_password = switch_on(sender)
     with (
         smtp_session(servers, sender.address, app_password, implicit_tls=True) as client,
@@ -193,9 +169,9 @@ def test_a_mail_program_cannot_send_with_another_mailboxs_envelope_sender(
 
 
 def test_a_mailbox_sending_spam_that_bounces_is_blocked_as_compromised(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
-    spammer = new_mailbox(Plan.PLUS)
+    spammer = new_sender(Plan.PLUS)
     address = spammer.address
     app_password = switch_on(spammer)
 

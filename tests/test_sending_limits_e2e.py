@@ -10,10 +10,9 @@ and 465 (implicit TLS).
 from __future__ import annotations
 
 import re
-import secrets
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
 from mailaccess.mailserver import redis_client, state
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.models import (
-    Actor,
     AppPassword,
     BlockReason,
     ExternalAccess,
@@ -39,12 +36,11 @@ from tests.mailservers import (
     free_port,
     send_message,
     smtp_session,
+    switch_on,
 )
-from tests.policy_daemon import forget_counters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-WEB_PASSWORD = "e2e-web-password-1"
 MINUTE_DEFERRAL = re.compile(
     r"<DATA>: Data command rejected: Sasniegts limits: ne vairak ka 5 vestules minute\. "
     r"Sutiet velreiz pec (\d+) sekund"
@@ -60,28 +56,6 @@ def servers(
     mail_servers_factory: Any,
 ) -> MailServers:
     return mail_servers_factory(policy=policy_server, smtp_policy=smtp_policy_daemon)
-
-
-@pytest.fixture
-def new_mailbox(smtp_policy_daemon: Any) -> Iterator[Callable[[Plan], Mailbox]]:
-    """New mailboxes (Latvian) of this test; their keys leave Redis after it."""
-    made: list[str] = []
-
-    def make(plan: Plan) -> Mailbox:
-        mailbox = Mailbox.objects.create_user(
-            f"e2e-{secrets.token_hex(4)}@inbox.lv", WEB_PASSWORD, plan=plan, language="lv"
-        )
-        made.append(mailbox.address)
-        return mailbox
-
-    yield make
-    forget_counters(smtp_policy_daemon.redis_url, *made)
-
-
-def switch_on(mailbox: Mailbox) -> str:
-    app_password = actions.enable_access(mailbox, actor=Actor.user(mailbox))
-    assert app_password is not None
-    return app_password
 
 
 def set_limits(plan: Plan, per_minute: int | None, per_hour: int | None) -> None:
@@ -114,10 +88,10 @@ def wait_until_blocked(mailbox: Mailbox, generation_before: int) -> ExternalAcce
 
 
 def test_it_defers_the_sixth_message_within_a_minute_and_says_when_to_retry(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
     set_limits(Plan.FREE, per_minute=5, per_hour=15)
-    mailbox = new_mailbox(Plan.FREE)
+    mailbox = new_sender(Plan.FREE)
     address = mailbox.address
     app_password = switch_on(mailbox)
 
@@ -147,13 +121,13 @@ def test_it_defers_the_sixth_message_within_a_minute_and_says_when_to_retry(
 
 
 def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_auth(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
     # Only the hourly rule is under test: the free plan's minute limit is taken away for this
     # test (as support could in the admin), so that 16 messages can go in a row instead of
     # over more than three minutes. The hourly limit stays the published 15.
     set_limits(Plan.FREE, per_minute=None, per_hour=15)
-    mailbox = new_mailbox(Plan.FREE)
+    mailbox = new_sender(Plan.FREE)
     address = mailbox.address
     app_password = switch_on(mailbox)
 
@@ -187,11 +161,11 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
 
 
 def test_it_lets_a_mail_plus_mailbox_send_thirty_messages_in_a_row(
-    servers: MailServers, new_mailbox: Callable[[Plan], Mailbox]
+    servers: MailServers, new_sender: Callable[[Plan], Mailbox]
 ) -> None:
     set_limits(Plan.FREE, per_minute=5, per_hour=15)
     set_limits(Plan.PLUS, per_minute=None, per_hour=None)
-    mailbox = new_mailbox(Plan.PLUS)
+    mailbox = new_sender(Plan.PLUS)
     address = mailbox.address
     app_password = switch_on(mailbox)
 
@@ -210,14 +184,14 @@ def test_it_lets_mail_through_while_the_policy_daemon_does_not_answer(
     policy_redis: None,
     smtp_policy_daemon: SmtpPolicyDaemon,
     mail_servers_factory: Any,
-    new_mailbox: Callable[[Plan], Mailbox],
+    new_sender: Callable[[Plan], Mailbox],
 ) -> None:
     """main.cf's deliberate default (DUNNO): an outage of the daemon holds nobody's mail."""
     nobody_listens = SmtpPolicyDaemon(
         f"inet:127.0.0.1:{free_port()}", smtp_policy_daemon.redis_url, Path("/dev/null")
     )
     servers = mail_servers_factory(policy=policy_server, smtp_policy=nobody_listens)
-    mailbox = new_mailbox(Plan.FREE)
+    mailbox = new_sender(Plan.FREE)
     app_password = switch_on(mailbox)
 
     with smtp_session(servers, mailbox.address, app_password, implicit_tls=False) as client:
