@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from django.test import override_settings
 
-from mailaccess.mailserver import bounce_tags
+from mailaccess.mailserver import bounce_tags, policy_server
+from mailaccess.mailserver.smtp_policy import now_ms
 
 NOW = 1_794_218_400_000  # Monday 9 November 2026, 10:00 UTC
 ALICE = "alice@inbox.lv"
@@ -69,7 +70,7 @@ def test_addresses_that_cannot_be_tagged_go_out_as_they_are() -> None:
 async def ask_socketmap(*chunks: bytes) -> bytes:
     """Write to a served table as Postfix's cleanup does, in the given pieces; read until EOF
     or until no more answers come."""
-    server = await bounce_tags.serve_sender_tags("127.0.0.1:0")
+    server = await policy_server.serve_sender_tags("127.0.0.1:0")
     port = server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -115,7 +116,7 @@ def test_the_socketmap_answers_postfixs_lookups_on_one_connection(piece: int | N
     tagged, not_found = read_netstrings(asyncio.run(ask_socketmap(*chunks)))
 
     assert tagged.startswith("OK prvs=") and tagged.endswith("=alice@inbox.lv")
-    assert bounce_tags.verify(tagged[3:], bounce_tags._now_ms()) is not None
+    assert bounce_tags.verify(tagged[3:], now_ms()) is not None
     assert not_found == "NOTFOUND "
 
 

@@ -30,15 +30,11 @@ not change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
-import stat
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import cast
@@ -169,33 +165,3 @@ class SenderTagMap(asyncio.Protocol):
         assert self.transport is not None
         self.transport.close()
         self._buffer = b""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-async def serve_sender_tags(
-    spec: str, unix_mode: int = 0o660, *, reuse_port: bool = False
-) -> asyncio.AbstractServer:
-    """Serve ``SenderTagMap`` on ``host:port`` or ``unix:/path`` (as the policy daemon's
-    ``--listen``). It needs neither Redis nor the database: only ``SECRET_KEY``."""
-    # Imported here: policy_server imports smtp_policy, which imports this module.
-    from mailaccess.mailserver.policy_server import parse_listen
-
-    loop = asyncio.get_running_loop()
-    kind, where, port = parse_listen(spec)
-    if kind == "unix":
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(where).st_mode):
-                os.unlink(where)
-        server = await loop.create_unix_server(lambda: SenderTagMap(_now_ms), path=where)
-        os.chmod(where, unix_mode)
-        return server
-    return await loop.create_server(
-        lambda: SenderTagMap(_now_ms),
-        host=where,
-        port=port,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
-    )

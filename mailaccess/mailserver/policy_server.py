@@ -24,15 +24,17 @@ import os
 import stat
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
+from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.postfix_policy import (
     PolicyRequest,
     ProtocolError,
     RequestParser,
     format_reply,
 )
-from mailaccess.mailserver.smtp_policy import SmtpPolicy
+from mailaccess.mailserver.smtp_policy import SmtpPolicy, now_ms
 from mailportal import metrics
 from mailportal.logging import Throttle, log_event
 
@@ -50,6 +52,45 @@ def parse_listen(spec: str) -> tuple[str, str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"listen address {spec!r}: expected host:port or unix:/path")
     return "tcp", host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(
+    spec: str,
+    protocol: Callable[[], asyncio.Protocol],
+    *,
+    unix_mode: int = 0o660,
+    reuse_port: bool = False,
+) -> asyncio.Server:
+    """Serve ``protocol`` on ``host:port`` or ``unix:/path`` (``parse_listen``).
+
+    ``reuse_port``: several processes listen on one TCP port (SO_REUSEPORT) and the kernel
+    spreads the connections between them.
+    """
+    loop = asyncio.get_running_loop()
+    kind, where, port = parse_listen(spec)
+    if kind == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(where).st_mode):
+                os.unlink(where)  # left over from a daemon that did not stop cleanly
+        server = await loop.create_unix_server(protocol, path=where)
+        os.chmod(where, unix_mode)
+        return server
+    return await loop.create_server(
+        protocol, host=where, port=port, reuse_address=True, reuse_port=reuse_port or None
+    )
+
+
+async def serve_sender_tags(
+    spec: str, unix_mode: int = 0o660, *, reuse_port: bool = False
+) -> asyncio.Server:
+    """The socketmap table of signed envelope senders (``bounce_tags.SenderTagMap``). It needs
+    neither Redis nor the database: only ``SECRET_KEY``."""
+    return await serve(
+        spec,
+        lambda: bounce_tags.SenderTagMap(now_ms),
+        unix_mode=unix_mode,
+        reuse_port=reuse_port,
+    )
 
 
 READ_CHUNK = 64 * 1024
@@ -306,35 +347,20 @@ class PolicyServer:
     # -- life cycle ------------------------------------------------------------------------
 
     async def listen(self, spec: str, *, reuse_port: bool = False) -> str:
-        """Start listening; returns the bound address (the real port for port 0).
-
-        ``reuse_port``: several processes listen on one TCP port (SO_REUSEPORT) and the
-        kernel spreads the connections between them.
-        """
-        loop = asyncio.get_running_loop()
-        kind, where, port = parse_listen(spec)
+        """Start listening (``serve``); returns the bound address (the real port for port 0)."""
+        server = await serve(
+            spec, lambda: _PolicyConnection(self), unix_mode=self.unix_mode, reuse_port=reuse_port
+        )
+        kind, where, _ = parse_listen(spec)
         if kind == "unix":
-            path = where
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.unlink(path)  # left over from a daemon that did not stop cleanly
-            server = await loop.create_unix_server(lambda: _PolicyConnection(self), path=path)
-            os.chmod(path, self.unix_mode)
-            self._unix_paths.append(path)
-            bound = f"unix:{path}"
+            self._unix_paths.append(where)
+            bound = f"unix:{where}"
         else:
-            server = await loop.create_server(
-                lambda: _PolicyConnection(self),
-                host=where,
-                port=port,
-                reuse_address=True,
-                reuse_port=reuse_port or None,
-            )
             sockname = server.sockets[0].getsockname()
             bound = f"{sockname[0]}:{sockname[1]}"
         self._servers.append(server)
         if self._watchdog is None:
-            self._watchdog = loop.call_later(self.WATCH_INTERVAL, self._watch)
+            self._watchdog = asyncio.get_running_loop().call_later(self.WATCH_INTERVAL, self._watch)
         log.info("SMTP policy daemon listening on %s", bound)
         return bound
 

@@ -13,9 +13,8 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mailaccess.mailserver.bounce_tags import serve_sender_tags
 from mailaccess.mailserver.database_threads import DatabaseThreads
-from mailaccess.mailserver.policy_server import PolicyServer, parse_listen
+from mailaccess.mailserver.policy_server import PolicyServer, parse_listen, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_client import tls_context
 from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
@@ -175,7 +174,7 @@ class Command(BaseCommand):
         # Blocks and switch-offs reach this process's cached mailboxes at once.
         policy.access_changes_url = settings.MAILSERVER_REDIS_URL
         health_server = None
-        tag_servers: list[asyncio.AbstractServer] = []
+        tag_servers: list[asyncio.Server] = []
         try:
             for spec in listen:
                 self.stdout.write(
