@@ -9,7 +9,7 @@ class MailaccessConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from mailaccess import actions, notices, passdb, sessions
+        from mailaccess import actions, notices, passdb, tasks
         from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
@@ -20,8 +20,8 @@ class MailaccessConfig(AppConfig):
             actions.access_changed_hooks.append(state.invalidate)
 
         # A block, a switch-off or an ended password ends the sessions already open.
-        if sessions.queue not in actions.sessions_ended_hooks:
-            actions.sessions_ended_hooks.append(sessions.queue)
+        if tasks.queue_end_sessions not in actions.sessions_ended_hooks:
+            actions.sessions_ended_hooks.append(tasks.queue_end_sessions)
 
         if notices.queue not in actions.notice_created_hooks:
             actions.notice_created_hooks.append(notices.queue)

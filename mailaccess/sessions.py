@@ -1,11 +1,11 @@
 """Ending a mailbox's open IMAP and POP3 sessions, through Dovecot's doveadm HTTP API.
 
-A block, switching access off, or ending a password stops new logins at once (the passdb
-view and the auth policy), but a session opened before stays open: an IMAP IDLE connection
-for days. For a hijacked mailbox that is the whole point of blocking it. So those actions
-(``mailaccess.actions``) call ``queue`` after their commit, and every Dovecot server
-(``DOVEADM_API_URL``) is asked to ``kick`` the mailbox's address: Dovecot's own way to end a
-user's sessions, which its anvil process tracks for every IMAP and POP3 login.
+A block, switching access off, or ending a password stops new logins at once (the passdb view
+and the auth policy), but a session opened before stays open: an IMAP IDLE connection for days.
+For a hijacked mailbox that is the whole point of blocking it. So those actions
+(``mailaccess.actions``) call ``tasks.queue_end_sessions`` after their commit, and every Dovecot
+server (``DOVEADM_API_URL``) is asked to ``kick`` the mailbox's address: Dovecot's own way to
+end a user's sessions, which its anvil process tracks for every IMAP and POP3 login.
 
 Ending *one* device's password ends every session of the mailbox. Dovecot 2.3's ``kick``
 chooses sessions by login name and client address only (``doveadm kick user [ip]``): which
@@ -34,9 +34,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-
-from accounts.models import Mailbox
-from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -92,33 +89,3 @@ def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) ->
     except ValueError:
         raise DoveadmError("doveadm answered something other than JSON") from None
     check_answer(answer, len(addresses))
-
-
-def queue(mailbox_ids: Sequence[int]) -> None:
-    """End these mailboxes' sessions on every Dovecot server (runs after commit). Never raises."""
-    # Imported here: the tasks module imports the jobs, which import the actions.
-    from mailaccess import tasks
-
-    urls = settings.DOVEADM_API_URL
-    if not urls or not mailbox_ids:
-        return
-    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
-    for start in range(0, len(addresses), ADDRESSES_PER_CALL):
-        chunk = addresses[start : start + ADDRESSES_PER_CALL]
-        for url in urls:
-            try:
-                if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # No worker: once, bounded by the timeout, instead of eager retries that
-                    # would hold the request for minutes.
-                    kick(url, chunk)
-                else:
-                    tasks.end_sessions.delay(url, chunk)
-            except Exception as error:
-                log_event(
-                    logger,
-                    "sessions.not_ended",
-                    logging.ERROR,
-                    mailbox=",".join(chunk[:5]),
-                    server=url,
-                    error=type(error).__name__,
-                )

@@ -8,14 +8,17 @@ jobs take only rows still due, and a notice is e-mailed only while ``emailed_at`
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from smtplib import SMTPRecipientsRefused
 from typing import Any
 
 import redis
 from celery import shared_task
+from django.conf import settings
 from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError
 
+from accounts.models import Mailbox
 from mailaccess import jobs, notices, sessions
 from mailportal.logging import log_event
 
@@ -100,3 +103,30 @@ def end_sessions(url: str, addresses: list[str]) -> None:
     """Kick these mailboxes' IMAP and POP3 sessions on one Dovecot; retried until it answers
     (DoveadmError is an OSError). A kick twice ends nothing more: safe to run again."""
     sessions.kick(url, addresses)
+
+
+def queue_end_sessions(mailbox_ids: Sequence[int]) -> None:
+    """End these mailboxes' sessions on every Dovecot server (runs after commit). Never raises."""
+    urls = settings.DOVEADM_API_URL
+    if not urls or not mailbox_ids:
+        return
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    for start in range(0, len(addresses), sessions.ADDRESSES_PER_CALL):
+        chunk = addresses[start : start + sessions.ADDRESSES_PER_CALL]
+        for url in urls:
+            try:
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    # No worker: once, bounded by the timeout, instead of eager retries that
+                    # would hold the request for minutes.
+                    sessions.kick(url, chunk)
+                else:
+                    end_sessions.delay(url, chunk)
+            except Exception as error:
+                log_event(
+                    logger,
+                    "sessions.not_ended",
+                    logging.ERROR,
+                    mailbox=",".join(chunk[:5]),
+                    server=url,
+                    error=type(error).__name__,
+                )
