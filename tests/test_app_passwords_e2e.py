@@ -179,5 +179,5 @@ def test_the_passdb_names_the_matching_password_only_while_it_works(alice: Mailb
     actions.disable_access(alice, actor=Actor.user(alice))
     [refused] = lookup("alice@inbox.lv", first, "imap")
     # Named on a refused row too: the policy's allow after the check learns from it that the
-    # password was verified, and only then tells why (migration 0010).
+    # password was verified, and only then tells why (migration 0012).
     assert refused["nologin"] == "y" and refused["app_password"] == first_row.pk

@@ -333,7 +333,7 @@ def decide_allow(
     mail programs, or why it is blocked). ``app_password_id`` is set only in the ``allow``
     Dovecot sends *after* the passdb verified the password (``%{passdb:app_password}``; the
     passdb view names the matching password, live or the one most recently ended, see
-    migration 0010): only then is a switched-off or blocked mailbox told why. Before that, and
+    migration 0012): only then is a switched-off or blocked mailbox told why. Before that, and
     for any wrong password, such a mailbox is answered exactly as an unknown address: the
     same verdict, the same bytes, and the same way on to the passdb, whose one indexed lookup
     finds no row for either and checks no hash, so neither answer is faster.

@@ -738,7 +738,7 @@ class SmtpPolicy:
                     )
                 failing = True
             finally:
-                await client.aclose()  # type: ignore[attr-defined]  # types-redis 4 lacks it
+                await client.aclose()
             await asyncio.sleep(retry_seconds)
 
     async def stop_following(self) -> None:
