@@ -414,6 +414,10 @@ def test_sigterm_lets_a_request_waiting_on_the_database_finish(
             )
             wait_for_lock_wait(environment["DATABASE_URL"])
             running.process.send_signal(signal.SIGTERM)
+            # The signal passes through the parent process and the child's event loop; the row
+            # is freed only once the child has begun stopping, or the answer could be written
+            # first, before the server knows it is stopping.
+            wait_for_log(running, "stopping: 1 connections open")
             lock.rollback()  # the row is free: the write goes ahead
         answer = Reader(sock).answer()
         assert answer.status == 200
@@ -427,6 +431,13 @@ def test_sigterm_lets_a_request_waiting_on_the_database_finish(
     finally:
         stop_process(running.process)
         redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def wait_for_log(server: Server, line: str) -> None:
+    deadline = time.monotonic() + 10
+    while line not in server.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.02)
 
 
 def wait_for_lock_wait(url: str) -> None:
