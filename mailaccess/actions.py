@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext_lazy
 
 from accounts.models import Mailbox, Plan, Status
-from mailaccess import passwords
+from mailaccess import passdb, passwords
 from mailaccess.models import (
     IDLE_EXPIRY,
     Actor,
@@ -513,6 +513,9 @@ def record_use(
 
 
 def _access_changed_many(mailbox_ids: Sequence[int]) -> None:
+    # The table Dovecot's passdb reads, in this transaction: exact when the change commits.
+    passdb.refresh(mailbox_ids)
+
     # One call per hook with the whole batch: a job's page of 1,000 blocks then costs the
     # auth-policy cache one query and one Redis pipeline, not 1,000 of each.
     def run() -> None:

@@ -7,13 +7,16 @@ class MailaccessConfig(AppConfig):
     verbose_name = _("External mail access")
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_migrate, post_save
 
+        from accounts.models import Mailbox
         from mailaccess import actions, notices, passdb, tasks
         from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
         post_migrate.connect(passdb.sync_after_migrate, sender=self)
+        # The passdb table's refused rows carry their reason in the mailbox's language.
+        post_save.connect(passdb.language_changed, sender=Mailbox)
 
         # The auth policy's cached state must follow every access change at once.
         if state.invalidate not in actions.access_changed_hooks:

@@ -511,3 +511,36 @@ class ServerMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.language} {self.code}"
+
+
+class DovecotPassdb(models.Model):
+    """What Dovecot's SQL passdb reads: one row per (app password, service) that may answer.
+
+    The view ``mailaccess_dovecot_passdb`` stays the definition of which rows exist (migration
+    0012); this table holds its rows, written by the access actions in the same transaction
+    as the change (``mailaccess/passdb.py: refresh``), so that a login is one lookup in one
+    covering unique index on (lookup_key, service) instead of a view the planner unfolds on
+    every login (issue 23). ``expires_at`` keeps the view's only clock: a refused mailbox's
+    most recently ended password answers with the reason for 30 days after it ended. Written
+    on PostgreSQL only, where Dovecot reads it; empty on SQLite.
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+")
+    user = models.CharField(max_length=254)
+    lookup_key = models.CharField(max_length=64)
+    service = models.CharField(max_length=8)
+    password = models.CharField(max_length=128)
+    # NULL, not "": Dovecot takes a field that is there, even empty, as set (nologin).
+    nologin = models.CharField(max_length=1, null=True)  # noqa: DJ001
+    reason = models.CharField(max_length=255, null=True)  # noqa: DJ001
+    # The AppPassword's id, given back to the auth policy; no foreign key: the mailbox's
+    # cascade removes the row first, and a second index would only slow every write.
+    app_password = models.BigIntegerField()
+    expires_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "mailaccess_passdb"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.service}"
