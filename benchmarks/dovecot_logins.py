@@ -13,7 +13,8 @@ Configurations, each run ``--rounds`` times, alternating, every run on a fresh D
 - B: the project's SQL passdb (deploy/dovecot/dovecot-sql.conf.ext) on PostgreSQL;
 - C: B + the auth policy server (``manage.py auth_policy_server``), every state cached;
 - C cold: as C, over mailboxes no run has logged in before (state loaded from PostgreSQL,
-  last use written).
+  last use written);
+- Ccache (``--configs A,B,C,Ccold,Ccache``): C with Dovecot's auth cache (60 s), to weigh it.
 
 Then C once more, paced at 70% of its saturation rate, for the latency a provider runs at.
 
@@ -325,7 +326,15 @@ service pop3-login {{
     port = 0
   }}
 }}
-{imap_service}"""
+{imap_service}{auth_cache}"""
+
+# Config "Ccache": C with Dovecot's auth cache (what issue 23 weighs). Only the passdb answer
+# is cached; the auth policy is still asked on every login.
+AUTH_CACHE = """\
+auth_cache_size = 10M
+auth_cache_ttl = 60 s
+auth_cache_negative_ttl = 0
+"""
 
 # The post-login imap processes reused too (unless ``--imap-per-login``), so a login does not
 # pay for starting one: on this machine that costs 4-5 ms of CPU and would hide the login
@@ -401,6 +410,7 @@ def start_dovecot(
             imap_port=imap_port,
             cores=os.cpu_count() or 1,
             imap_service=IMAP_REUSE.format(cores=os.cpu_count() or 1) if REUSE_IMAP else "",
+            auth_cache=AUTH_CACHE if config == "Ccache" else "",
         )
     )
     log = root / "dovecot.log"
@@ -710,7 +720,11 @@ def main() -> int:
                 for config in configs:
                     policy = (policy_url, api_key) if config.startswith("C") else None
                     dovecot = start_dovecot(
-                        config.removesuffix("cold"), tls, args.database, policy, passwd_file
+                        config.removesuffix("cold") if config != "Ccache" else config,
+                        tls,
+                        args.database,
+                        policy,
+                        passwd_file,
                     )
                     try:
                         if config == "C" and not warmed:

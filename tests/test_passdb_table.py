@@ -28,22 +28,27 @@ from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, S
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SQL_CONF = Path(__file__).resolve().parent.parent / "deploy" / "dovecot" / "dovecot-sql.conf.ext"
-COLUMNS = '"user", lookup_key, service, password, nologin, reason, app_password'
+TABLE_ROWS = """
+SELECT mailbox_id, "user", lookup_key, service, password, nologin, reason, app_password,
+       expires_at
+FROM mailaccess_passdb
+"""
+VIEW_ROWS = """
+SELECT p.mailbox_id, v."user", v.lookup_key, v.service, v.password, v.nologin, v.reason,
+       v.app_password, p.revoked_at + interval '30 days'
+FROM mailaccess_dovecot_passdb v JOIN mailaccess_apppassword p ON p.id = v.app_password
+"""
 
 
 def table_rows() -> set[tuple[Any, ...]]:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT mailbox_id, {COLUMNS}, expires_at FROM mailaccess_passdb")
+        cursor.execute(TABLE_ROWS)
         return set(cursor.fetchall())
 
 
 def view_rows() -> set[tuple[Any, ...]]:
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT p.mailbox_id, {', '.join('v.' + c for c in COLUMNS.split(', '))}, "
-            "p.revoked_at + interval '30 days' FROM mailaccess_dovecot_passdb v "
-            "JOIN mailaccess_apppassword p ON p.id = v.app_password"
-        )
+        cursor.execute(VIEW_ROWS)
         return set(cursor.fetchall())
 
 
@@ -116,7 +121,9 @@ def test_every_access_change_keeps_the_table_exact(alice: Mailbox, bob: Mailbox)
     actions.enable_access(bob, actor=Actor.user(bob))
     assert_exact()
     actions.block_access_many(
-        ExternalAccess.objects.filter(mailbox__in=[alice, bob]), BlockReason.COMPROMISED, actor=staff
+        ExternalAccess.objects.filter(mailbox__in=[alice, bob]),
+        BlockReason.COMPROMISED,
+        actor=staff,
     )
     assert_exact()
     actions.mark_inactive_many(Mailbox.objects.filter(pk=bob.pk), actor=staff)
