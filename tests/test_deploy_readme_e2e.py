@@ -15,6 +15,7 @@ and SMTP policy daemon, and section 5's ``doveadm auth test`` is run as written.
 from __future__ import annotations
 
 import grp
+import imaplib
 import os
 import pwd
 import re
@@ -384,7 +385,10 @@ def test_the_readme_installs_servers_that_log_in_and_send_through_the_policies(
     )
 
     # A real IMAP login: the passdb view, the auth policy, and the mail store's uid.
-    assert imap_login(servers, address, app_password)
+    try:
+        assert imap_login(servers, address, app_password)
+    except (OSError, imaplib.IMAP4.error) as error:
+        raise AssertionError(f"IMAP login failed: {error!r}\n{servers.logs()}") from error
     # A real submission on 587: SMTP AUTH through Dovecot and the policy, the message counted
     # by the SMTP policy daemon, its envelope sender signed by the daemon's tag service.
     smtp_send(servers, address, app_password, implicit_tls=False)
