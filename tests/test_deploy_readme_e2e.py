@@ -406,4 +406,3 @@ def test_the_readme_installs_servers_that_log_in_and_send_through_the_policies(
     assert ExternalAccess.objects.get(mailbox=mailbox).pop3_last_used_at is None
     mail_home = Path(site_values(readme_site.site)["MAIL_HOME"])
     assert any(path.stat().st_uid == readme_site.uid for path in mail_home.rglob("*"))
-
