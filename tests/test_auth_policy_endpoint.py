@@ -242,6 +242,16 @@ def test_failed_and_refused_logins_record_no_use(dovecot: Dovecot, alice: Mailbo
     assert access(alice).imap_last_used_at is None
 
 
+def test_a_login_without_a_client_address_records_no_use(dovecot: Dovecot, alice: Mailbox) -> None:
+    """`doveadm auth test` (deploy/README.md, "Check it") sends an empty remote: the operator's
+    check is no use of the owner's, and the panel would show it as "IMAP from None"."""
+    switch_on(alice)
+    assert dovecot.login("alice@inbox.lv", remote="")["status"] == 0
+    assert access(alice).imap_last_used_at is None
+    assert dovecot.login("alice@inbox.lv", remote="192.0.2.10")["status"] == 0
+    assert access(alice).imap_last_ip == "192.0.2.10"
+
+
 def test_several_connections_of_one_program_at_once_are_one_check(
     dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
 ) -> None:

@@ -212,3 +212,17 @@ def test_the_panel_shows_last_use_per_protocol(alice_client: Client, alice: Mail
     actions.record_use(alice.pk, Protocol.IMAP, "192.0.2.7")
     page = alice_client.get(URL).content.decode()
     assert "IMAP" in page and "192.0.2.7" in page
+
+
+def test_a_use_without_an_address_never_shows_none(alice_client: Client, alice: Mailbox) -> None:
+    """A use recorded before the auth policy left address-less logins out (`doveadm auth
+    test`), or a protocol's last IP emptied: the panel says the address is unknown."""
+    actions.enable_access(alice, actor=Actor.user(alice))
+    from mailaccess.models import Protocol
+
+    password = AppPassword.objects.filter(mailbox=alice).get()
+    actions.record_use(alice.pk, Protocol.IMAP, None, app_password_id=password.pk)
+    page = alice_client.get(URL).content.decode()
+    assert "None" not in page
+    assert "IMAP no nezināmas adreses:" in page  # the protocol's last use
+    assert ", IMAP no nezināmas adreses</td>" in page  # the password's row

@@ -376,8 +376,10 @@ class AuthPolicyApp:
         # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
         # and an UPDATE per login would make PostgreSQL the bottleneck at thousands of
         # logins a second, for a figure the panel shows to the minute and expiry counts in
-        # months.
-        if result.record_use and request.protocol is not None:
+        # months. A login without a client address is no mail program's: it is the operator's
+        # `doveadm auth test` (deploy/README.md, "Check it"), which must not show up in the
+        # panel as the owner's last use.
+        if result.record_use and request.protocol is not None and request.remote is not None:
             await self._in_thread(_record_use, result.state, request, now)
             log_event(
                 logger,
