@@ -90,7 +90,8 @@ def check_key(login: str, protocol: str, network: str) -> str:
     return mailbox_key(f"check:{protocol}:{network}", login)
 
 
-def used_key(login: str, protocol: str, network: str, password: str) -> str:
+def used_key(login: str, protocol: str, network: str, password: int | str) -> str:
+    """When the last use of one password (its id or key) was written to the database."""
     return mailbox_key(f"used:{protocol}:{network}:{password}", login)
 
 
