@@ -268,7 +268,7 @@ call_command("migrate", verbosity=0)
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor, ExternalAccess
-from mailaccess.mailserver.redis_client import sync_client
+from mailaccess.counters import sync_client
 for n in range({mailboxes}):
     box, _ = Mailbox.objects.get_or_create(address=f"bench{{n}}@inbox.lv")
     if not ExternalAccess.objects.filter(mailbox=box, enabled=True).exists():

@@ -17,7 +17,7 @@ import redis
 from django.utils import timezone
 
 from accounts.models import Mailbox, Plan
-from mailaccess.mailserver import redis_client, sending_counters
+from mailaccess import counters
 from mailaccess.models import AuditAction, AuditEvent, BlockReason, ExternalAccess, SendingLimit
 from mailportal import metrics
 from mailportal.logging import log_event
@@ -152,9 +152,7 @@ def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
         return None
     last_minute = last_hour = None
     try:
-        usage = sending_counters.read_usage(
-            redis_client.sync_client(), mailbox.address, int(now.timestamp() * 1000)
-        )
+        usage = counters.read_usage(mailbox.address, int(now.timestamp() * 1000))
         last_minute, last_hour = usage.last_minute, usage.last_hour
     except redis.RedisError as error:
         metrics.REDIS_ERRORS.labels(service="web").inc()

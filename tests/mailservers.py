@@ -635,12 +635,12 @@ def mail_servers_factory(
 def policy_redis(policy_server: PolicyServer, settings: Any) -> Iterator[None]:
     """Point this process's access-change hooks at the policy server's Redis, so switching
     access in the panel invalidates the state the served policy caches."""
-    from mailaccess.mailserver import redis_client
+    from mailaccess import counters
 
     settings.MAILSERVER_REDIS_URL = policy_server.redis_url
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     yield
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 # --- clients that pick their source address --------------------------------------------------

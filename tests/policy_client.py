@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from mailaccess.mailserver.asgi import AuthPolicyApp
-from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 
 API_KEY = "policy-test-key-0123456789abcdef"
 # Dovecot's session ids look like this: base64 of a timestamp and a counter.
@@ -35,7 +35,7 @@ def request(
     now: float | None = None,
 ) -> httpx.Response:
     async def send() -> httpx.Response:
-        client = MultiplexedRedis(redis_url, 2)
+        client = RedisPipeline(redis_url, timeout=2, decode=True)
         app = AuthPolicyApp(client=client, clock=(lambda: now) if now else time.time)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from mailaccess.mailserver import redis_client
+from mailaccess import counters
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
@@ -46,10 +46,10 @@ def test_redis_fixture(settings: Any) -> Iterator[str]:
     """The tests' Redis as the mail-server Redis, with no counters of the named mailboxes."""
     url = redis_url_for_tests()
     settings.MAILSERVER_REDIS_URL = url
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
     yield url
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 class RunningDaemon:
@@ -113,7 +113,7 @@ class RunningDaemon:
         self._ready.set()
         await self.server.wait_stopped()
         await self.policy.stop_following()
-        await client.close()
+        await client.aclose()
         # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)
 

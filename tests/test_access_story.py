@@ -11,8 +11,7 @@ import redis
 from django.core.management import CommandError, call_command
 
 from accounts.models import Mailbox
-from mailaccess import actions
-from mailaccess.mailserver import redis_client
+from mailaccess import actions, counters
 from mailaccess.models import Actor, AppPassword, AuditEvent, BlockReason, Protocol
 from tests.policy_client import API_KEY, closed_port, login
 
@@ -27,7 +26,7 @@ def story(address: str) -> str:
 
 def test_it_tells_the_whole_story_without_a_hash(alice: Mailbox, settings: Any) -> None:
     settings.MAILSERVER_REDIS_URL = f"redis://127.0.0.1:{closed_port()}/11"
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     actions.enable_access(alice, actor=Actor.user(alice), ip="198.51.100.7")
     first = AppPassword.objects.get(mailbox=alice)
     actions.record_use(alice.pk, Protocol.IMAP, "192.0.2.10", app_password_id=first.pk)
@@ -35,7 +34,7 @@ def test_it_tells_the_whole_story_without_a_hash(alice: Mailbox, settings: Any) 
     events = AuditEvent.objects.count()
 
     text = story("Alice@Inbox.lv")
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
     assert "Access story of alice@inbox.lv" in text
     assert "BLOCKED" in text and "faulty_program" in text
@@ -58,7 +57,7 @@ def test_it_shows_what_the_auth_policy_counts_in_redis(
         pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
     settings.MAILSERVER_REDIS_URL = REDIS_URL
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     try:
@@ -70,7 +69,7 @@ def test_it_shows_what_the_auth_policy_counts_in_redis(
         assert sorted(client.keys("*")) == keys  # read-only
     finally:
         client.flushdb()
-        redis_client.sync_client.cache_clear()
+        counters.sync_client.cache_clear()
     assert "cached state" in text and "on=1" in text
     assert "1 distinct in the last 15 min" in text
     assert "known network 192.0.2.10" in text

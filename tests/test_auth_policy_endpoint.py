@@ -18,11 +18,11 @@ import pytest
 import redis
 
 from accounts.models import Mailbox
-from mailaccess import actions
-from mailaccess.mailserver import redis_client, state
+from mailaccess import actions, counters
+from mailaccess.mailserver import state
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
-from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
 from tests.mailservers import PrivateRedis, private_redis_fixture  # noqa: F401
 
@@ -51,7 +51,7 @@ class Dovecot:
 
         async def send() -> httpx.Response:
             # A fresh app and pool per request: each asyncio.run is a new event loop.
-            client = MultiplexedRedis(self.url, 2)
+            client = RedisPipeline(self.url, timeout=2, decode=True)
             app = AuthPolicyApp(client=client, clock=lambda: self.now)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
@@ -114,12 +114,12 @@ def redis_db(settings: Any) -> Iterator[redis.Redis]:
     assert REDIS_URL
     settings.MAILSERVER_REDIS_URL = REDIS_URL
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     client.flushdb()
     yield client
     client.flushdb()
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_it_requires_the_api_key_and_records_nothing_without_it(
 
 def test_it_answers_only_post_on_its_path(dovecot: Dovecot) -> None:
     async def get(path: str) -> httpx.Response:
-        app = AuthPolicyApp(client=MultiplexedRedis(dovecot.url, 2))
+        app = AuthPolicyApp(client=RedisPipeline(dovecot.url, timeout=2, decode=True))
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"
         ) as http:
@@ -383,7 +383,7 @@ def test_a_switch_off_during_a_cache_load_is_not_overwritten_by_the_older_state(
     was_on = MailboxState(alice.pk, enabled=True, block_reason="", plan="free", language="lv")
 
     async def race() -> tuple[bool, object]:
-        client = MultiplexedRedis(dovecot.url, 2)
+        client = RedisPipeline(dovecot.url, timeout=2, decode=True)
         store = PolicyStore(client, Limits())
         miss, _counters = await store.allow(request, START)
         assert isinstance(miss, Miss)
@@ -419,7 +419,7 @@ def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(
     settings.AUTH_POLICY_API_KEY = API_KEY
 
     async def ask() -> httpx.Response:
-        client = MultiplexedRedis("redis://127.0.0.1:1/0", 2)
+        client = RedisPipeline("redis://127.0.0.1:1/0", timeout=2, decode=True)
         app = AuthPolicyApp(client=client)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://policy"
@@ -448,7 +448,7 @@ def test_the_endpoint_reaches_redis_over_tls_or_its_unix_socket(
     url = getattr(private_redis, reached_by)
     settings.MAILSERVER_REDIS_URL = url
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     try:
         reply = Dovecot(url).allow("alice@inbox.lv", "smtp", app_password="1")
         # The refusal with its reason needs the policy's state, which it keeps in that Redis.
@@ -456,7 +456,7 @@ def test_the_endpoint_reaches_redis_over_tls_or_its_unix_socket(
         assert reply["msg"].startswith("Ārējā POP3\\IMAP un SMTP pieeja ir izslēgta.")
         assert redis.Redis.from_url(url).dbsize() > 0
     finally:
-        redis_client.sync_client.cache_clear()
+        counters.sync_client.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from prometheus_client import REGISTRY
 
-from mailaccess.mailserver import redis_client
+from mailaccess import counters
 from tests.policy_client import API_KEY, closed_port, request
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
@@ -104,7 +104,7 @@ def test_without_a_token_nobody_may_scrape(db: None, settings: Any) -> None:
 def policy_settings(settings: Any) -> None:
     settings.AUTH_POLICY_API_KEY = API_KEY
     settings.METRICS_TOKEN = "scrape-token-123"
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 def test_the_policy_service_is_alive_without_redis(policy_settings: None) -> None:

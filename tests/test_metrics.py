@@ -13,8 +13,7 @@ from django.db import transaction
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from accounts.models import Mailbox
-from mailaccess import actions
-from mailaccess.mailserver import redis_client
+from mailaccess import actions, counters
 from mailaccess.models import Actor, BlockReason
 from mailportal.metrics import BatchedHistogram
 from tests.policy_client import API_KEY, login
@@ -47,12 +46,12 @@ def policy(settings: Any, transactional_db: None) -> Iterator[str]:
         pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
     settings.MAILSERVER_REDIS_URL = REDIS_URL
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield REDIS_URL
     client.flushdb()
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 @pytest.mark.e2e

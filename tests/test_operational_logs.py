@@ -12,7 +12,7 @@ import redis
 from django.urls import reverse
 
 from accounts.models import Mailbox
-from mailaccess.mailserver import redis_client
+from mailaccess import counters
 from mailaccess.models import AppPassword
 from mailportal.logging import KeyValueFormatter, log_event
 from tests.conftest import csrf_post, signed_in_client
@@ -33,12 +33,12 @@ def policy(settings: Any, transactional_db: None) -> Iterator[str]:
         pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
     settings.MAILSERVER_REDIS_URL = REDIS_URL
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield REDIS_URL
     client.flushdb()
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
 
 
 @pytest.mark.e2e

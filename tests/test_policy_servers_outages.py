@@ -267,8 +267,7 @@ def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
 def test_a_redis_restart_keeps_the_sending_counts_and_the_guessing_lock(
     durable_redis: DurableRedis, settings: Any, alice: Mailbox, how: str
 ) -> None:
-    from mailaccess import actions
-    from mailaccess.mailserver import redis_client
+    from mailaccess import actions, counters
     from mailaccess.models import Actor
     from tests.policy_client import API_KEY
     from tests.policy_client import login as dovecot_login
@@ -279,7 +278,7 @@ def test_a_redis_restart_keeps_the_sending_counts_and_the_guessing_lock(
     url = durable_redis.url
     settings.MAILSERVER_REDIS_URL = url
     settings.AUTH_POLICY_API_KEY = API_KEY
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     try:
         assert actions.enable_access(alice, actor=Actor.user(alice)) is not None
         with time_machine.travel(MONDAY, tick=False):
@@ -302,4 +301,4 @@ def test_a_redis_restart_keeps_the_sending_counts_and_the_guessing_lock(
             locked = dovecot_login(url, ALICE)
             assert locked["status"] == -1, locked
     finally:
-        redis_client.sync_client.cache_clear()
+        counters.sync_client.cache_clear()

@@ -191,14 +191,14 @@ def test_the_panel_uses_latvian_plural_forms(
 
 
 def test_the_panel_still_works_when_redis_is_down(alice_client: Client, settings, caplog) -> None:  # type: ignore[no-untyped-def]
-    from mailaccess.mailserver import redis_client
+    from mailaccess import counters
 
     settings.MAILSERVER_REDIS_URL = "redis://127.0.0.1:21999/0"
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     try:
         response = alice_client.get(URL)
     finally:
-        redis_client.sync_client.cache_clear()
+        counters.sync_client.cache_clear()
     assert response.status_code == 200
     assert "Nosūtīto vēstuļu skaitu šobrīd nevar parādīt." in response.content.decode()
 

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -214,47 +213,6 @@ def test_sigterm_answers_the_request_in_flight_then_exits(silent_redis: socket.s
         if daemon.poll() is None:
             daemon.kill()
     assert b"stopped" in daemon.stdout.read()
-
-
-def test_the_redis_pipeline_loads_a_script_redis_does_not_know(test_redis: str) -> None:
-    """EVALSHA of a script Redis has not seen (a restart, SCRIPT FLUSH) gets NOSCRIPT; the
-    pipeline sends it again with its body, and the caller gets the script's answer."""
-    from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
-
-    script = Script(f"-- {uuid.uuid4()}\nreturn {{ARGV[1], KEYS[1]}}")
-
-    async def run() -> list[object]:
-        pipeline = RedisPipeline(test_redis, timeout=2)
-        loop = asyncio.get_running_loop()
-        replies: list[asyncio.Future[object]] = [loop.create_future() for _ in range(3)]
-        for number, future in enumerate(replies):
-            pipeline.evalsha(future.set_result, script, ["k"], [number])
-        try:
-            return list(await asyncio.gather(*replies))
-        finally:
-            await pipeline.close()
-
-    assert asyncio.run(run()) == [[b"0", b"k"], [b"1", b"k"], [b"2", b"k"]]
-
-
-@pytest.mark.parametrize(
-    ("url", "path", "address", "setup"),
-    [
-        ("redis://127.0.0.1:6379/0", None, ("127.0.0.1", 6379), []),
-        ("redis://redis.internal/4", None, ("redis.internal", 6379), [b"SELECT", b"4"]),
-        ("redis://:s%40cret@10.0.0.5:6380", None, ("10.0.0.5", 6380), [b"AUTH", b"s@cret"]),
-        ("unix:///run/redis/redis.sock?db=2", "/run/redis/redis.sock", ("", 0), [b"SELECT", b"2"]),
-        ("rediss://redis.internal:6380/1", None, ("redis.internal", 6380), [b"SELECT", b"1"]),
-    ],
-)
-def test_the_redis_pipeline_understands_the_usual_urls(
-    url: str, path: str | None, address: tuple[str, int], setup: list[bytes]
-) -> None:
-    from mailaccess.mailserver.redis_pipeline import RedisPipeline, pack_command
-
-    pipeline = RedisPipeline(url, timeout=1)
-    assert (pipeline._path, pipeline._address) == (path, address)
-    assert b"".join(pipeline._setup) == (pack_command(*setup) if setup else b"")
 
 
 def test_the_daemon_counts_in_a_redis_reached_over_tls(

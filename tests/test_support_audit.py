@@ -16,8 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
-from mailaccess.mailserver import redis_client
+from mailaccess import actions, counters
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from tests import test_admin
 from tests.conftest import csrf_post
@@ -176,7 +175,7 @@ def test_access_story_shows_where_from_and_why(
     staff: Mailbox, alice: Mailbox, settings: Any
 ) -> None:
     settings.MAILSERVER_REDIS_URL = f"redis://127.0.0.1:{closed_port()}/11"
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     actions.enable_access(alice, actor=Actor.user(alice))
     actions.block_access(
         alice,
@@ -187,7 +186,7 @@ def test_access_story_shows_where_from_and_why(
     )
     out = StringIO()
     call_command("access_story", alice.address, stdout=out)
-    redis_client.sync_client.cache_clear()
+    counters.sync_client.cache_clear()
     line = next(line for line in out.getvalue().splitlines() if "access blocked" in line)
     assert f"by support staff {staff.address}" in line
     assert f"from {STAFF_ADDRESS}" in line

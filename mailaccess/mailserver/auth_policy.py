@@ -288,7 +288,7 @@ class MailboxState:
 
 @dataclass(frozen=True)
 class Counters:
-    """What the Redis script read for one ``allow`` (see ``auth_policy_redis.py``)."""
+    """What the Redis script read for one ``allow`` (see ``auth_policy_store.py``)."""
 
     check_open: bool = False  # a check of this program is under way and has room
     check_tokens: float = 0.0  # checks left in the program's bucket

@@ -47,9 +47,9 @@ from mailaccess.mailserver.auth_policy import (
     RequestError,
     Verdict,
 )
-from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.models import Actor, BlockReason
 from mailportal import health, metrics
 from mailportal.logging import Throttle, log_event, short_id
@@ -117,7 +117,7 @@ class AuthPolicyApp:
     def __init__(
         self,
         *,
-        client: MultiplexedRedis | None = None,
+        client: RedisPipeline | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
     ) -> None:
@@ -133,8 +133,10 @@ class AuthPolicyApp:
     @property
     def store(self) -> PolicyStore:
         if self._store is None:
-            client = self._client or MultiplexedRedis(
-                settings.MAILSERVER_REDIS_URL, settings.MAILSERVER_REDIS_TIMEOUT
+            client = self._client or RedisPipeline(
+                settings.MAILSERVER_REDIS_URL,
+                timeout=settings.MAILSERVER_REDIS_TIMEOUT,
+                decode=True,
             )
             self._store = PolicyStore(client, self.limits)
         return self._store
@@ -319,9 +321,7 @@ class AuthPolicyApp:
         timeout = settings.HEALTH_CHECK_TIMEOUT
         checks = {"redis": "ok", "database": "ok"}
         try:
-            [pong] = await asyncio.wait_for(self.store.client.execute([("PING",)]), timeout)
-            if isinstance(pong, Exception):
-                raise pong
+            await asyncio.wait_for(self.store.client.execute("PING"), timeout)
         except (redis.RedisError, TimeoutError) as error:
             metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
             checks["redis"] = type(error).__name__

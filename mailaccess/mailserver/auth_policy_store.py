@@ -27,6 +27,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from mailaccess import counters
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     CHECKING_PROTOCOLS,
@@ -35,13 +36,12 @@ from mailaccess.mailserver.auth_policy import (
     MailboxState,
     PolicyRequest,
 )
-from mailaccess.mailserver.auth_policy_redis import (
-    MultiplexedRedis,
-    encode,
-    encode_arguments,
-    encode_spliced,
+from mailaccess.mailserver.redis_pipeline import (
+    RedisPipeline,
+    join_command,
+    pack_command,
+    pack_parts,
 )
-from mailaccess.mailserver.redis_client import mailbox_key
 
 FAILURES_LUA = """
 -- Failures are a sorted set: member (a distinct wrong password), score (when it last came).
@@ -207,17 +207,17 @@ class PolicyStore:
     # Logins whose key names are kept (``_keys``): past this, the cache starts over.
     KEY_CACHE_SIZE = 10_000
 
-    def __init__(self, client: MultiplexedRedis, limits: Limits) -> None:
+    def __init__(self, client: RedisPipeline, limits: Limits) -> None:
         self.client = client
         self.limits = limits
         self.sha = {name: _sha(text) for name, text in self.scripts.items()}
         # The parts of the hot path's commands that never change, encoded once: EVALSHA,
         # the script and its key count, and the limits the mailbox script is given.
         self._evalsha = {
-            "mailbox": encode_arguments("EVALSHA", self.sha["mailbox"], 7),
-            "network": encode_arguments("EVALSHA", self.sha["network"], 1),
+            "mailbox": pack_parts("EVALSHA", self.sha["mailbox"], 7),
+            "network": pack_parts("EVALSHA", self.sha["network"], 1),
         }
-        self._mailbox_limits = encode_arguments(
+        self._mailbox_limits = pack_parts(
             limits.check_interval,
             limits.check_burst,
             limits.check_window,
@@ -257,11 +257,11 @@ class PolicyStore:
             if len(self._key_cache) >= self.KEY_CACHE_SIZE:
                 self._key_cache.clear()
             keys = (
-                state_cache.state_key(login),
-                state_cache.generation_key(login),
-                mailbox_key("fails", login),
-                mailbox_key("nets", login),
-                mailbox_key("conns", login),
+                counters.state_key(login),
+                counters.generation_key(login),
+                counters.failures_key(login),
+                counters.networks_key(login),
+                counters.connections_key(login),
             )
             self._key_cache[login] = keys
         return keys
@@ -272,15 +272,15 @@ class PolicyStore:
         network = request.network or ""
         state, generation, fails, nets, conns = self._keys(login)
         password = request.app_password_id or request.password_key
-        variable = encode_arguments(
+        variable = pack_parts(
             # KEYS
             state,
             generation,
-            mailbox_key(f"check:{protocol}:{network}", login),
+            counters.check_key(login, protocol, network),
             fails,
             nets,
             conns,
-            mailbox_key(f"used:{protocol}:{network}:{password}", login),
+            counters.used_key(login, protocol, network, password),
             # ARGV 1-5; 6-14 are the limits
             mode,
             repr(now),
@@ -288,26 +288,24 @@ class PolicyStore:
             request.pwhash or request.session_id or repr(now),
             "1" if request.protocol in CHECKING_PROTOCOLS else "0",
         )
-        return encode_spliced(
-            (3, self._evalsha["mailbox"]), (12, variable), (9, self._mailbox_limits)
-        )
+        return join_command(24, self._evalsha["mailbox"], variable, self._mailbox_limits)
 
     def _network_key(self, request: PolicyRequest) -> str | None:
-        return None if request.network is None else mailbox_key("fails", f"net:{request.network}")
+        return None if request.network is None else counters.network_failures_key(request.network)
 
     def _network_call(self, key: str, request: PolicyRequest, mode: str, now: float) -> bytes:
         member = f"{request.login}\0{request.pwhash or request.session_id}"
         limits = self.limits
-        arguments = encode_arguments(
+        arguments = pack_parts(
             key, mode, member, limits.ip_failures, limits.failure_window, repr(now)
         )
-        return encode_spliced((3, self._evalsha["network"]), (6, arguments))
+        return join_command(9, self._evalsha["network"], arguments)
 
     async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
         ttl = self.limits.state_ttl if state is not None else min(60, self.limits.state_ttl)
-        keys = [state_cache.state_key(login), state_cache.generation_key(login)]
+        keys = [counters.state_key(login), counters.generation_key(login)]
         args = [generation, ttl, *state_cache.encode(state)]
-        [stored] = await self._run([encode("EVALSHA", self.sha["store"], 2, *keys, *args)])
+        [stored] = await self._run([pack_command("EVALSHA", self.sha["store"], 2, *keys, *args)])
         return bool(stored)
 
     async def allow(
@@ -319,7 +317,7 @@ class PolicyStore:
             # The network's failures: a plain ZCOUNT, cheaper for Redis than a script. Only
             # past the limit (a refusal) does the script run to say when the lock ends.
             since = repr(now - self.limits.failure_window)
-            commands.append(encode("ZCOUNT", network, since, "+inf"))
+            commands.append(pack_command("ZCOUNT", network, since, "+inf"))
         results = await self._run(commands)
         ip_failures, ip_wait = (int(results[1]) if network else 0), 0
         if network and ip_failures >= self.limits.ip_failures:

@@ -11,23 +11,29 @@ a limit.)
 Times come from the daemon (so every daemon process agrees, and tests can travel in time);
 markers hold their own time and are compared with it, and their Redis expiry only cleans up.
 
-Keys of one mailbox share a hash tag (``redis_client.mailbox_key``), so the script may touch
-several of them on Redis Cluster too.
+The key names are public (``mailaccess/counters.py``, which the panel reads through); the
+scripts and the packed commands of the daemon's hot path are here. Keys of one mailbox share a
+hash tag, so the script may touch several of them on Redis Cluster too.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from itertools import count
 
-import redis
+from mailaccess.counters import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    bounce_reported_key,
+    bounces_key,
+    hourly_blocked_key,
+    last_sent_key,
+    sent_key,
+)
+from mailaccess.mailserver.redis_pipeline import join_command, pack_parts
 
-from mailaccess.mailserver.redis_client import mailbox_key
-
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
+__all__ = ["DAY_MS", "HOUR_MS", "MINUTE_MS", "bounces_key", "last_sent_key", "sent_key"]
 
 # KEYS: sent log, "blocked in this window" marker, last-sent stamp.
 # ARGV: count (1 at END-OF-MESSAGE, 0 at DATA), now, minute start, hour start, per minute,
@@ -108,26 +114,6 @@ return {'ok', n}
 """
 
 
-def sent_key(address: str) -> str:
-    return mailbox_key("smtp-sent", address)
-
-
-def hourly_blocked_key(address: str) -> str:
-    return mailbox_key("smtp-hour-blocked", address)
-
-
-def last_sent_key(address: str) -> str:
-    return mailbox_key("smtp-last-sent", address)
-
-
-def bounces_key(address: str) -> str:
-    return mailbox_key("bounces", address)
-
-
-def bounce_reported_key(address: str) -> str:
-    return mailbox_key("bounces-reported", address)
-
-
 def send_keys(address: str) -> list[str]:
     return [sent_key(address), hourly_blocked_key(address), last_sent_key(address)]
 
@@ -161,19 +147,15 @@ def send_args(
     ]
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 def packed_send_keys(address: str) -> bytes:
     """``send_keys`` as the script's key count and keys in Redis's protocol: a mailbox's keys
     never change, so the daemon packs them once and keeps them with the cached mailbox."""
     keys = send_keys(address)
-    return _bulk(b"%d" % len(keys)) + b"".join(_bulk(key.encode()) for key in keys)
+    return pack_parts(len(keys), *keys)
 
 
 def packed_limits(per_minute: int | None, per_hour: int | None) -> bytes:
-    return _bulk(b"%d" % (per_minute or 0)) + _bulk(b"%d" % (per_hour or 0))
+    return pack_parts(per_minute or 0, per_hour or 0)
 
 
 # Parts of a send command after EVALSHA and the SHA: the key count, 3 keys, 7 arguments.
@@ -181,50 +163,22 @@ SEND_PARTS = 11
 
 
 def packed_send_tail(packed_keys: bytes, *, count_it: bool, now_ms: int, limits: bytes) -> bytes:
-    """``packed_send_keys`` and ``send_args`` in Redis's protocol, for ``RedisPipeline``:
-    packing the whole command part by part cost more than the rest of a check."""
-    now = b"%d" % now_ms
-    minute = b"%d" % (now_ms - MINUTE_MS)
-    hour = b"%d" % (now_ms - HOUR_MS)
-    member = b"%s:%d:%d" % (now, _pid[0], next(_sequence))
-    return b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+    """``packed_send_keys`` and ``send_args`` in Redis's protocol, for ``RedisPipeline``: the
+    constant parts (keys, limits) packed once, only the times and the member per check."""
+    return b"%s%s%s%s" % (
         packed_keys,
-        b"$1\r\n1\r\n" if count_it else b"$1\r\n0\r\n",
-        len(now),
-        now,
-        len(minute),
-        minute,
-        len(hour),
-        hour,
+        pack_parts(1 if count_it else 0, now_ms, now_ms - MINUTE_MS, now_ms - HOUR_MS),
         limits,
-        len(member),
-        member,
+        pack_parts(b"%d:%d:%d" % (now_ms, _pid[0], next(_sequence))),
     )
 
 
 def packed_hour_count_prefix(address: str) -> bytes:
     """The start of ``packed_hour_count``'s command, packed once per mailbox as its keys are."""
-    return b"*4\r\n$6\r\nZCOUNT\r\n" + _bulk(sent_key(address).encode())
+    return pack_parts("ZCOUNT", sent_key(address))
 
 
 def packed_hour_count(prefix: bytes, now_ms: int) -> bytes:
     """ZCOUNT of the messages sent in the last hour, in Redis's protocol: the DATA check's
     first question (see ``smtp_policy``)."""
-    start = b"(%d" % (now_ms - HOUR_MS)
-    return b"%s$%d\r\n%s\r\n$4\r\n+inf\r\n" % (prefix, len(start), start)
-
-
-@dataclass(frozen=True)
-class Usage:
-    last_minute: int
-    last_hour: int
-
-
-def read_usage(client: redis.Redis, address: str, now_ms: int) -> Usage:
-    """Messages sent in the last minute and hour, for the panel (read-only)."""
-    pipe = client.pipeline(transaction=False)
-    key = sent_key(address)
-    pipe.zcount(key, f"({now_ms - MINUTE_MS}", "+inf")
-    pipe.zcount(key, f"({now_ms - HOUR_MS}", "+inf")
-    minute, hour = pipe.execute()
-    return Usage(int(minute), int(hour))
+    return join_command(4, prefix, pack_parts(b"(%d" % (now_ms - HOUR_MS), b"+inf"))

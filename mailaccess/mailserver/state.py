@@ -24,8 +24,8 @@ from django.db import close_old_connections
 
 from accounts.models import Mailbox, normalize_address
 from mailaccess import passwords
+from mailaccess.counters import generation_key, state_key, sync_client
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
-from mailaccess.mailserver.redis_client import mailbox_key, sync_client
 from mailaccess.models import AppPassword, Protocol
 from mailportal import metrics
 from mailportal.logging import log_event
@@ -48,14 +48,6 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-
-
-def state_key(login: str) -> str:
-    return mailbox_key("state", login)
-
-
-def generation_key(login: str) -> str:
-    return mailbox_key("gen", login)
 
 
 def encode(state: MailboxState | None) -> list[str]:

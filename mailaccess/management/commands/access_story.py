@@ -23,9 +23,7 @@ from django.core.management.base import (
 from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
-from mailaccess.mailserver import sending_counters
-from mailaccess.mailserver import state as state_cache
-from mailaccess.mailserver.redis_client import mailbox_key, sync_client
+from mailaccess import counters
 from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
 
@@ -138,8 +136,8 @@ class Command(BaseCommand):
         """What the policies decide on: cached state and counters in Redis, read only."""
         self.section("Auth policy and SMTP policy in Redis (what the next login is decided on)")
         try:
-            self._counters(sync_client(), mailbox.address)
-            self._sending(sync_client(), mailbox)
+            self._counters(counters.sync_client(), mailbox.address)
+            self._sending(counters.sync_client(), mailbox)
         except redis.RedisError as error:
             self.line("Redis", f"not reachable ({type(error).__name__}): counters unknown")
 
@@ -147,7 +145,7 @@ class Command(BaseCommand):
         now = timezone.now()
         limits = plan_limits()[mailbox.sending_plan(now)]
         now_ms = int(now.timestamp() * 1000)
-        usage = sending_counters.read_usage(client, mailbox.address, now_ms)
+        usage = counters.read_usage(mailbox.address, now_ms, client)
         if limits.unlimited:
             allowed = "no limit"
         else:
@@ -157,46 +155,42 @@ class Command(BaseCommand):
             f"{usage.last_minute} in the last minute, {usage.last_hour} in the last hour "
             f"({allowed})",
         )
-        bounces = client.zcount(
-            sending_counters.bounces_key(mailbox.address),
-            now_ms - sending_counters.HOUR_MS,
-            "+inf",
-        )
+        bounces = counters.bounces_last_hour(mailbox.address, now_ms, client)
         # Only bounces to the signed envelope senders of its own messages, each message once.
         self.line("messages bounced", f"{bounces} of the last hour")
 
     def _counters(self, client: redis.Redis, login: str) -> None:
         now = timezone.now().timestamp()
         # The client decodes replies (decode_responses=True); redis-py's types cannot know.
-        cached = cast(dict[str, str], client.hgetall(state_cache.state_key(login)))
+        cached = cast(dict[str, str], client.hgetall(counters.state_key(login)))
         if not cached:
             self.line("cached state", "none (the next login reads the database)")
         else:
             shown = ", ".join(f"{key}={value}" for key, value in sorted(cached.items()))
-            ttl = client.ttl(state_cache.state_key(login))
+            ttl = client.ttl(counters.state_key(login))
             self.line("cached state", f"{shown} (expires in {ttl} s)")
         window = settings.AUTH_POLICY_FAILURE_WINDOW
-        failures = client.zcount(mailbox_key("fails", login), now - window, "+inf")
+        failures = client.zcount(counters.failures_key(login), now - window, "+inf")
         limit = settings.AUTH_POLICY_MAILBOX_FAILURES
         locked = " LOCKED for unknown networks" if failures >= limit else ""
         self.line(
             "failed logins",
             f"{failures} distinct in the last {window // 60} min (limit {limit}){locked}",
         )
-        bucket = client.hmget(mailbox_key("conns", login), "level", "ts")
+        bucket = client.hmget(counters.connections_key(login), "level", "ts")
         if bucket[0]:
             per_hour = settings.AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR
             level = max(0.0, float(bucket[0]) - (now - float(bucket[1] or now)) * per_hour / 3600)
             self.line("connections this hour", f"about {level:.0f} (blocked past {per_hour})")
         networks = cast(
             list[tuple[str, float]],
-            client.zrevrange(mailbox_key("nets", login), 0, 9, withscores=True),
+            client.zrevrange(counters.networks_key(login), 0, 9, withscores=True),
         )
         for network, seen in networks:
             self.line(f"known network {network}", f"last success {when(unix(seen))}")
             for protocol in (Protocol.IMAP, Protocol.POP3):
                 check = client.hmget(
-                    mailbox_key(f"check:{protocol.value}:{network}", login), "tokens", "ts"
+                    counters.check_key(login, protocol.value, network), "tokens", "ts"
                 )
                 if check[0]:
                     interval = settings.AUTH_POLICY_CHECK_INTERVAL

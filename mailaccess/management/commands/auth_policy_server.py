@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from mailaccess.mailserver.auth_policy_app import AuthPolicyApp
 from mailaccess.mailserver.auth_policy_http import AuthPolicyHttpServer
 from mailaccess.mailserver.processes import fork_servers
-from mailaccess.mailserver.redis_client import tls_context
+from mailaccess.mailserver.redis_pipeline import parse_url
 from mailportal.health_http import parse_listen
 
 
@@ -44,9 +44,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             host, port = parse_listen(options["listen"])
-            # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
-            # the start, rather than failing every request later.
-            tls_context(settings.MAILSERVER_REDIS_URL)
+            # A bad Redis URL (a scheme, a TLS setting, a missing CA file) stops the start,
+            # rather than failing every request later.
+            parse_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         if not settings.AUTH_POLICY_API_KEY.strip():

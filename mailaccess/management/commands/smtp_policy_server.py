@@ -8,16 +8,15 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import hiredis
 import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from redis import RedisError
 
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, parse_listen, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
-from mailaccess.mailserver.redis_client import tls_context
-from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
+from mailaccess.mailserver.redis_pipeline import RedisPipeline, parse_url
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 from mailportal import health, health_http, metrics
 
@@ -31,7 +30,7 @@ async def readiness(
     checks = {"redis": "ok", "database": "ok"}
     try:
         await asyncio.wait_for(client.execute(b"PING"), timeout)
-    except (RedisError, hiredis.ReplyError, OSError, TimeoutError) as error:
+    except (RedisError, OSError, TimeoutError) as error:
         metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
         checks["redis"] = type(error).__name__
     loop = asyncio.get_running_loop()
@@ -92,8 +91,7 @@ class Command(BaseCommand):
             health_listen = options["health_listen"]
             if health_listen:
                 health_http.parse_listen(health_listen)
-            RedisPipeline.parse_url(settings.MAILSERVER_REDIS_URL)
-            tls_context(settings.MAILSERVER_REDIS_URL)
+            parse_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
@@ -199,5 +197,5 @@ class Command(BaseCommand):
             await policy.stop_following()
             if health_server is not None:
                 health_server.close()
-            await client.close()
+            await client.aclose()
             executor.shutdown(wait=True)
