@@ -30,8 +30,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"REQUIRE_E2E=1 forbids skipping: {reason}"
 
 
+# Fixtures that start a server (Dovecot, Postfix, Celery, Chromium, Redis, a policy server or
+# the live Django server): a test using one is slow and must carry `e2e`, which `make test-fast`
+# leaves out.
+SERVER_FIXTURES = frozenset(
+    {
+        "mail_servers_factory",
+        "policy_server",
+        "smtp_policy_daemon",
+        "private_redis",
+        "live_server",
+        "chromium",
+        "celery",
+        "durable_redis",
+    }
+)
+
+
+def unmarked_server_tests(items: list[pytest.Item]) -> list[str]:
+    return [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("e2e") is None
+    ]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from django.conf import settings
+
+    unmarked = unmarked_server_tests(items)
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server but lack @pytest.mark.e2e: " + ", ".join(unmarked)
+        )
 
     if settings.IS_POSTGRES:
         return

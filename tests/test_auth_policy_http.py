@@ -37,6 +37,9 @@ from tests.mailservers import (
 )
 from tests.policy_client import closed_port
 
+# Every test here starts the server as a process of its own.
+pytestmark = pytest.mark.e2e
+
 API_KEY = "http-test-key-0123456789"
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 BAD_JSON = b"{not json"
@@ -375,7 +378,6 @@ def test_two_processes_share_one_port_and_either_serves_alone(tmp_path: Path) ->
 # --- a request held up in PostgreSQL --------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.postgres
 @pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis")
 def test_sigterm_lets_a_request_waiting_on_the_database_finish(
