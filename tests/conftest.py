@@ -6,15 +6,27 @@ broken build, not a quiet pass.
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 from django.test import Client
 
 from accounts import sudo
 from accounts.models import Mailbox, Plan
 
+if TYPE_CHECKING:
+    from tests.policy_client import Dovecot
+
 # Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py).
 pytest_plugins = ["tests.mailservers"]
+
+# The tests' Redis: a database number nothing else uses. Tests that need it skip without it
+# (and fail under REQUIRE_E2E=1). Every test reads it from here.
+REDIS_URL_FOR_TESTS = os.environ.get("REDIS_URL_FOR_TESTS", "")
+needs_redis = pytest.mark.skipif(
+    not REDIS_URL_FOR_TESTS, reason="set REDIS_URL_FOR_TESTS to run against Redis"
+)
 
 ALICE_PASSWORD = "alice-web-password-1"
 BOB_PASSWORD = "bob-web-password-1"
@@ -117,3 +129,74 @@ def csrf_post(client: Client, url: str, data: dict[str, str] | None = None, **ex
     client.get(url)
     token = client.cookies["csrftoken"].value
     return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token}, **extra)
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+def redis_url_for_tests() -> str:
+    """The tests' Redis; skips the test where none is set."""
+    if not REDIS_URL_FOR_TESTS:
+        pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
+    return REDIS_URL_FOR_TESTS
+
+
+def forget_counters(url: str, *addresses: str) -> None:
+    """Delete the policies' keys of these mailboxes (every key is per address)."""
+    client = redis.Redis.from_url(url)
+    for address in addresses:
+        keys = list(client.scan_iter(match=f"mp:{{{address}}}:*"))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(name="test_redis")
+def test_redis_fixture(settings: Any) -> Iterator[str]:
+    """The tests' Redis as the mail-server Redis, with no counters of the named mailboxes."""
+    from mailaccess.mailserver import redis_client
+
+    url = redis_url_for_tests()
+    settings.MAILSERVER_REDIS_URL = url
+    redis_client.sync_client.cache_clear()
+    forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
+    yield url
+    redis_client.sync_client.cache_clear()
+
+
+@pytest.fixture
+def policy(settings: Any, transactional_db: None) -> Iterator[str]:
+    """The tests' Redis, emptied, as the auth policy's, which answers the tests' API key.
+
+    transactional_db: the policy reads the database from its own threads, which see only
+    committed rows, and the access actions' on_commit hooks must really run.
+    """
+    from mailaccess.mailserver import redis_client
+    from tests.policy_client import API_KEY
+
+    url = redis_url_for_tests()
+    settings.MAILSERVER_REDIS_URL = url
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    redis_client.sync_client.cache_clear()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+    redis_client.sync_client.cache_clear()
+
+
+@pytest.fixture
+def redis_db(policy: str) -> Iterator["redis.Redis[str]"]:
+    """A client of the policy's Redis that reads strings."""
+    client = redis.Redis.from_url(policy, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def dovecot(policy: str) -> "Dovecot":
+    """Dovecot's auth process, speaking to the auth-policy app in-process."""
+    from tests.policy_client import Dovecot
+
+    return Dovecot(policy)

@@ -27,6 +27,7 @@ import pytest
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor
+from tests.conftest import REDIS_URL_FOR_TESTS, needs_redis
 from tests.mailservers import (
     REPO,
     database_environment,
@@ -41,7 +42,6 @@ from tests.policy_client import closed_port
 pytestmark = pytest.mark.e2e
 
 API_KEY = "http-test-key-0123456789"
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 BAD_JSON = b"{not json"
 
 
@@ -379,21 +379,21 @@ def test_two_processes_share_one_port_and_either_serves_alone(tmp_path: Path) ->
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis")
+@needs_redis
 def test_sigterm_lets_a_request_waiting_on_the_database_finish(
     tmp_path: Path, transactional_db: None, settings: Any
 ) -> None:
     """A report whose last-use write waits for a row lock is answered after SIGTERM."""
-    assert REDIS_URL
+    assert REDIS_URL_FOR_TESTS
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(REDIS_URL_FOR_TESTS).flushdb()
     environment = database_environment()
     mailbox = Mailbox.objects.create(address="held@inbox.lv")
     actions.enable_access(mailbox, actor=Actor.system("test"))
     running = start(
         tmp_path,
-        extra_env={**environment, "MAILSERVER_REDIS_URL": REDIS_URL},
+        extra_env={**environment, "MAILSERVER_REDIS_URL": REDIS_URL_FOR_TESTS},
     )
     try:
         with psycopg.connect(environment["DATABASE_URL"]) as lock:
@@ -432,7 +432,7 @@ def test_sigterm_lets_a_request_waiting_on_the_database_finish(
         assert access.imap_last_ip == "192.0.2.7"
     finally:
         stop_process(running.process)
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(REDIS_URL_FOR_TESTS).flushdb()
 
 
 def wait_for_log(server: Server, line: str) -> None:

@@ -31,6 +31,7 @@ from django.utils import timezone
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+from tests.conftest import redis_url_for_tests
 from tests.mailservers import IMAP4SSLFrom, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.django_db(trans
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not url:
-        pytest.skip("REDIS_URL_FOR_TESTS is not set: the real Celery worker needs Redis")
+    url = redis_url_for_tests()
     try:
         redis.Redis.from_url(url, socket_timeout=2).ping()
     except redis.RedisError as error:

@@ -32,8 +32,8 @@ from mailaccess.models import (
     Notice,
     SendingLimit,
 )
-from tests.mailservers import PrivateRedis, private_redis_fixture  # noqa: F401
-from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
+from tests.mailservers import PrivateRedis
+from tests.policy_daemon import RunningDaemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
