@@ -5,8 +5,9 @@ broken build, not a quiet pass.
 """
 
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import redis
@@ -102,6 +103,32 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T],
+    seconds: float = 30.0,
+    *,
+    every: float = 0.1,
+    failure: str | Callable[[], str] = "",
+) -> T:
+    """The first true value of ``condition()``, asked every ``every`` seconds; after
+    ``seconds`` an AssertionError with ``failure`` (called then, so it can show a log).
+
+    The one way a test waits for another process or thread: polled, never a fixed sleep.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = failure() if callable(failure) else failure
+            raise AssertionError(text or f"not so within {seconds} s")
+        time.sleep(every)
 
 
 def signed_in_client(mailbox: Mailbox) -> Client:

@@ -119,14 +119,20 @@ def check_certificate(port: int, tls: TlsFiles) -> None:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    from tests.conftest import wait_until
+
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode} before listening:\n{log()}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {START_TIMEOUT} s:\n{log()}")
+            return True
+        return False
+
+    wait_until(
+        listening,
+        START_TIMEOUT,
+        failure=lambda: f"nothing listens on port {port} after {START_TIMEOUT} s:\n{log()}",
+    )
 
 
 def start_command(
