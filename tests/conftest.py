@@ -109,7 +109,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     seconds: float = 30.0,
     *,
     every: float = 0.1,
