@@ -9,7 +9,7 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/mailportal
 PYTEST_ARGS ?=
 
-.PHONY: run test lint messages makemessages install install-dev lock clean
+.PHONY: run test test-fast lint messages makemessages install install-dev lock clean
 
 # Both installs take exact versions with their hashes from requirements/*.lock (`make lock`
 # writes them from pyproject.toml); the project itself is then installed without dependencies.
@@ -60,6 +60,12 @@ test: install-dev messages lint
 		echo; echo "!!! SKIPPED: PostgreSQL at $(PG_URL) does not answer: the PostgreSQL-only and"; \
 		echo "!!! end-to-end tests (Dovecot, Postfix, Celery, Chromium) did NOT run. '.ci/run' runs them."; \
 	fi
+
+# While working: the suite on SQLite without the end-to-end tests (marked e2e: real Dovecot,
+# Postfix, Redis, Celery, Chromium, server processes) and without lint. `make test` stays the
+# full check.
+test-fast: install-dev messages
+	env -u DATABASE_URL $(BIN)/pytest -m "not postgres and not e2e" $(PYTEST_ARGS)
 
 # Developers only, after changing dependencies in pyproject.toml: pin them (and what they need)
 # again. pip-tools runs from a virtualenv of its own, so it never enters the project's.

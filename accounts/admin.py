@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ORDER_VAR
@@ -27,12 +27,21 @@ from accounts.models import Mailbox, normalize_address
 from mailaccess import admin_views
 from mailaccess.models import AppPassword, AuditEvent, BlockReason, ExternalAccess, Notice
 
+# django-stubs makes Paginator and ModelAdmin generic; Django's own classes cannot be
+# subscripted at run time, so the parameters exist for the type checker only.
+if TYPE_CHECKING:
+    AnyPaginator = Paginator[Any]
+    MailboxModelAdmin = admin.ModelAdmin[Mailbox]
+else:
+    AnyPaginator = Paginator
+    MailboxModelAdmin = admin.ModelAdmin
+
 # The changelist counts at most this many rows: beyond it the page says "more than".
 COUNT_LIMIT = 1000
 AUDIT_ROWS_ON_PAGE = 50
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(AnyPaginator):
     """Counts at most ``COUNT_LIMIT + 1`` rows instead of a full COUNT(*).
 
     ``COUNT(*)`` over a million mailboxes reads the whole table on every changelist load;
@@ -45,8 +54,9 @@ class CappedCountPaginator(Paginator):
     def count(self) -> int:
         # Only the primary key, in no order: the page's annotations and joins for display
         # would otherwise run for all the counted rows.
+        # The admin pages a QuerySet; the stubs type object_list as any sequence.
         rows = self.object_list.order_by().values("pk")  # type: ignore[attr-defined]
-        return rows[: COUNT_LIMIT + 1].count()
+        return int(rows[: COUNT_LIMIT + 1].count())
 
     @property
     def capped(self) -> bool:
@@ -120,7 +130,7 @@ ACTION_FIELDS = ["plan", "status", "status_changed_at"]
 
 
 @admin.register(Mailbox)
-class MailboxAdmin(admin.ModelAdmin):
+class MailboxAdmin(MailboxModelAdmin):
     list_display = [
         "address",
         "plan",
@@ -160,6 +170,8 @@ class MailboxAdmin(admin.ModelAdmin):
         *ACTION_FIELDS,
     ]
     actions = [
+        # The stubs' overloads of admin.action take a function first; Django also takes the
+        # options alone and returns the decorator.
         admin.action(  # type: ignore[call-overload]
             permissions=[action.codename], description=action.title
         )(admin_views.bulk_support_action(action))

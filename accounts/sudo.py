@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, overload
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
@@ -34,7 +34,10 @@ SESSION_KEY = "sudo_mode_at"
 CONFIRM_FIELD = "sudo-confirm"
 PROOF_PREFIX = "sudo"
 
-View = TypeVar("View", bound=Callable[..., HttpResponse])
+P = ParamSpec("P")
+# A view: the request, then whatever the URL gives it. Typed through the decorator, so the
+# views that hand out secrets stay checked.
+View = Callable[Concatenate[HttpRequest, P], HttpResponse]
 
 
 def is_active(request: HttpRequest) -> bool:
@@ -108,15 +111,31 @@ def _hide_proof_from_error_reports(request: HttpRequest) -> None:
     hidden = getattr(request, "sensitive_post_parameters", [])
     if hidden != "__ALL__":
         proof = [f"{PROOF_PREFIX}-password", f"{PROOF_PREFIX}-code"]
+        # Django's error reporter reads this attribute, which HttpRequest does not declare.
         request.sensitive_post_parameters = [*hidden, *proof]  # type: ignore[attr-defined]
 
 
+@overload
+def require_sudo_mode(view: View[P], /) -> View[P]: ...
+
+
+@overload
 def require_sudo_mode(
-    view: View | None = None,
+    view: None = None,
+    /,
     *,
     when: Callable[[HttpRequest], bool] | None = None,
     cancel: str = "mailaccess:settings",
-) -> Any:
+) -> Callable[[View[P]], View[P]]: ...
+
+
+def require_sudo_mode(
+    view: View[P] | None = None,
+    /,
+    *,
+    when: Callable[[HttpRequest], bool] | None = None,
+    cancel: str = "mailaccess:settings",
+) -> View[P] | Callable[[View[P]], View[P]]:
     """Ask for fresh proof before running ``view`` (for requests where ``when`` is true).
 
     Put it inside ``login_required``. Use bare (``@require_sudo_mode``) or with a condition,
@@ -124,9 +143,9 @@ def require_sudo_mode(
     the URL name the confirmation page's "Cancel" link leads to.
     """
 
-    def decorator(view: View) -> View:
+    def decorator(view: View[P]) -> View[P]:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapped(request: HttpRequest, /, *args: P.args, **kwargs: P.kwargs) -> HttpResponse:
             if (when is not None and not when(request)) or is_active(request):
                 return view(request, *args, **kwargs)
             if request.method == "POST" and CONFIRM_FIELD in request.POST:
@@ -139,11 +158,12 @@ def require_sudo_mode(
                 for name in list(original):
                     if name == CONFIRM_FIELD or name.startswith(f"{PROOF_PREFIX}-"):
                         del original[name]
+                # The stubs declare POST a QueryDict to read; Django lets a view replace it.
                 request.POST = original  # type: ignore[assignment]
                 return view(request, *args, **kwargs)
             return challenge(request, cancel=cancel)
 
-        return cast(View, wrapped)
+        return wrapped
 
     if view is not None:
         return decorator(view)

@@ -7,7 +7,7 @@ them. Password hashes and lookup keys are never shown.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -17,8 +17,15 @@ from accounts.admin import CappedCountPaginator
 from accounts.models import normalize_address
 from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, SendingLimit
 
+# django-stubs makes ModelAdmin generic; Django's cannot be subscripted at run time.
+if TYPE_CHECKING:
+    AnyModelAdmin = admin.ModelAdmin[Any]
+    SendingLimitModelAdmin = admin.ModelAdmin[SendingLimit]
+else:
+    AnyModelAdmin = SendingLimitModelAdmin = admin.ModelAdmin
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+class ReadOnlyAdmin(AnyModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
@@ -46,7 +53,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(SendingLimit)
-class SendingLimitAdmin(admin.ModelAdmin):
+class SendingLimitAdmin(SendingLimitModelAdmin):
     list_display = ["plan", "per_minute", "per_hour"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from smtplib import SMTPRecipientsRefused
-from typing import Any
+from typing import TypedDict
 
 import redis
 from celery import shared_task
@@ -32,7 +32,20 @@ TRANSIENT_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
-RETRIED: dict[str, Any] = {
+
+
+class RetryOptions(TypedDict):
+    """Celery's retry options, each named: a plain dict would leave ``shared_task`` untyped."""
+
+    acks_late: bool
+    autoretry_for: Sequence[type[BaseException]]
+    retry_backoff: int
+    retry_backoff_max: int
+    retry_jitter: bool
+    max_retries: int
+
+
+RETRIED: RetryOptions = {
     "acks_late": True,
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 10,

@@ -99,7 +99,9 @@ class BatchedHistogram(Collector):
         cumulative, buckets = 0, []
         for bound, count in zip(self.upper_bounds, counts, strict=True):
             cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
+            # prometheus_client leaves floatToGoString unannotated (str from float).
+            label = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            buckets.append((label, cumulative))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
@@ -155,7 +157,8 @@ def exposition() -> tuple[bytes, str]:
     """The text Prometheus scrapes, and its content type."""
     if multiprocess_dir():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        # prometheus_client leaves the collector's __init__ unannotated.
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -5,16 +5,29 @@ broken build, not a quiet pass.
 """
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+import redis
 from django.test import Client
 
 from accounts import sudo
 from accounts.models import Mailbox, Plan
 
+if TYPE_CHECKING:
+    from tests.policy_client import Dovecot
+
 # Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py).
 pytest_plugins = ["tests.mailservers"]
+
+# The tests' Redis: a database number nothing else uses. Tests that need it skip without it
+# (and fail under REQUIRE_E2E=1). Every test reads it from here.
+REDIS_URL_FOR_TESTS = os.environ.get("REDIS_URL_FOR_TESTS", "")
+needs_redis = pytest.mark.skipif(
+    not REDIS_URL_FOR_TESTS, reason="set REDIS_URL_FOR_TESTS to run against Redis"
+)
 
 ALICE_PASSWORD = "alice-web-password-1"
 BOB_PASSWORD = "bob-web-password-1"
@@ -30,8 +43,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"REQUIRE_E2E=1 forbids skipping: {reason}"
 
 
+# Fixtures that start a server (Dovecot, Postfix, Celery, Chromium, Redis, a policy server or
+# the live Django server): a test using one is slow and must carry `e2e`, which `make test-fast`
+# leaves out.
+SERVER_FIXTURES = frozenset(
+    {
+        "mail_servers_factory",
+        "policy_server",
+        "smtp_policy_daemon",
+        "private_redis",
+        "live_server",
+        "chromium",
+        "celery",
+        "durable_redis",
+    }
+)
+
+
+def unmarked_server_tests(items: list[pytest.Item]) -> list[str]:
+    return [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("e2e") is None
+    ]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from django.conf import settings
+
+    unmarked = unmarked_server_tests(items)
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server but lack @pytest.mark.e2e: " + ", ".join(unmarked)
+        )
 
     if settings.IS_POSTGRES:
         return
@@ -60,6 +105,32 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
 
 
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    seconds: float = 30.0,
+    *,
+    every: float = 0.1,
+    failure: str | Callable[[], str] = "",
+) -> T:
+    """The first true value of ``condition()``, asked every ``every`` seconds; after
+    ``seconds`` an AssertionError with ``failure`` (called then, so it can show a log).
+
+    The one way a test waits for another process or thread: polled, never a fixed sleep.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = failure() if callable(failure) else failure
+            raise AssertionError(text or f"not so within {seconds} s")
+        time.sleep(every)
+
+
 def signed_in_client(mailbox: Mailbox) -> Client:
     """A browser that has just signed in: so, like a real sign-in, it is in sudo mode."""
     client = Client(enforce_csrf_checks=True)
@@ -85,3 +156,74 @@ def csrf_post(client: Client, url: str, data: dict[str, str] | None = None, **ex
     client.get(url)
     token = client.cookies["csrftoken"].value
     return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token}, **extra)
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+def redis_url_for_tests() -> str:
+    """The tests' Redis; skips the test where none is set."""
+    if not REDIS_URL_FOR_TESTS:
+        pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
+    return REDIS_URL_FOR_TESTS
+
+
+def forget_counters(url: str, *addresses: str) -> None:
+    """Delete the policies' keys of these mailboxes (every key is per address)."""
+    client = redis.Redis.from_url(url)
+    for address in addresses:
+        keys = list(client.scan_iter(match=f"mp:{{{address}}}:*"))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(name="test_redis")
+def test_redis_fixture(settings: Any) -> Iterator[str]:
+    """The tests' Redis as the mail-server Redis, with no counters of the named mailboxes."""
+    from mailaccess import counters
+
+    url = redis_url_for_tests()
+    settings.MAILSERVER_REDIS_URL = url
+    counters.sync_client.cache_clear()
+    forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
+    yield url
+    counters.sync_client.cache_clear()
+
+
+@pytest.fixture
+def policy(settings: Any, transactional_db: None) -> Iterator[str]:
+    """The tests' Redis, emptied, as the auth policy's, which answers the tests' API key.
+
+    transactional_db: the policy reads the database from its own threads, which see only
+    committed rows, and the access actions' on_commit hooks must really run.
+    """
+    from mailaccess import counters
+    from tests.policy_client import API_KEY
+
+    url = redis_url_for_tests()
+    settings.MAILSERVER_REDIS_URL = url
+    settings.AUTH_POLICY_API_KEY = API_KEY
+    counters.sync_client.cache_clear()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+    counters.sync_client.cache_clear()
+
+
+@pytest.fixture
+def redis_db(policy: str) -> Iterator["redis.Redis[str]"]:
+    """A client of the policy's Redis that reads strings."""
+    client = redis.Redis.from_url(policy, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def dovecot(policy: str) -> "Dovecot":
+    """Dovecot's auth process, speaking to the auth-policy app in-process."""
+    from tests.policy_client import Dovecot
+
+    return Dovecot(policy)

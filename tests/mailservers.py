@@ -119,14 +119,20 @@ def check_certificate(port: int, tls: TlsFiles) -> None:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    from tests.conftest import wait_until
+
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode} before listening:\n{log()}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {START_TIMEOUT} s:\n{log()}")
+            return True
+        return False
+
+    wait_until(
+        listening,
+        START_TIMEOUT,
+        failure=lambda: f"nothing listens on port {port} after {START_TIMEOUT} s:\n{log()}",
+    )
 
 
 def start_command(
@@ -264,9 +270,9 @@ def policy_server(
     missing = policy_module_missing()
     if missing:
         pytest.skip(missing)
-    redis_url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not redis_url:
-        pytest.skip("the auth policy keeps its counters in Redis: set REDIS_URL_FOR_TESTS")
+    from tests.conftest import redis_url_for_tests
+
+    redis_url = redis_url_for_tests()
     port = free_port()
     api_key = secrets.token_urlsafe(24)
     log = tmp_path_factory.mktemp("policy") / "auth-policy.log"
@@ -308,9 +314,9 @@ def smtp_policy_daemon(
     The same Redis as the auth policy (``policy_server``): a block the daemon makes must
     reach the state the auth policy caches, or the next SMTP AUTH would still be let in.
     """
-    redis_url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not redis_url:
-        pytest.skip("the SMTP policy daemon counts in Redis: set REDIS_URL_FOR_TESTS")
+    from tests.conftest import redis_url_for_tests
+
+    redis_url = redis_url_for_tests()
     port = free_port()
     tag_port = free_port()
     log = tmp_path_factory.mktemp("smtp-policy") / "daemon.log"
@@ -643,6 +649,17 @@ def policy_redis(policy_server: PolicyServer, settings: Any) -> Iterator[None]:
     counters.sync_client.cache_clear()
 
 
+@pytest.fixture
+def policy_servers(
+    transactional_db: None,
+    policy_server: PolicyServer,
+    policy_redis: None,
+    mail_servers_factory: Callable[..., MailServers],
+) -> MailServers:
+    """Dovecot and Postfix that ask the served auth policy."""
+    return mail_servers_factory(policy=policy_server)
+
+
 # --- clients that pick their source address --------------------------------------------------
 # Dovecot delays repeated failed logins from one IP (up to 15 s) and the auth policy counts
 # failures per network: a client that fails on purpose binds its own 127.0.0.x.
@@ -809,7 +826,7 @@ class PrivateRedis:
 def private_redis_fixture(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of the test's own, reached only over TLS (a certificate made for the test) or
     its unix socket: the ways production may reach Redis that the shared one does not offer."""
-    from tests.policy_daemon import redis_url_for_tests
+    from tests.conftest import redis_url_for_tests
 
     redis_url_for_tests()  # skips, like every Redis test, where no Redis is wanted
     if not shutil.which("redis-server") or not shutil.which("openssl"):
@@ -848,7 +865,7 @@ def new_sender(smtp_policy_daemon: Any) -> Iterator[Callable[..., Any]]:
     """``new_sender(plan)``: a new Latvian mailbox of this test; its counters leave Redis
     after it (every key of the policies is per address)."""
     from accounts.models import Mailbox, Plan
-    from tests.policy_daemon import forget_counters
+    from tests.conftest import forget_counters
 
     made: list[str] = []
 

@@ -12,44 +12,12 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
-
-from mailaccess import counters
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
-
-
-def redis_url_for_tests() -> str:
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not url:
-        pytest.skip("REDIS_URL_FOR_TESTS is not set: the SMTP policy tests need a real Redis")
-    return url
-
-
-def forget_counters(url: str, *addresses: str) -> None:
-    client = redis.Redis.from_url(url)
-    for address in addresses:
-        keys = list(client.scan_iter(match=f"mp:{{{address}}}:*"))
-        if keys:
-            client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture(name="test_redis")
-def test_redis_fixture(settings: Any) -> Iterator[str]:
-    """The tests' Redis as the mail-server Redis, with no counters of the named mailboxes."""
-    url = redis_url_for_tests()
-    settings.MAILSERVER_REDIS_URL = url
-    counters.sync_client.cache_clear()
-    forget_counters(url, "alice@inbox.lv", "bob@mail.ee", "carol@inbox.lv")
-    yield url
-    counters.sync_client.cache_clear()
 
 
 class RunningDaemon:
@@ -113,7 +81,7 @@ class RunningDaemon:
         self._ready.set()
         await self.server.wait_stopped()
         await self.policy.stop_following()
-        await client.aclose()
+        await client.close()
         # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)
 

@@ -30,9 +30,8 @@ from mailaccess.mailserver.auth_policy import (
     parse_request,
 )
 from mailaccess.models import Actor, AppPassword, ExternalAccess, Protocol
-from tests.test_auth_policy_endpoint import REDIS_URL, START, Dovecot, dovecot, redis_db
-
-__all__ = ["dovecot", "redis_db"]  # fixtures, imported for this module's tests
+from tests.conftest import needs_redis
+from tests.policy_client import START, Dovecot
 
 LIMITS = Limits()
 NOW = 1_800_000_000.0
@@ -157,10 +156,7 @@ def test_the_state_loads_the_live_passwords_with_their_key_prefix(
 
 # --- the endpoint with Redis and the database ----------------------------------------------------
 
-with_redis = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis"),
-]
+with_redis = [pytest.mark.e2e, needs_redis]
 
 
 def login(

@@ -8,9 +8,6 @@ false). The clock is the app's seam, so "five minutes later" needs no sleeping.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,110 +21,11 @@ from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
-from tests.mailservers import PrivateRedis, private_redis_fixture  # noqa: F401
+from tests.conftest import needs_redis
+from tests.mailservers import PrivateRedis
+from tests.policy_client import API_KEY, START, Dovecot
 
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
-API_KEY = "policy-test-key"
-START = 1_800_000_000.0  # a Friday morning in 2027, Riga time
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis"),
-]
-
-
-class Dovecot:
-    """Speaks to the endpoint the way Dovecot's auth process does."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.now = START
-
-    def post(self, command: str, body: Any, *, key: str | None = API_KEY) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if key is not None:
-            headers["X-API-Key"] = key
-
-        async def send() -> httpx.Response:
-            # A fresh app and pool per request: each asyncio.run is a new event loop.
-            client = RedisPipeline(self.url, timeout=2, decode=True)
-            app = AuthPolicyApp(client=client, clock=lambda: self.now)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
-                response = await http.post(
-                    f"/auth-policy?command={command}", content=content, headers=headers
-                )
-            # The Redis connection and the database connections of the app's threads: left
-            # open, the test database could not be dropped at the end.
-            await app.aclose()
-            return response
-
-        return asyncio.run(send())
-
-    def allow(
-        self, login: str, protocol: str = "imap", remote: str = "192.0.2.10", **extra: Any
-    ) -> dict[str, Any]:
-        body = {
-            "login": login,
-            "protocol": protocol,
-            "remote": remote,
-            "pwhash": "a1b",
-            "session_id": "s",
-            "device_id": "",
-            **extra,
-        }
-        response = self.post("allow", body)
-        assert response.status_code == 200
-        return response.json()
-
-    def login(
-        self,
-        login: str,
-        protocol: str = "imap",
-        remote: str = "192.0.2.10",
-        *,
-        right: bool = True,
-        pwhash: str = "a1b",
-    ) -> dict[str, Any]:
-        """One whole login; returns the answer before auth."""
-        body = {
-            "login": login,
-            "protocol": protocol,
-            "remote": remote,
-            "pwhash": pwhash,
-            "session_id": "s",
-            "device_id": "",
-        }
-        first = self.post("allow", body).json()
-        if first["status"] < 0:
-            self.post("report", {**body, "success": False, "policy_reject": True})
-            return first
-        if right:
-            self.post("allow", body)
-        self.post("report", {**body, "success": right, "policy_reject": False})
-        return first
-
-
-@pytest.fixture
-def redis_db(settings: Any) -> Iterator[redis.Redis]:
-    assert REDIS_URL
-    settings.MAILSERVER_REDIS_URL = REDIS_URL
-    settings.AUTH_POLICY_API_KEY = API_KEY
-    counters.sync_client.cache_clear()
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    counters.sync_client.cache_clear()
-
-
-@pytest.fixture
-def dovecot(redis_db: redis.Redis, transactional_db: None) -> Dovecot:
-    # transactional_db: the app reads the database from its own threads, which see only
-    # committed rows, and the access actions' on_commit hooks must really run.
-    assert REDIS_URL
-    return Dovecot(REDIS_URL)
+pytestmark = [pytest.mark.e2e, needs_redis]
 
 
 def switch_on(mailbox: Mailbox) -> None:
@@ -240,16 +138,6 @@ def test_failed_and_refused_logins_record_no_use(dovecot: Dovecot, alice: Mailbo
     switch_on(alice)
     dovecot.login("alice@inbox.lv", right=False)
     assert access(alice).imap_last_used_at is None
-
-
-def test_a_login_without_a_client_address_records_no_use(dovecot: Dovecot, alice: Mailbox) -> None:
-    """`doveadm auth test` (deploy/README.md, "Check it") sends an empty remote: the operator's
-    check is no use of the owner's, and the panel would show it as "IMAP from None"."""
-    switch_on(alice)
-    assert dovecot.login("alice@inbox.lv", remote="")["status"] == 0
-    assert access(alice).imap_last_used_at is None
-    assert dovecot.login("alice@inbox.lv", remote="192.0.2.10")["status"] == 0
-    assert access(alice).imap_last_ip == "192.0.2.10"
 
 
 def test_several_connections_of_one_program_at_once_are_one_check(

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor
+from tests.conftest import REDIS_URL_FOR_TESTS, needs_redis, wait_until
 from tests.mailservers import (
     REPO,
     database_environment,
@@ -37,8 +37,10 @@ from tests.mailservers import (
 )
 from tests.policy_client import closed_port
 
+# Every test here starts the server as a process of its own.
+pytestmark = pytest.mark.e2e
+
 API_KEY = "http-test-key-0123456789"
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 BAD_JSON = b"{not json"
 
 
@@ -344,13 +346,14 @@ def listens_on(pid: int, port: int) -> bool:
 
 def wait_exited(pid: int) -> None:
     """Until the process has exited (its parent, the server, reaps it)."""
-    for _ in range(400):
-        with contextlib.suppress(FileNotFoundError):
-            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-                time.sleep(0.05)
-                continue
-        return
-    raise AssertionError(f"process {pid} did not exit")
+
+    def exited() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(exited, 20, every=0.05, failure=f"process {pid} did not exit")
 
 
 def test_two_processes_share_one_port_and_either_serves_alone(tmp_path: Path) -> None:
@@ -375,23 +378,22 @@ def test_two_processes_share_one_port_and_either_serves_alone(tmp_path: Path) ->
 # --- a request held up in PostgreSQL --------------------------------------------------------
 
 
-@pytest.mark.e2e
 @pytest.mark.postgres
-@pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis")
+@needs_redis
 def test_sigterm_lets_a_request_waiting_on_the_database_finish(
     tmp_path: Path, transactional_db: None, settings: Any
 ) -> None:
     """A report whose last-use write waits for a row lock is answered after SIGTERM."""
-    assert REDIS_URL
+    assert REDIS_URL_FOR_TESTS
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(REDIS_URL_FOR_TESTS).flushdb()
     environment = database_environment()
     mailbox = Mailbox.objects.create(address="held@inbox.lv")
     actions.enable_access(mailbox, actor=Actor.system("test"))
     running = start(
         tmp_path,
-        extra_env={**environment, "MAILSERVER_REDIS_URL": REDIS_URL},
+        extra_env={**environment, "MAILSERVER_REDIS_URL": REDIS_URL_FOR_TESTS},
     )
     try:
         with psycopg.connect(environment["DATABASE_URL"]) as lock:
@@ -430,14 +432,16 @@ def test_sigterm_lets_a_request_waiting_on_the_database_finish(
         assert access.imap_last_ip == "192.0.2.7"
     finally:
         stop_process(running.process)
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(REDIS_URL_FOR_TESTS).flushdb()
 
 
 def wait_for_log(server: Server, line: str) -> None:
-    deadline = time.monotonic() + 10
-    while line not in server.log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, server.output()
-        time.sleep(0.02)
+    wait_until(
+        lambda: line in server.log.read_text(errors="replace"),
+        10,
+        every=0.02,
+        failure=server.output,
+    )
 
 
 def wait_for_lock_wait(url: str) -> None:
@@ -447,15 +451,15 @@ def wait_for_lock_wait(url: str) -> None:
     snapshot taken at its first read.
     """
     with psycopg.connect(url, autocommit=True) as watch:
-        for _ in range(400):
+
+        def waiting() -> bool:
             row = watch.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'"
             ).fetchone()
-            if row and row[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the server's write never waited for the lock")
+            return bool(row and row[0])
+
+        wait_until(waiting, 20, every=0.05, failure="the server's write never waited for the lock")
 
 
 def test_json_nested_thousands_deep_is_a_bad_request_not_a_crash(server: Server) -> None:

@@ -2,7 +2,6 @@
 
 import base64
 import html
-import os
 import plistlib
 import re
 from datetime import timedelta
@@ -18,7 +17,7 @@ from pytest_django.fixtures import Settings
 
 from accounts import sudo
 from accounts.models import Mailbox
-from tests.conftest import csrf_post, signed_in_client
+from tests.conftest import csrf_post, redis_url_for_tests, signed_in_client
 
 MAIL_PROGRAMS = reverse("mailaccess:mail_programs")
 GENERIC = reverse("mailaccess:apple_profile")
@@ -242,9 +241,7 @@ def test_the_password_is_not_kept_in_plain_text(alice_client: Client, alice: Mai
 def test_the_profile_with_the_password_downloads_once_with_redis(
     alice_client: Client, settings: Settings
 ) -> None:
-    redis_url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not redis_url:
-        pytest.skip("REDIS_URL_FOR_TESTS is not set")
+    redis_url = redis_url_for_tests()
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",

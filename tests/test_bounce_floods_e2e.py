@@ -23,6 +23,7 @@ import redis
 from accounts.models import Mailbox, Plan
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.models import BlockReason, ExternalAccess, Notice
+from tests.conftest import wait_until
 from tests.mailservers import MailServers, send_message, smtp_session, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -50,13 +51,14 @@ def bounces_counted(servers: MailServers, address: str) -> int:
 def tags_sent(servers: MailServers, address: str, count: int) -> list[str]:
     """The tagged envelope senders Postfix gave the mailbox's messages (from its log)."""
     pattern = re.compile(rf"from=<(prvs=[0-9a-f]{{24}}={re.escape(address)})>")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = sorted(set(pattern.findall(servers.postfix_log.read_text())))
-        if len(found) >= count:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no tagged envelope sender in Postfix's log\n{servers.logs()}")
+
+    def found() -> list[str] | None:
+        tags = sorted(set(pattern.findall(servers.postfix_log.read_text())))
+        return tags if len(tags) >= count else None
+
+    return wait_until(
+        found, 30, failure=lambda: f"no tagged envelope sender in Postfix's log\n{servers.logs()}"
+    )
 
 
 def stranger(servers: MailServers, source: str) -> smtplib.SMTP:
@@ -182,12 +184,12 @@ def test_a_mailbox_sending_spam_that_bounces_is_blocked_as_compromised(
             assert client.sendmail(address, to, body) == {}
 
     # Postfix bounces each message to its tagged envelope sender, through the MX.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        access = ExternalAccess.objects.get(mailbox=spammer)
-        if access.block_reason:
-            break
-        time.sleep(0.2)
+    access = wait_until(
+        lambda: ExternalAccess.objects.filter(mailbox=spammer, block_reason__gt="").first(),
+        60,
+        every=0.2,
+        failure=servers.logs,
+    )
     assert access.block_reason == BlockReason.COMPROMISED, servers.logs()
     assert access.requires_password_change
     assert Notice.objects.filter(mailbox=spammer, reason=BlockReason.COMPROMISED).exists()

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +30,7 @@ from django.utils import timezone
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+from tests.conftest import redis_url_for_tests, wait_until
 from tests.mailservers import IMAP4SSLFrom, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +40,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.django_db(trans
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not url:
-        pytest.skip("REDIS_URL_FOR_TESTS is not set: the real Celery worker needs Redis")
+    url = redis_url_for_tests()
     try:
         redis.Redis.from_url(url, socket_timeout=2).ping()
     except redis.RedisError as error:
@@ -138,15 +136,6 @@ def run_celery(
         broker.delete(queue, *broker.scan_iter(f"_kombu.binding*{queue}"))
 
 
-def wait_for(condition, seconds: float = 90):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
     celery: Path, alice: Mailbox, bob: Mailbox, metrics_port: int
 ) -> None:
@@ -155,9 +144,12 @@ def test_beat_sends_the_idle_job_to_a_real_worker_which_blocks_and_emails(
     actions.enable_access(bob, actor=Actor.user(bob))
     mail_dir = celery
 
-    assert wait_for(
-        lambda: Notice.objects.filter(mailbox=alice, emailed_at__isnull=False).exists()
-    ), "the worker blocked alice's idle access and e-mailed the notice"
+    wait_until(
+        lambda: Notice.objects.filter(mailbox=alice, emailed_at__isnull=False).exists(),
+        90,
+        every=0.5,
+        failure="the worker blocked alice's idle access and e-mailed the notice",
+    )
 
     access = ExternalAccess.objects.get(mailbox=alice)
     assert (access.enabled, access.block) == (False, BlockReason.IDLE)
@@ -211,6 +203,6 @@ def test_a_block_by_the_worker_ends_the_open_imap_session_through_a_queued_task(
                 return True
             return False
 
-        assert wait_for(session_gone, 60), servers.logs()
+        wait_until(session_gone, 60, every=0.5, failure=servers.logs)
 
     assert ExternalAccess.objects.get(mailbox=alice).block == BlockReason.IDLE

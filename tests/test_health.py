@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -13,9 +12,8 @@ from django.test import Client
 from prometheus_client import REGISTRY
 
 from mailaccess import counters
+from tests.conftest import REDIS_URL_FOR_TESTS, needs_redis
 from tests.policy_client import API_KEY, closed_port, request
-
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 
 
 def redis_errors(service: str) -> float:
@@ -45,11 +43,11 @@ def test_readiness_on_the_embedded_default_needs_only_the_database(
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis")
+@needs_redis
 def test_readiness_checks_redis_when_the_portal_uses_it(db: None, settings: Any) -> None:
-    assert REDIS_URL
-    settings.REDIS_URL = REDIS_URL
-    settings.MAILSERVER_REDIS_URL = REDIS_URL
+    assert REDIS_URL_FOR_TESTS
+    settings.REDIS_URL = REDIS_URL_FOR_TESTS
+    settings.MAILSERVER_REDIS_URL = REDIS_URL_FOR_TESTS
     response = Client().get("/readyz")
     assert response.status_code == 200
     assert response.json()["checks"] == {"database": "ok", "redis": "ok"}
@@ -124,15 +122,15 @@ def test_the_policy_service_is_not_ready_when_redis_is_stopped(
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not REDIS_URL, reason="set REDIS_URL_FOR_TESTS to run against Redis")
+@needs_redis
 def test_the_policy_service_is_ready_with_redis_and_the_database(
     policy_settings: None, transactional_db: None
 ) -> None:
-    assert REDIS_URL
-    response = request(REDIS_URL, "GET", "/readyz")
+    assert REDIS_URL_FOR_TESTS
+    response = request(REDIS_URL_FOR_TESTS, "GET", "/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}
-    assert request(REDIS_URL, "POST", "/readyz").status_code == 405
+    assert request(REDIS_URL_FOR_TESTS, "POST", "/readyz").status_code == 405
 
 
 def test_the_policy_service_serves_metrics_with_the_token(policy_settings: None) -> None:

@@ -394,13 +394,6 @@ def panel_uses(client: Client) -> list[str]:
     )
 
 
-@pytest.fixture
-def policy_servers(
-    transactional_db: None, policy_server: Any, policy_redis: None, mail_servers_factory: Any
-) -> MailServers:
-    return mail_servers_factory(policy=policy_server)
-
-
 @pytest.mark.e2e
 @pytest.mark.postgres
 def test_it_lets_mail_programs_in_only_while_the_switch_is_on(

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import bisect
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from django.db import transaction
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from accounts.models import Mailbox
-from mailaccess import actions, counters
+from mailaccess import actions
 from mailaccess.models import Actor, BlockReason
 from mailportal.metrics import BatchedHistogram
-from tests.policy_client import API_KEY, login
-from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
-
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
+from tests.policy_client import login
+from tests.policy_daemon import RunningDaemon
 
 
 def sample(name: str, **labels: str) -> float:
@@ -38,20 +33,6 @@ def smtp_checks(stage: str, result: str) -> float:
 
 def blocks(reason: str) -> float:
     return sample("mailportal_access_blocks_total", reason=reason)
-
-
-@pytest.fixture
-def policy(settings: Any, transactional_db: None) -> Iterator[str]:
-    if not REDIS_URL:
-        pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
-    settings.MAILSERVER_REDIS_URL = REDIS_URL
-    settings.AUTH_POLICY_API_KEY = API_KEY
-    counters.sync_client.cache_clear()
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    counters.sync_client.cache_clear()
 
 
 @pytest.mark.e2e

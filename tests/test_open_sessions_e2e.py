@@ -31,6 +31,7 @@ from mailaccess.models import (
     BlockReason,
     ExternalAccess,
 )
+from tests.conftest import wait_until
 from tests.mailservers import (
     IMAP4SSLFrom,
     MailServers,
@@ -82,14 +83,18 @@ def open_pop3(servers: MailServers, user: str, password: str) -> POP3SSLFrom:
 
 def gone_within(seconds: float, still_there: Callable[[], object]) -> bool:
     """Whether the session stops answering within ``seconds`` (polled, so no fixed sleep)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             still_there()
         except (imaplib.IMAP4.abort, imaplib.IMAP4.error, poplib.error_proto, OSError, EOFError):
             return True
-        time.sleep(0.2)
-    return False
+        return False
+
+    try:
+        return wait_until(gone, seconds, every=0.2)
+    except AssertionError:
+        return False
 
 
 def test_blocking_a_mailbox_ends_its_open_imap_session(servers: MailServers) -> None:

@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
 from django.urls import reverse
 
 from accounts.models import Mailbox
-from mailaccess import counters
 from mailaccess.models import AppPassword
 from mailportal.logging import KeyValueFormatter, log_event
 from tests.conftest import csrf_post, signed_in_client
 from tests.policy_client import API_KEY, SESSION_ID, login
-
-REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")
 
 
 def formatted(caplog: pytest.LogCaptureFixture) -> str:
     """What production writes: every captured record through the production formatter."""
     formatter = KeyValueFormatter()
     return "\n".join(formatter.format(record) for record in caplog.records)
-
-
-@pytest.fixture
-def policy(settings: Any, transactional_db: None) -> Iterator[str]:
-    if not REDIS_URL:
-        pytest.skip("set REDIS_URL_FOR_TESTS to run against Redis")
-    settings.MAILSERVER_REDIS_URL = REDIS_URL
-    settings.AUTH_POLICY_API_KEY = API_KEY
-    counters.sync_client.cache_clear()
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    counters.sync_client.cache_clear()
 
 
 @pytest.mark.e2e

@@ -27,6 +27,7 @@ import redis
 import time_machine
 
 from accounts.models import Mailbox
+from tests.conftest import redis_url_for_tests
 from tests.mailservers import REPO, free_port, start_command, stop_process, tail, wait_for_port
 
 pytestmark = [pytest.mark.e2e]
@@ -34,13 +35,6 @@ pytestmark = [pytest.mark.e2e]
 API_KEY = "outage-test-key-0123456789"
 MONDAY = datetime(2026, 11, 9, 10, 0, tzinfo=UTC)
 ALICE = "alice@inbox.lv"
-
-
-def redis_url() -> str:
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not url:
-        pytest.skip("set REDIS_URL_FOR_TESTS: the policy servers keep their counters in Redis")
-    return url
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def timed_post(port: int, login: str) -> tuple[int, float]:
 def test_the_auth_policy_answers_503_within_a_second_when_the_database_drops_packets(
     tmp_path: Path, silent_database: str
 ) -> None:
-    url = redis_url()
+    url = redis_url_for_tests()
     logins = [f"outage{number}@inbox.lv" for number in range(8)]
     for login in logins:
         forget(url, login)  # not cached: each login needs the database
@@ -124,7 +118,7 @@ def test_the_auth_policy_answers_503_within_a_second_when_the_database_drops_pac
 def test_the_smtp_policy_gives_its_fallback_within_a_second_when_the_database_drops_packets(
     tmp_path: Path, silent_database: str, fallback: str, expected: str
 ) -> None:
-    url = redis_url()
+    url = redis_url_for_tests()
     port = free_port()
     log = tmp_path / "smtp-policy.log"
     env = server_environment(
@@ -252,7 +246,7 @@ class DurableRedis:
 
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
-    redis_url()  # skips where no Redis is wanted, like every Redis test
+    redis_url_for_tests()  # skips where no Redis is wanted, like every Redis test
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is needed to restart a Redis of the test's own")
     server = DurableRedis(tmp_path)

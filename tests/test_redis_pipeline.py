@@ -32,9 +32,9 @@ from mailaccess.mailserver.redis_pipeline import (
     pack_parts,
     parse_url,
 )
+from tests.conftest import redis_url_for_tests
 from tests.mailservers import free_port, stop_process, wait_for_port
 from tests.policy_client import closed_port
-from tests.policy_daemon import redis_url_for_tests
 
 TIMEOUT = 0.5
 # The event loop's own lateness on a busy machine, on top of the timeout.

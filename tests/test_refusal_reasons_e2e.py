@@ -25,7 +25,7 @@ from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, Actor, BlockReason
 from tests.mailservers import MailServers, imap_error_text, imap_login, pop3_login, smtp_send
-from tests.test_mail_servers_e2e import new_mailbox, policy_servers, switch_on  # noqa: F401
+from tests.test_mail_servers_e2e import new_mailbox, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -86,7 +86,7 @@ REFUSALS: dict[str, Callable[[MailServers, str, str], str]] = {
 
 @pytest.mark.parametrize("state", ["off", "blocked", "compromised"])
 def test_a_wrong_password_for_a_refused_mailbox_is_answered_as_an_unknown_address(
-    policy_servers: MailServers,  # noqa: F811
+    policy_servers: MailServers,
     state: str,
 ) -> None:
     mailbox, _password = refused_mailbox(state)
@@ -102,7 +102,7 @@ def test_a_wrong_password_for_a_refused_mailbox_is_answered_as_an_unknown_addres
 
 @pytest.mark.parametrize("state", ["off", "blocked", "compromised"])
 def test_the_password_that_just_ended_hears_why_in_the_owners_language(
-    policy_servers: MailServers,  # noqa: F811
+    policy_servers: MailServers,
     state: str,
 ) -> None:
     mailbox, password = refused_mailbox(state, language="en")
@@ -131,7 +131,7 @@ def _passdb_lookups(servers: MailServers, user: str) -> int:
 
 
 def test_a_refused_mailbox_fails_no_faster_or_slower_than_an_unknown_address(
-    policy_servers: MailServers,  # noqa: F811
+    policy_servers: MailServers,
 ) -> None:
     """Timing without flakiness: first the same code path (every attempt, for both, is one
     passdb lookup that finds no row, so no hash check either way), then the medians of many

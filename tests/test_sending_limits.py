@@ -13,7 +13,6 @@ from mailaccess import actions, sending_limits
 from mailaccess.mailserver import sending_counters
 from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
 from mailaccess.sending_limits import RIGA, end_of_working_days
-from tests.policy_daemon import test_redis_fixture  # noqa: F401
 
 URL = reverse("mailaccess:mail_programs")
 BILLING = Actor.system("billing")

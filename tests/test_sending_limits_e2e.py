@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from mailaccess.models import (
     SendingLimit,
 )
 from mailaccess.sending_limits import sending_panel
+from tests.conftest import wait_until
 from tests.mailservers import (
     MailServers,
     SmtpPolicyDaemon,
@@ -78,13 +78,14 @@ def auth_policy_generation(mailbox: Mailbox) -> int:
 def wait_until_blocked(mailbox: Mailbox, generation_before: int) -> ExternalAccess:
     """The daemon answers Postfix first and blocks right after, in the background: the block
     is complete once committed and, after the commit, cleared from the auth policy's cache."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def blocked() -> ExternalAccess | None:
         access = ExternalAccess.objects.get(mailbox=mailbox)
         if access.block_reason and auth_policy_generation(mailbox) > generation_before:
             return access
-        time.sleep(0.1)
-    raise AssertionError("the daemon did not block the mailbox")
+        return None
+
+    return wait_until(blocked, 30, failure="the daemon did not block the mailbox")
 
 
 def test_it_defers_the_sixth_message_within_a_minute_and_says_when_to_retry(

@@ -1,6 +1,5 @@
 """Web sign-in throttling per mailbox address, per client network and per known browser."""
 
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,13 @@ from django.utils import timezone
 
 from accounts import throttling
 from accounts.models import Mailbox
-from tests.conftest import ALICE_PASSWORD, BOB_PASSWORD, csrf_post
+from tests.conftest import (
+    ALICE_PASSWORD,
+    BOB_PASSWORD,
+    REDIS_URL_FOR_TESTS,
+    csrf_post,
+    redis_url_for_tests,
+)
 from tests.otp import current_code, enable_two_factor, enter_code, is_signed_in, sign_in
 
 NOW = timezone.now().replace(microsecond=0)
@@ -104,9 +109,7 @@ def test_wrong_two_factor_codes_count_as_failures(alice: Mailbox, limits) -> Non
 
 @pytest.mark.e2e
 def test_counters_are_shared_through_redis(settings) -> None:  # type: ignore[no-untyped-def]
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
-    if not url:
-        pytest.skip("REDIS_URL_FOR_TESTS is not set: no Redis to test against")
+    url = redis_url_for_tests()
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -293,7 +296,7 @@ def shared_cache(settings: Any) -> Iterator[None]:
     """The production cache (Redis) when there is one to test against, else memory."""
     # httpx keeps Secure cookies for HTTPS, and the live server speaks plain HTTP.
     settings.CSRF_COOKIE_SECURE = settings.SESSION_COOKIE_SECURE = False
-    url = os.environ.get("REDIS_URL_FOR_TESTS")
+    url = REDIS_URL_FOR_TESTS
     if url:
         settings.CACHES = {
             "default": {

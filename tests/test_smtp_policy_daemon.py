@@ -7,8 +7,9 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis
@@ -16,7 +17,7 @@ import time_machine
 from django.utils import translation
 
 from accounts.models import Mailbox, Plan
-from mailaccess import actions
+from mailaccess import actions, counters
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_policy import now_ms
@@ -31,7 +32,8 @@ from mailaccess.models import (
     Notice,
     SendingLimit,
 )
-from tests.policy_daemon import RunningDaemon, test_redis_fixture  # noqa: F401
+from tests.mailservers import PrivateRedis
+from tests.policy_daemon import RunningDaemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -88,9 +90,21 @@ def test_the_sixth_message_inside_a_minute_is_deferred_with_a_retry_time(
 
 
 def command_calls(url: str, command: str) -> int:
-    """How often Redis has run a command (counted by the server, for every client)."""
+    """How often Redis has run a command (counted by the server, for every client: so only
+    on a Redis of the test's own, ``own_redis``, where no other test or helper sends any)."""
     stats = redis.Redis.from_url(url).info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.fixture
+def own_redis(private_redis: PrivateRedis, settings: Any) -> Iterator[str]:
+    """A redis-server of this test alone, as the mail-server Redis: its command counts are
+    the daemon's, not those of whatever else shares the tests' Redis at the time."""
+    url = private_redis.unix_url
+    settings.MAILSERVER_REDIS_URL = url
+    counters.sync_client.cache_clear()
+    yield url
+    counters.sync_client.cache_clear()
 
 
 def checks_run(url: str) -> int:
@@ -99,53 +113,53 @@ def checks_run(url: str) -> int:
 
 
 def test_retries_inside_a_minute_deferral_are_answered_without_asking_redis(
-    alice: Mailbox, test_redis: str
+    alice: Mailbox, own_redis: str
 ) -> None:
     with (
         time_machine.travel(MONDAY, tick=False) as traveller,
-        RunningDaemon(test_redis) as daemon,
+        RunningDaemon(own_redis) as daemon,
         daemon.connect() as client,
     ):
         for number in range(5):
             assert client.send_message(ALICE, f"m{number}") == "DUNNO"
         assert "pec 60 sekundem" in client.send_message(ALICE, "m5")
-        asked_before = checks_run(test_redis)
+        asked_before = checks_run(own_redis)
         # A program retrying as fast as it can: the same answer, counting down, from the
         # daemon itself.
         for number in range(50):
             assert "pec 60 sekundem" in client.send_message(ALICE, f"r{number}")
         traveller.shift(45)
         assert "pec 15 sekundem" in client.send_message(ALICE, "r50")
-        assert checks_run(test_redis) == asked_before
+        assert checks_run(own_redis) == asked_before
         # At the retry time Redis decides again, and the message passes.
         traveller.shift(15)
         assert client.send_message(ALICE, "m6") == "DUNNO"
-        assert checks_run(test_redis) > asked_before
+        assert checks_run(own_redis) > asked_before
 
 
 def test_a_data_check_below_every_limit_is_one_count_and_near_a_limit_the_script(
-    alice: Mailbox, test_redis: str
+    alice: Mailbox, own_redis: str
 ) -> None:
     with (
         time_machine.travel(MONDAY, tick=False) as traveller,
-        RunningDaemon(test_redis) as daemon,
+        RunningDaemon(own_redis) as daemon,
         daemon.connect() as client,
     ):
         for number in range(4):
             client.send_message(ALICE, f"m{number}")
             traveller.shift(20)
         at_data = {"sasl_username": ALICE, "sender": ALICE, "protocol_state": "DATA"}
-        scripts_before = command_calls(test_redis, "evalsha")
-        counts_before = command_calls(test_redis, "zcount")
+        scripts_before = command_calls(own_redis, "evalsha")
+        counts_before = command_calls(own_redis, "zcount")
         # Four messages in the hour, under the five a minute: the script is not needed.
         assert client.ask(**at_data) == "DUNNO"
-        assert command_calls(test_redis, "evalsha") == scripts_before
-        assert command_calls(test_redis, "zcount") == counts_before + 1
+        assert command_calls(own_redis, "evalsha") == scripts_before
+        assert command_calls(own_redis, "zcount") == counts_before + 1
         assert client.ask(protocol_state="END-OF-MESSAGE", sasl_username=ALICE) == "DUNNO"
         # Five in the hour, but not in the last minute: the script decides, and lets it pass.
-        scripts_before = command_calls(test_redis, "evalsha")
+        scripts_before = command_calls(own_redis, "evalsha")
         assert client.ask(**at_data) == "DUNNO"
-        assert command_calls(test_redis, "evalsha") == scripts_before + 1
+        assert command_calls(own_redis, "evalsha") == scripts_before + 1
 
 
 def test_the_deferred_mailboxes_a_daemon_remembers_are_bounded(test_redis: str) -> None:

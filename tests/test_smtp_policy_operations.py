@@ -19,8 +19,9 @@ from prometheus_client import REGISTRY
 from accounts.models import Mailbox
 from mailaccess import actions
 from mailaccess.models import Actor
+from tests.conftest import redis_url_for_tests
 from tests.mailservers import free_port
-from tests.policy_daemon import RunningDaemon, redis_url_for_tests, test_redis_fixture  # noqa: F401
+from tests.policy_daemon import RunningDaemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

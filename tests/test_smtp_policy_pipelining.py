@@ -22,13 +22,8 @@ from mailaccess import actions
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import Actor
-from tests.mailservers import PrivateRedis, free_port, private_redis_fixture  # noqa: F401
-from tests.policy_daemon import (  # noqa: F401
-    PolicyClient,
-    RunningDaemon,
-    redis_url_for_tests,
-    test_redis_fixture,
-)
+from tests.mailservers import PrivateRedis, free_port
+from tests.policy_daemon import PolicyClient, RunningDaemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.policy_daemon import PolicyClient, redis_url_for_tests
+from tests.conftest import redis_url_for_tests
+from tests.policy_daemon import PolicyClient
 
 pytestmark = pytest.mark.e2e
 
