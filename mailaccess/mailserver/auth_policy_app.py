@@ -41,9 +41,9 @@ from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     Command,
     Counters,
-    Limits,
+    LoginLimits,
+    LoginRequest,
     MailboxState,
-    PolicyRequest,
     RequestError,
     Verdict,
 )
@@ -80,7 +80,7 @@ OK_ALLOWED: Response = (200, ALLOWED, JSON, ())
 UNAVAILABLE: Response = (503, ALLOWED, JSON, ())
 
 
-def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> None:
+def _record_use(state: MailboxState, request: LoginRequest, when: float) -> None:
     close_old_connections()
     assert request.protocol is not None
     password = state.password_for(request)
@@ -94,7 +94,7 @@ def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> Non
     )
 
 
-def _block_faulty(state: MailboxState, request: PolicyRequest, limit: int) -> None:
+def _block_faulty(state: MailboxState, request: LoginRequest, limit: int) -> None:
     close_old_connections()
     mailbox = Mailbox.objects.filter(pk=state.mailbox_id).first()
     if mailbox is None:
@@ -119,13 +119,13 @@ class AuthPolicyApp:
         *,
         client: MultiplexedRedis | None = None,
         clock: Callable[[], float] = time.time,
-        limits: Limits | None = None,
+        limits: LoginLimits | None = None,
     ) -> None:
         self._client = client
         self._store: PolicyStore | None = None
         self._executor: DatabaseThreads | None = None
         self.clock = clock
-        self.limits = limits or Limits.from_settings()
+        self.limits = limits or LoginLimits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
         self._redis_error_logged_at = -1.0
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -196,7 +196,7 @@ class AuthPolicyApp:
             if body is None:
                 raise RequestError("body too large")
             command = auth_policy.parse_command(query)
-            request = auth_policy.parse_request(command, body)
+            request = auth_policy.parse_login_request(command, body)
         except RequestError as error:
             return self._bad_request(str(error))
         started = time.perf_counter()
@@ -228,7 +228,7 @@ class AuthPolicyApp:
         return OK_ALLOWED
 
     def _account(
-        self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
+        self, request: LoginRequest, protocol: str, result: str, status: int, seconds: float
     ) -> None:
         """The metrics and the log line of an answer: a few microseconds per request.
 
@@ -259,7 +259,7 @@ class AuthPolicyApp:
                 session_prefix=short_id(request.session_id),
             )
 
-    def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+    def _log_failure(self, request: LoginRequest, error: Exception) -> None:
         if isinstance(error, TimeoutError | DatabaseError):
             # PostgreSQL away or slow: every cache miss fails alike, a line a second says so.
             if (left_out := _DATABASE_ERROR_LOG.due()) is not None:
@@ -340,7 +340,7 @@ class AuthPolicyApp:
         await self.store.store_state(login, miss.generation, state)
         return state
 
-    async def handle(self, request: PolicyRequest) -> tuple[dict[str, Any], str]:
+    async def handle(self, request: LoginRequest) -> tuple[dict[str, Any], str]:
         """The answer for Dovecot, and the result for the metrics and the log line."""
         now = self.clock()
         if request.command == Command.ALLOW:
@@ -348,7 +348,7 @@ class AuthPolicyApp:
             return auth_policy.answer(verdict, language, self.limits), verdict.outcome.value
         return {"status": 0, "msg": ""}, await self._report(request, now)
 
-    async def _allow(self, request: PolicyRequest, now: float) -> tuple[Verdict, str]:
+    async def _allow(self, request: LoginRequest, now: float) -> tuple[Verdict, str]:
         found, counters = await self.store.allow(request, now)
         if isinstance(found, Miss):
             ip_failures, ip_lock_seconds = counters.ip_failures, counters.ip_lock_seconds
@@ -361,7 +361,7 @@ class AuthPolicyApp:
         verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
         return verdict, auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
 
-    async def _report(self, request: PolicyRequest, now: float) -> str:
+    async def _report(self, request: LoginRequest, now: float) -> str:
         effect = auth_policy.report_effects(request)
         if effect == "none":
             return effect

@@ -31,9 +31,9 @@ from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     CHECKING_PROTOCOLS,
     Counters,
-    Limits,
+    LoginLimits,
+    LoginRequest,
     MailboxState,
-    PolicyRequest,
 )
 from mailaccess.mailserver.auth_policy_redis import (
     MultiplexedRedis,
@@ -207,7 +207,7 @@ class PolicyStore:
     # Logins whose key names are kept (``_keys``): past this, the cache starts over.
     KEY_CACHE_SIZE = 10_000
 
-    def __init__(self, client: MultiplexedRedis, limits: Limits) -> None:
+    def __init__(self, client: MultiplexedRedis, limits: LoginLimits) -> None:
         self.client = client
         self.limits = limits
         self.sha = {name: _sha(text) for name, text in self.scripts.items()}
@@ -266,7 +266,7 @@ class PolicyStore:
             self._key_cache[login] = keys
         return keys
 
-    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> bytes:
+    def _mailbox_call(self, request: LoginRequest, mode: str, now: float) -> bytes:
         login = request.login
         protocol = request.protocol.value if request.protocol else request.service
         network = request.network or ""
@@ -292,10 +292,10 @@ class PolicyStore:
             (3, self._evalsha["mailbox"]), (12, variable), (9, self._mailbox_limits)
         )
 
-    def _network_key(self, request: PolicyRequest) -> str | None:
+    def _network_key(self, request: LoginRequest) -> str | None:
         return None if request.network is None else mailbox_key("fails", f"net:{request.network}")
 
-    def _network_call(self, key: str, request: PolicyRequest, mode: str, now: float) -> bytes:
+    def _network_call(self, key: str, request: LoginRequest, mode: str, now: float) -> bytes:
         member = f"{request.login}\0{request.pwhash or request.session_id}"
         limits = self.limits
         arguments = encode_arguments(
@@ -311,7 +311,7 @@ class PolicyStore:
         return bool(stored)
 
     async def allow(
-        self, request: PolicyRequest, now: float, *, with_network: bool = True
+        self, request: LoginRequest, now: float, *, with_network: bool = True
     ) -> tuple[MailboxState | Miss | None, Counters]:
         network = self._network_key(request) if with_network else None
         commands = [self._mailbox_call(request, "allow", now)]
@@ -349,7 +349,7 @@ class PolicyStore:
         )
 
     async def report(
-        self, request: PolicyRequest, mode: str, now: float, *, with_network: bool = True
+        self, request: LoginRequest, mode: str, now: float, *, with_network: bool = True
     ) -> Reported | Miss:
         """Count a report; ``mode`` is "success" or "failure"."""
         commands = [self._mailbox_call(request, mode, now)]

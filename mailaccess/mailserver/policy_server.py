@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.postfix_policy import (
-    PolicyRequest,
+    PostfixRequest,
     ProtocolError,
     RequestParser,
     format_reply,
@@ -117,7 +117,7 @@ class _Pending:
 
     __slots__ = ("action", "connection", "request", "started")
 
-    def __init__(self, connection: _PolicyConnection, request: PolicyRequest, started: float):
+    def __init__(self, connection: _PolicyConnection, request: PostfixRequest, started: float):
         self.connection = connection
         self.request = request
         self.started = started
@@ -185,7 +185,7 @@ class _PolicyConnection(asyncio.Protocol):
             self.partial_since = 0.0
         self.received(requests)
 
-    def received(self, requests: list[PolicyRequest]) -> None:
+    def received(self, requests: list[PostfixRequest]) -> None:
         """Check whole requests; write the answers known at once, in order."""
         server = self.server
         check = server.policy.check
@@ -441,7 +441,7 @@ class PolicyServer:
     # -- metrics and the decision's log line ---------------------------------------------------
 
     def account(
-        self, request: PolicyRequest, action: str, started: float, result: str | None
+        self, request: PostfixRequest, action: str, started: float, result: str | None
     ) -> None:
         """The metrics and, unless it is a DUNNO with DEBUG off, the log line of an answer."""
         seconds = time.perf_counter() - started
