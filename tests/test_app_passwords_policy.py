@@ -16,6 +16,7 @@ from django.utils import translation
 
 from accounts.models import Mailbox
 from mailaccess import actions, passwords
+from mailaccess.mailserver import auth_policy_store
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     Command,
@@ -131,7 +132,7 @@ def test_access_off_is_told_before_any_scope_once_the_password_was_verified() ->
 
 
 def test_the_cached_state_keeps_each_passwords_scope() -> None:
-    assert state_cache.decode(state_cache.encode(ON)) == ON
+    assert auth_policy_store.decode_state(auth_policy_store.encode_state(ON)) == ON
 
 
 def test_the_state_loads_the_live_passwords_with_their_key_prefix(

@@ -28,9 +28,7 @@ def block_and_switch_on(mailbox: Mailbox, sent: int = 16) -> BlockReason:
 
 def blocks_of(mailbox: Mailbox) -> list[AuditEvent]:
     return list(
-        AuditEvent.objects.filter(mailbox=mailbox, action=AuditAction.ACCESS_BLOCKED).order_by(
-            "pk"
-        )
+        AuditEvent.objects.filter(mailbox=mailbox, action=AuditAction.ACCESS_BLOCKED).order_by("pk")
     )
 
 

@@ -20,7 +20,7 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox, Plan
-from mailaccess.mailserver import redis_client, state
+from mailaccess.mailserver import auth_policy_store, redis_client
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.models import (
     AppPassword,
@@ -72,7 +72,9 @@ def latvian(message: Any) -> str:
 
 def auth_policy_generation(mailbox: Mailbox) -> int:
     """How many access changes have cleared the state the auth policy caches in Redis."""
-    return int(redis_client.sync_client().get(state.generation_key(mailbox.address)) or 0)
+    return int(
+        redis_client.sync_client().get(auth_policy_store.generation_key(mailbox.address)) or 0
+    )
 
 
 def wait_until_blocked(mailbox: Mailbox, generation_before: int) -> ExternalAccess:

@@ -451,3 +451,11 @@ def report_effects(request: LoginRequest) -> str:
     if request.policy_reject:
         return "none"
     return "failure"
+
+
+def store_mode(request: LoginRequest) -> str:
+    """What the store does for a request, decided before it is asked: "allow" (read the
+    counters for a decision), or what a report changes (``report_effects``)."""
+    if request.command == Command.ALLOW:
+        return "allow"
+    return report_effects(request)

@@ -39,13 +39,10 @@ from mailaccess import actions
 from mailaccess.mailserver import auth_policy
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
-    Command,
-    Counters,
     LoginLimits,
     LoginRequest,
     MailboxState,
     RequestError,
-    Verdict,
 )
 from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
@@ -197,12 +194,13 @@ class AuthPolicyApp:
                 raise RequestError("body too large")
             command = auth_policy.parse_command(query)
             request = auth_policy.parse_login_request(command, body)
+            mode = auth_policy.store_mode(request)
         except RequestError as error:
             return self._bad_request(str(error))
         started = time.perf_counter()
         protocol = request.protocol.value if request.protocol else "other"
         try:
-            reply, result = await self.handle(request)
+            reply, result = await self.handle(request, mode)
         except UnicodeEncodeError:
             # A lone surrogate (only a \u escape makes one) in a field other than the login
             # cannot be encoded for Redis. Every command is encoded before anything is sent,
@@ -333,42 +331,41 @@ class AuthPolicyApp:
             checks["database"] = "TimeoutError"
         return all(value == "ok" for value in checks.values()), checks
 
-    # -- the decisions -------------------------------------------------------------------
+    # -- the decisions: parse -> decide (pure) -> store -> answer, never back ------------
 
-    async def _state(self, login: str, miss: Miss) -> MailboxState | None:
-        state = await self._in_thread(state_cache.load, login)
-        await self.store.store_state(login, miss.generation, state)
-        return state
+    async def _load(self, login: str) -> MailboxState | None:
+        """The database's state of a mailbox, for the store to cache after a miss."""
+        return await self._in_thread(state_cache.load, login)
 
-    async def handle(self, request: LoginRequest) -> tuple[dict[str, Any], str]:
-        """The answer for Dovecot, and the result for the metrics and the log line."""
+    async def handle(self, request: LoginRequest, mode: str) -> tuple[dict[str, Any], str]:
+        """The answer for Dovecot, and the result for the metrics and the log line;
+        ``mode``: ``auth_policy.store_mode``."""
         now = self.clock()
-        if request.command == Command.ALLOW:
-            verdict, language = await self._allow(request, now)
-            return auth_policy.answer(verdict, language, self.limits), verdict.outcome.value
-        return {"status": 0, "msg": ""}, await self._report(request, now)
-
-    async def _allow(self, request: LoginRequest, now: float) -> tuple[Verdict, str]:
-        found, counters = await self.store.allow(request, now)
-        if isinstance(found, Miss):
-            ip_failures, ip_lock_seconds = counters.ip_failures, counters.ip_lock_seconds
-            loaded = await self._state(request.login, found)
-            found, counters = await self.store.allow(request, now, with_network=False)
+        if mode == "allow":
+            found, counters = await self.store.allow(request, now)
             if isinstance(found, Miss):
-                # Invalidated again while loading: decide on what the database just said.
-                found, counters = loaded, Counters()
-            counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
-        verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
-        return verdict, auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
+                # Only the mailbox's part is read again: the network's counters stand.
+                network = counters
+                loaded = await self._load(request.login)
+                found, counters = await self.store.allow_after_load(request, now, found, loaded)
+                counters = replace(
+                    counters,
+                    ip_failures=network.ip_failures,
+                    ip_lock_seconds=network.ip_lock_seconds,
+                )
+            verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+            language = auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
+            reply = auth_policy.answer(verdict, language, self.limits)
+            return reply, verdict.outcome.value
+        return {"status": 0, "msg": ""}, await self._report(request, mode, now)
 
-    async def _report(self, request: LoginRequest, now: float) -> str:
-        effect = auth_policy.report_effects(request)
+    async def _report(self, request: LoginRequest, effect: str, now: float) -> str:
         if effect == "none":
             return effect
         result = await self.store.report(request, effect, now)
         if isinstance(result, Miss):
-            await self._state(request.login, result)
-            result = await self.store.report(request, effect, now, with_network=False)
+            loaded = await self._load(request.login)
+            result = await self.store.report_after_load(request, effect, now, result, loaded)
         if isinstance(result, Miss) or result.state is None:
             # Unknown login, or invalidated twice meanwhile: one report less is harmless.
             return effect

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
 from mailaccess.mailserver import sending_counters
-from mailaccess.mailserver import state as state_cache
+from mailaccess.mailserver.auth_policy_store import state_key
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
 from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
@@ -168,12 +168,12 @@ class Command(BaseCommand):
     def _counters(self, client: redis.Redis, login: str) -> None:
         now = timezone.now().timestamp()
         # The client decodes replies (decode_responses=True); redis-py's types cannot know.
-        cached = cast(dict[str, str], client.hgetall(state_cache.state_key(login)))
+        cached = cast(dict[str, str], client.hgetall(state_key(login)))
         if not cached:
             self.line("cached state", "none (the next login reads the database)")
         else:
             shown = ", ".join(f"{key}={value}" for key, value in sorted(cached.items()))
-            ttl = client.ttl(state_cache.state_key(login))
+            ttl = client.ttl(state_key(login))
             self.line("cached state", f"{shown} (expires in {ttl} s)")
         window = settings.AUTH_POLICY_FAILURE_WINDOW
         failures = client.zcount(mailbox_key("fails", login), now - window, "+inf")
