@@ -36,22 +36,13 @@ from mailaccess.mailserver.postfix_policy import (
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy, now_ms
 from mailportal import metrics
+from mailportal.health_http import parse_listen
 from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 # Label values are a closed set whatever a client sends (see mailportal/metrics.py).
 STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "end-of-message", "vrfy", "etrn"})
 RESULTS = frozenset({"dunno", "ok", "defer_if_permit", "defer", "reject", "hold", "discard"})
-
-
-def parse_listen(spec: str) -> tuple[str, str, int]:
-    """``unix:/path`` or ``host:port`` (``[::1]:port`` for IPv6) as (kind, where, port)."""
-    if spec.startswith("unix:"):
-        return "unix", spec[5:], 0
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {spec!r}: expected host:port or unix:/path")
-    return "tcp", host.strip("[]") or "127.0.0.1", int(port)
 
 
 async def serve(
@@ -67,7 +58,7 @@ async def serve(
     spreads the connections between them.
     """
     loop = asyncio.get_running_loop()
-    kind, where, port = parse_listen(spec)
+    kind, where, port = parse_listen(spec, unix=True)
     if kind == "unix":
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(where).st_mode):
@@ -351,7 +342,7 @@ class PolicyServer:
         server = await serve(
             spec, lambda: _PolicyConnection(self), unix_mode=self.unix_mode, reuse_port=reuse_port
         )
-        kind, where, _ = parse_listen(spec)
+        kind, where, _ = parse_listen(spec, unix=True)
         if kind == "unix":
             self._unix_paths.append(where)
             bound = f"unix:{where}"

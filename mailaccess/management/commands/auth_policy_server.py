@@ -43,7 +43,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            host, port = parse_listen(options["listen"])
+            _, host, port = parse_listen(options["listen"])
             # A bad TLS setting in the Redis URL (an unknown value, a missing CA file) stops
             # the start, rather than failing every request later.
             tls_context(settings.MAILSERVER_REDIS_URL)
