@@ -11,12 +11,6 @@ from accounts import actions, sudo, throttling, two_factor
 from accounts.models import Mailbox, normalize_address
 
 
-def client_ip(request: HttpRequest) -> str | None:
-    # REMOTE_ADDR only: a header like X-Forwarded-For is the client's to invent, which would
-    # let anyone dodge the per-IP throttle. Behind a proxy the server sets REMOTE_ADDR from it.
-    return request.META.get("REMOTE_ADDR")
-
-
 def throttled_error() -> forms.ValidationError:
     minutes = throttling.window_minutes()
     return forms.ValidationError(
@@ -63,7 +57,9 @@ class SignInForm(forms.Form):
         if address and password:
             # Counted before the password is checked: beyond a limit, it never is.
             attempt = throttling.attempt(
-                address, client_ip(self.request), throttling.known_device(self.request, address)
+                address,
+                throttling.client_ip(self.request),
+                throttling.known_device(self.request, address),
             )
             if attempt.refused:
                 raise throttled_error()
@@ -138,7 +134,7 @@ class SudoForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        ip = client_ip(self.request)
+        ip = throttling.client_ip(self.request)
         address = self.mailbox.address
         proof = cleaned.get("code" if self.uses_code else "password")
         if not proof:

@@ -40,6 +40,16 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from accounts.models import Mailbox, normalize_address
 from mailaccess.mailserver.auth_policy import client_network
 
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The client's address, for every web-side use (throttles, audit rows, the panel).
+
+    REMOTE_ADDR only: a header like X-Forwarded-For is the client's to invent, which would
+    let anyone dodge the per-IP throttle. Behind a proxy the server sets REMOTE_ADDR from it.
+    """
+    return request.META.get("REMOTE_ADDR")
+
+
 DEVICE_COOKIE_PREFIX = "known_device_"
 _DEVICE_SALT = "accounts.throttling.device"
 

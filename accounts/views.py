@@ -22,10 +22,10 @@ from accounts.forms import (
     SetupCodeForm,
     SignInForm,
     WebPasswordChangeForm,
-    client_ip,
     throttled_error,
 )
 from accounts.models import Mailbox, RecoveryCode
+from accounts.throttling import client_ip
 from mailaccess.models import AuditEvent
 
 # Between the password and the code the session holds only who is signing in (and since

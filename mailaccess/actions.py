@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -42,6 +42,9 @@ from mailportal import metrics
 from mailportal.logging import Event
 
 logger = logging.getLogger("mailaccess.actions")
+
+# The hourly-limit blocks that count towards "compromised" (``block_for_hourly_limit``).
+HOURLY_BLOCKS_WINDOW = timedelta(hours=24)
 
 # Functions called after commit with a mailbox id whenever its access state changes (the
 # auth-policy cache registers one). A list, not an import, so this module stays the bottom
@@ -337,6 +340,40 @@ def block_access(
     _notices_created([notice.pk])
     transaction.on_commit(lambda: metrics.BLOCKS.labels(reason=str(reason)).inc())
     return notice
+
+
+@transaction.atomic
+def block_for_hourly_limit(
+    mailbox: Mailbox,
+    *,
+    sent_last_hour: int,
+    actor: Actor,
+    blocks_before_compromised: int | None = None,
+) -> BlockReason:
+    """Block a mailbox that went over its hourly sending limit; the n-th such block within
+    a day (``SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED``, 3) blocks it as compromised.
+
+    A mail program that keeps hitting the limit after every unblock is rarely its owner's:
+    a password used for spam looks so. The audit log is the record of earlier blocks, so the
+    count survives a Redis restart; it is read under the access row's lock, so two policy
+    processes blocking at once count each other.
+    """
+    repeats = blocks_before_compromised or settings.SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED
+    _locked_access(mailbox)
+    earlier = AuditEvent.objects.filter(
+        mailbox=mailbox,
+        action=AuditAction.ACCESS_BLOCKED,
+        reason=BlockReason.HOURLY_LIMIT,
+        created_at__gte=timezone.now() - HOURLY_BLOCKS_WINDOW,
+    ).count()
+    reason = BlockReason.COMPROMISED if earlier + 1 >= repeats else BlockReason.HOURLY_LIMIT
+    block_access(
+        mailbox,
+        reason,
+        actor=actor,
+        detail={"sent_last_hour": sent_last_hour, "hourly_blocks_24h": earlier + 1},
+    )
+    return reason
 
 
 def _notices_created(notice_ids: list[int]) -> None:

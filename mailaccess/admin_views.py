@@ -32,8 +32,8 @@ from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext, ngettext_lazy
 
-from accounts.forms import client_ip
 from accounts.models import Mailbox, Plan
+from accounts.throttling import client_ip
 from mailaccess import actions
 from mailaccess.models import (
     JUSTIFICATION_MAX_LENGTH,

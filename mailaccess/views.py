@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
+from accounts.throttling import client_ip
 from mailaccess import actions, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
 from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice, NoticeKind
@@ -24,10 +25,6 @@ def _access_of(mailbox: Mailbox) -> ExternalAccess:
         return ExternalAccess.objects.get(mailbox=mailbox)
     except ExternalAccess.DoesNotExist:
         return ExternalAccess(mailbox=mailbox)
-
-
-def _client_ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 @login_required
@@ -86,7 +83,7 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
             if form.cleaned_data["external_access"]:
                 try:
                     new_password = actions.enable_access(
-                        mailbox, actor=actor, ip=_client_ip(request)
+                        mailbox, actor=actor, ip=client_ip(request)
                     )
                 except actions.AccessError as error:
                     messages.error(request, str(error.message))
@@ -103,7 +100,7 @@ def mail_programs(request: HttpRequest) -> HttpResponse:
                 )
                 if live and request.POST.get("ask_first"):
                     return _confirm_switch_off(request, live)
-                if actions.disable_access(mailbox, actor=actor, ip=_client_ip(request)):
+                if actions.disable_access(mailbox, actor=actor, ip=client_ip(request)):
                     messages.success(request, _switched_off_message(len(live)))
                     return redirect("mailaccess:mail_programs")
         else:
@@ -214,7 +211,7 @@ def add_app_password(request: HttpRequest) -> HttpResponse:
             label=form.cleaned_data["label"],
             protocols=set(form.cleaned_data["protocols"]),
             actor=Actor.user(mailbox),
-            ip=_client_ip(request),
+            ip=client_ip(request),
         )
     except actions.AccessError as error:
         form.add_error(None, str(error.message))
@@ -237,7 +234,7 @@ def revoke_app_password(request: HttpRequest, pk: int) -> HttpResponse:
         AppPassword.objects.only("pk", "label", "revoked_at"), pk=pk, mailbox=mailbox
     )
     if actions.revoke_app_password(
-        mailbox, app_password.pk, actor=Actor.user(mailbox), ip=_client_ip(request)
+        mailbox, app_password.pk, actor=Actor.user(mailbox), ip=client_ip(request)
     ):
         messages.success(
             request,

@@ -34,12 +34,17 @@ _REASONS = {
 }
 
 
-def parse_listen(spec: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:port`` for IPv6)."""
+def parse_listen(spec: str, *, unix: bool = False) -> tuple[str, str, int]:
+    """A listen address of any of our servers as (kind, where, port): ``host:port``
+    (``[::1]:port`` for IPv6; no host: 127.0.0.1) is ("tcp", host, port); where ``unix`` is
+    allowed (the policy servers), ``unix:/path`` is ("unix", path, 0)."""
+    if unix and spec.startswith("unix:"):
+        return "unix", spec[5:], 0
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"health listen address {spec!r}: expected host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
+        expected = "host:port or unix:/path" if unix else "host:port"
+        raise ValueError(f"listen address {spec!r}: expected {expected}")
+    return "tcp", host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _answer(method: str, path: str, authorization: str | None) -> tuple[int, bytes, str] | None:
@@ -69,7 +74,7 @@ def _response(status: int, body: bytes, content_type: str) -> bytes:
 
 async def serve(spec: str, readiness: Readiness | None = None) -> asyncio.Server:
     """Listen on ``host:port`` on the running loop; one request per connection."""
-    host, port = parse_listen(spec)
+    _, host, port = parse_listen(spec)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -103,7 +108,7 @@ async def serve(spec: str, readiness: Readiness | None = None) -> asyncio.Server
 
 def serve_in_thread(spec: str) -> ThreadingHTTPServer:
     """``/healthz`` and ``/metrics`` from a daemon thread (Celery's worker)."""
-    host, port = parse_listen(spec)
+    _, host, port = parse_listen(spec)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

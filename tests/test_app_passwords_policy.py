@@ -16,24 +16,25 @@ from django.utils import translation
 
 from accounts.models import Mailbox
 from mailaccess import actions, passwords
+from mailaccess.mailserver import auth_policy_store
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     Command,
     Counters,
-    Limits,
+    LoginLimits,
     MailboxState,
     Outcome,
     PasswordScope,
     answer,
     client_name,
     decide_allow,
-    parse_request,
+    parse_login_request,
 )
 from mailaccess.models import Actor, AppPassword, ExternalAccess, Protocol
 from tests.conftest import needs_redis
 from tests.policy_client import START, Dovecot
 
-LIMITS = Limits()
+LIMITS = LoginLimits()
 NOW = 1_800_000_000.0
 PHONE = PasswordScope(id=7, key="9c4e", protocols=frozenset({Protocol.IMAP}))
 LAPTOP = PasswordScope(id=8, key="02c7", protocols=frozenset(Protocol))
@@ -50,7 +51,7 @@ def body(protocol: str, **extra: str) -> bytes:
 
 def test_it_reads_the_password_attributes_and_the_programs_name() -> None:
     device_id = r"\"name\" \"Thunderbird\" \"version\" \"115.0\""
-    parsed = parse_request(
+    parsed = parse_login_request(
         Command.REPORT,
         body("imap", app_password="8", password_key="02C7", device_id=device_id),
     )
@@ -79,11 +80,13 @@ def test_the_programs_name_comes_from_its_imap_id_and_is_one_printable_line(
 
 @pytest.mark.parametrize("value", ["", "abc", "-1", "1.5", "99999999999999999999"])
 def test_an_odd_password_id_is_ignored_not_an_error(value: str) -> None:
-    assert parse_request(Command.ALLOW, body("imap", app_password=value)).app_password_id is None
+    assert (
+        parse_login_request(Command.ALLOW, body("imap", app_password=value)).app_password_id is None
+    )
 
 
 def test_a_password_scoped_to_imap_is_refused_for_smtp_before_the_check_saying_so() -> None:
-    request = parse_request(Command.ALLOW, body("smtp", password_key="9c4e"))
+    request = parse_login_request(Command.ALLOW, body("smtp", password_key="9c4e"))
 
     verdict = decide_allow(request, ON, Counters(check_tokens=6), LIMITS, NOW)
 
@@ -101,34 +104,34 @@ def test_a_password_scoped_to_imap_is_refused_for_smtp_before_the_check_saying_s
 
 def test_a_password_is_let_in_for_the_protocols_it_allows() -> None:
     for protocol, key in [("imap", "9c4e"), ("smtp", "02c7"), ("pop3", "02c7")]:
-        request = parse_request(Command.ALLOW, body(protocol, password_key=key))
+        request = parse_login_request(Command.ALLOW, body(protocol, password_key=key))
         verdict = decide_allow(request, ON, Counters(check_tokens=6), LIMITS, NOW)
         assert verdict.outcome == Outcome.ALLOW, (protocol, key)
 
 
 def test_after_the_check_the_passdbs_id_decides_not_the_key() -> None:
-    by_id = parse_request(Command.ALLOW, body("pop3", app_password="7", password_key="02c7"))
-    other = parse_request(Command.ALLOW, body("pop3", app_password="8", password_key="9c4e"))
+    by_id = parse_login_request(Command.ALLOW, body("pop3", app_password="7", password_key="02c7"))
+    other = parse_login_request(Command.ALLOW, body("pop3", app_password="8", password_key="9c4e"))
 
     assert decide_allow(by_id, ON, Counters(check_tokens=6), LIMITS, NOW).status == -1
     assert decide_allow(other, ON, Counters(check_tokens=6), LIMITS, NOW).status == 0
 
 
 def test_an_unknown_key_is_left_to_the_passdb() -> None:
-    request = parse_request(Command.ALLOW, body("smtp", password_key="ffff"))
+    request = parse_login_request(Command.ALLOW, body("smtp", password_key="ffff"))
     assert decide_allow(request, ON, Counters(check_tokens=6), LIMITS, NOW).status == 0
 
 
 def test_access_off_is_told_before_any_scope_once_the_password_was_verified() -> None:
     off = MailboxState(1, False, "", "free", "en", passwords=(PHONE,))
-    before = parse_request(Command.ALLOW, body("smtp", password_key="9c4e"))
-    after = parse_request(Command.ALLOW, body("smtp", app_password="11"))
+    before = parse_login_request(Command.ALLOW, body("smtp", password_key="9c4e"))
+    after = parse_login_request(Command.ALLOW, body("smtp", app_password="11"))
     assert decide_allow(before, off, Counters(), LIMITS, NOW).outcome == Outcome.UNKNOWN
     assert decide_allow(after, off, Counters(), LIMITS, NOW).outcome == Outcome.ACCESS_OFF
 
 
 def test_the_cached_state_keeps_each_passwords_scope() -> None:
-    assert state_cache.decode(state_cache.encode(ON)) == ON
+    assert auth_policy_store.decode_state(auth_policy_store.encode_state(ON)) == ON
 
 
 def test_the_state_loads_the_live_passwords_with_their_key_prefix(

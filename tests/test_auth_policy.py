@@ -8,7 +8,7 @@ import pytest
 from mailaccess.mailserver.auth_policy import (
     Command,
     Counters,
-    Limits,
+    LoginLimits,
     MailboxState,
     Outcome,
     RequestError,
@@ -17,12 +17,12 @@ from mailaccess.mailserver.auth_policy import (
     client_network,
     decide_allow,
     parse_command,
-    parse_request,
+    parse_login_request,
     report_effects,
 )
 from mailaccess.models import Protocol
 
-LIMITS = Limits()
+LIMITS = LoginLimits()
 ON = MailboxState(mailbox_id=1, enabled=True, block_reason="", plan="free", language="lv")
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("Europe/Riga")).timestamp()
 
@@ -42,11 +42,11 @@ def request(  # type: ignore[no-untyped-def]
     """``verified``: the ``allow`` after the passdb matched a password (it names the password)."""
     password = ',"app_password":"7"' if verified else ""
     body = f'{{"login":"alice@inbox.lv","protocol":"{protocol}","remote":"{remote}"{password}}}'
-    return parse_request(Command(command), body.encode())
+    return parse_login_request(Command(command), body.encode())
 
 
 def test_it_reads_what_dovecot_sends() -> None:
-    parsed = parse_request(Command.ALLOW, DOVECOT_BODY)
+    parsed = parse_login_request(Command.ALLOW, DOVECOT_BODY)
     assert parsed.login == "alice@inbox.lv"
     assert parsed.protocol == Protocol.IMAP
     assert parsed.remote == "192.0.2.7"
@@ -57,16 +57,16 @@ def test_it_reads_what_dovecot_sends() -> None:
 
 def test_a_report_carries_success_and_policy_reject() -> None:
     body = b'{"login":"a@inbox.lv","protocol":"pop3","success":true,"policy_reject":false}'
-    parsed = parse_request(Command.REPORT, body)
+    parsed = parse_login_request(Command.REPORT, body)
     assert parsed.success and not parsed.policy_reject
     assert report_effects(parsed) == "success"
 
 
 def test_a_login_the_policy_refused_counts_as_no_guess() -> None:
     body = b'{"login":"a@inbox.lv","success":false,"policy_reject":true}'
-    assert report_effects(parse_request(Command.REPORT, body)) == "none"
+    assert report_effects(parse_login_request(Command.REPORT, body)) == "none"
     body = b'{"login":"a@inbox.lv","success":false,"policy_reject":false}'
-    assert report_effects(parse_request(Command.REPORT, body)) == "failure"
+    assert report_effects(parse_login_request(Command.REPORT, body)) == "failure"
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_postfix_smtp_and_dovecot_submission_are_both_smtp(service: str, protoco
 )
 def test_malformed_requests_are_told_apart(body: bytes) -> None:
     with pytest.raises(RequestError):
-        parse_request(Command.ALLOW, body)
+        parse_login_request(Command.ALLOW, body)
 
 
 def test_the_command_comes_from_the_query() -> None:
@@ -229,9 +229,9 @@ def test_deep_nesting_control_characters_and_lone_surrogates_are_bad_requests(
     body: bytes,
 ) -> None:
     with pytest.raises(RequestError):
-        parse_request(Command.ALLOW, body)
+        parse_login_request(Command.ALLOW, body)
 
 
 def test_escaped_letters_in_a_login_are_fine() -> None:
     body = b'{"login": "J\\u0101nis@inbox.lv", "protocol": "imap", "session_id": "\\ud83d\\ude00"}'
-    assert parse_request(Command.ALLOW, body).login == "jānis@inbox.lv"
+    assert parse_login_request(Command.ALLOW, body).login == "jānis@inbox.lv"

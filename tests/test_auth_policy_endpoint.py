@@ -264,15 +264,15 @@ def test_last_use_is_written_at_most_once_a_minute(dovecot: Dovecot, alice: Mail
 def test_a_switch_off_during_a_cache_load_is_not_overwritten_by_the_older_state(
     dovecot: Dovecot, alice: Mailbox
 ) -> None:
-    from mailaccess.mailserver.auth_policy import Limits, MailboxState, parse_request
+    from mailaccess.mailserver.auth_policy import LoginLimits, MailboxState, parse_login_request
     from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 
-    request = parse_request(Command.ALLOW, b'{"login":"alice@inbox.lv","protocol":"imap"}')
+    request = parse_login_request(Command.ALLOW, b'{"login":"alice@inbox.lv","protocol":"imap"}')
     was_on = MailboxState(alice.pk, enabled=True, block_reason="", plan="free", language="lv")
 
     async def race() -> tuple[bool, object]:
         client = RedisPipeline(dovecot.url, timeout=2, decode=True)
-        store = PolicyStore(client, Limits())
+        store = PolicyStore(client, LoginLimits())
         miss, _counters = await store.allow(request, START)
         assert isinstance(miss, Miss)
         # The panel switches off and invalidates while this reader is loading "on".

@@ -74,7 +74,7 @@ def test_the_worker_thread_serves_metrics_with_the_token(settings: Any) -> None:
 
 
 def test_a_listen_address_needs_a_port() -> None:
-    assert parse_listen("[::1]:10041") == ("::1", 10041)
-    assert parse_listen(":10041") == ("127.0.0.1", 10041)
+    assert parse_listen("[::1]:10041") == ("tcp", "::1", 10041)
+    assert parse_listen(":10041") == ("tcp", "127.0.0.1", 10041)
     with pytest.raises(ValueError, match="expected host:port"):
         parse_listen("localhost")

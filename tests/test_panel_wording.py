@@ -19,7 +19,7 @@ from django.utils import translation
 from accounts.models import Mailbox, Status
 from mailaccess import actions
 from mailaccess.mailserver.postfix_policy import reply_text
-from mailaccess.mailserver.smtp_policy import _over_hour_reply, _over_minute_reply
+from mailaccess.mailserver.smtp_decision import over_hour_reply, over_minute_reply
 from mailaccess.models import (
     ACCESS_OFF_SERVER_MESSAGE,
     Actor,
@@ -143,11 +143,11 @@ def test_the_hourly_block_says_the_16th_message_was_refused() -> None:
 
 
 def test_latvian_smtp_replies_read_naturally_without_diacritics() -> None:
-    assert _over_minute_reply("lv", 5, 30) == (
+    assert over_minute_reply("lv", 5, 30) == (
         "DEFER_IF_PERMIT Sasniegts limits: ne vairak ka 5 vestules minute. "
         "Sutiet velreiz pec 30 sekundem."
     )
-    assert _over_hour_reply("lv", 15, 1) == (
+    assert over_hour_reply("lv", 15, 1) == (
         "DEFER_IF_PERMIT Sasniegts limits: ne vairak ka 15 vestules stunda. "
         "Sutiet velreiz pec 1 minutes."
     )
@@ -159,7 +159,7 @@ def test_latvian_smtp_replies_read_naturally_without_diacritics() -> None:
 
 
 def test_russian_smtp_replies_keep_their_words() -> None:
-    assert _over_minute_reply("ru", 5, 2) == (
+    assert over_minute_reply("ru", 5, 2) == (
         "DEFER_IF_PERMIT Dostignut limit: ne bolee 5 pisem v minutu. "
         "Poprobuyte snova cherez 2 sekundy."
     )
@@ -171,7 +171,7 @@ def test_russian_smtp_replies_keep_their_words() -> None:
 def test_latvian_smtp_only_replies_avoid_letters_that_fold_into_other_sounds() -> None:
     with translation.override("lv"):
         texts = [
-            _over_minute_reply("lv", 5, n) + _over_hour_reply("lv", 15, n) for n in (1, 2, 10)
+            over_minute_reply("lv", 5, n) + over_hour_reply("lv", 15, n) for n in (1, 2, 10)
         ] + [str(BlockReason.HOURLY_LIMIT.server_message)]
     assert not [text for text in texts if set(text) & set("šžčģķļņŠŽČĢĶĻŅ")]
 

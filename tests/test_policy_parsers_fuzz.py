@@ -27,14 +27,14 @@ from hypothesis import strategies as st
 
 from mailaccess.mailserver.auth_policy import (
     Command,
-    Limits,
+    LoginLimits,
     RequestError,
     parse_command,
-    parse_request,
+    parse_login_request,
 )
 from mailaccess.mailserver.auth_policy_store import PolicyStore
 from mailaccess.mailserver.postfix_policy import (
-    PolicyRequest,
+    PostfixRequest,
     ProtocolError,
     RequestParser,
 )
@@ -77,7 +77,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [piece for piece in pieces if piece]
 
 
-def read_everything(request: PolicyRequest, names: list[str]) -> None:
+def read_everything(request: PostfixRequest, names: list[str]) -> None:
     """Every accessor the daemon and its log use: only ProtocolError may come out."""
     for read in (
         lambda: request.request,
@@ -106,7 +106,7 @@ def test_any_bytes_in_any_reads_are_requests_or_a_protocol_error(
     data: bytes, cuts: list[int], names: list[str]
 ) -> None:
     parser = RequestParser()
-    requests: list[PolicyRequest] = []
+    requests: list[PostfixRequest] = []
     try:
         for piece in split(data, cuts):
             requests += parser.feed(piece)
@@ -129,7 +129,7 @@ def test_well_formed_requests_come_back_attribute_for_attribute(
         for attributes in batch
     )
     parser = RequestParser()
-    requests: list[PolicyRequest] = []
+    requests: list[PostfixRequest] = []
     for piece in split(stream, cuts):
         requests += parser.feed(piece)
     assert not parser.pending
@@ -167,7 +167,7 @@ FIELDS = st.sampled_from(
 )
 
 
-STORE = PolicyStore(None, Limits())  # type: ignore[arg-type]  # encodes only, sends nothing
+STORE = PolicyStore(None, LoginLimits())  # type: ignore[arg-type]  # encodes only, sends nothing
 
 
 def stored_fields_encode(body: bytes) -> None:
@@ -175,7 +175,7 @@ def stored_fields_encode(body: bytes) -> None:
     UnicodeEncodeError before anything is sent (which the app answers as a bad request)."""
     for command in Command:
         try:
-            request = parse_request(command, body)
+            request = parse_login_request(command, body)
         except RequestError:
             continue
         assert request.login.isprintable()
@@ -252,7 +252,7 @@ def test_a_request_dovecot_sends_comes_back_as_sent(
         "policy_reject": False,
     }
     for encoded in (json.dumps(body), json.dumps(body, ensure_ascii=False)):
-        request = parse_request(Command.REPORT, encoded.encode())
+        request = parse_login_request(Command.REPORT, encoded.encode())
         assert request.login == login.lower()
         assert request.service == protocol
         assert request.protocol is not None

@@ -9,7 +9,7 @@ from mailaccess.mailserver.postfix_policy import (
     RequestParser,
     defer_if_permit,
     format_reply,
-    parse_request,
+    parse_postfix_request,
     reject,
     reply_text,
 )
@@ -36,7 +36,7 @@ def test_a_request_of_postfix_is_parsed() -> None:
 
 
 def test_unknown_attributes_are_kept_and_do_not_matter() -> None:
-    request = parse_request(b"request=smtpd_access_policy\nfuture_attribute=x=y\nempty=")
+    request = parse_postfix_request(b"request=smtpd_access_policy\nfuture_attribute=x=y\nempty=")
     assert request.get("future_attribute") == "x=y"
     assert request.get("empty") == ""
     assert request.get("never_sent") == ""
@@ -87,7 +87,7 @@ def test_garbage_is_a_protocol_error(garbage: bytes) -> None:
 
 
 def test_bytes_that_are_not_utf8_in_a_value_do_not_break_the_parser() -> None:
-    request = parse_request(b"request=smtpd_access_policy\nsender=\xff\xfe@example.com")
+    request = parse_postfix_request(b"request=smtpd_access_policy\nsender=\xff\xfe@example.com")
     assert request.sender.endswith("@example.com")
 
 
@@ -120,7 +120,9 @@ def test_the_requests_before_garbage_in_one_read_come_with_the_error() -> None:
 
 
 def test_the_log_reads_the_first_of_a_repeated_attribute_the_checks_refuse_it() -> None:
-    request = parse_request(b"request=smtpd_access_policy\nclient_address=1\nclient_address=2")
+    request = parse_postfix_request(
+        b"request=smtpd_access_policy\nclient_address=1\nclient_address=2"
+    )
     assert request.first("client_address") == "1"
     assert request.first("never_sent") == ""
     with pytest.raises(ProtocolError, match="repeated"):

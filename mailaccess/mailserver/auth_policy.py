@@ -85,7 +85,7 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
-class PolicyRequest:
+class LoginRequest:
     command: Command
     login: str
     protocol: Protocol | None
@@ -179,7 +179,7 @@ def _flag(data: dict[str, Any], key: str) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in {"true", "yes", "1"})
 
 
-def parse_request(command: Command, body: bytes) -> PolicyRequest:
+def parse_login_request(command: Command, body: bytes) -> LoginRequest:
     """The JSON Dovecot POSTs. Only ``login`` is required; the rest degrade gracefully."""
     if len(body) > MAX_BODY_BYTES:
         raise RequestError("body too large")
@@ -202,7 +202,7 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
         # found when it is encoded for Redis: see ``AuthPolicyApp.respond``.)
         raise RequestError("login has control characters")
     network, remote = client_network(_text(data, "remote"))
-    return PolicyRequest(
+    return LoginRequest(
         command=command,
         login=login,
         protocol=PROTOCOLS.get(service),
@@ -220,7 +220,7 @@ def parse_request(command: Command, body: bytes) -> PolicyRequest:
 
 
 @dataclass(frozen=True)
-class Limits:
+class LoginLimits:
     """The thresholds, from settings (defaults and why: ``mailportal/settings.py``)."""
 
     check_interval: int = 300
@@ -237,7 +237,7 @@ class Limits:
     state_ttl: int = 300
 
     @classmethod
-    def from_settings(cls) -> Limits:
+    def from_settings(cls) -> LoginLimits:
         return cls(
             check_interval=settings.AUTH_POLICY_CHECK_INTERVAL,
             check_burst=settings.AUTH_POLICY_CHECK_BURST,
@@ -274,7 +274,7 @@ class MailboxState:
     language: str
     passwords: tuple[PasswordScope, ...] = ()
 
-    def password_for(self, request: PolicyRequest) -> PasswordScope | None:
+    def password_for(self, request: LoginRequest) -> PasswordScope | None:
         """The live password the request is about: by the passdb's id once the password was
         checked, before that by the key prefix (see the module's docstring)."""
         for password in self.passwords:
@@ -321,10 +321,10 @@ class Verdict:
 
 
 def decide_allow(
-    request: PolicyRequest,
+    request: LoginRequest,
     state: MailboxState | None,
     counters: Counters,
-    limits: Limits,
+    limits: LoginLimits,
     now: float,
 ) -> Verdict:
     """Before auth (and again after it): refuse, delay or let the passdb decide.
@@ -406,7 +406,7 @@ def _clock_time(when: float) -> str:
     )
 
 
-def verdict_message(verdict: Verdict, language: str, limits: Limits) -> str:
+def verdict_message(verdict: Verdict, language: str, limits: LoginLimits) -> str:
     """The one line the mail program shows, in the mailbox's language."""
     with translation.override(language):
         if verdict.outcome == Outcome.BLOCKED:
@@ -434,13 +434,13 @@ def verdict_message(verdict: Verdict, language: str, limits: Limits) -> str:
     return ""
 
 
-def answer(verdict: Verdict, language: str, limits: Limits) -> dict[str, Any]:
+def answer(verdict: Verdict, language: str, limits: LoginLimits) -> dict[str, Any]:
     """The JSON Dovecot reads: ``status`` (-1 refuse, 0 allow, N>0 delay N s) and ``msg``."""
     message = verdict_message(verdict, language, limits) if verdict.status < 0 else ""
     return {"status": verdict.status, "msg": message}
 
 
-def report_effects(request: PolicyRequest) -> str:
+def report_effects(request: LoginRequest) -> str:
     """What a report changes: "success", "failure" (a wrong password) or "none".
 
     A login the policy refused never reached the passdb, so it tested no password: counting
@@ -451,3 +451,11 @@ def report_effects(request: PolicyRequest) -> str:
     if request.policy_reject:
         return "none"
     return "failure"
+
+
+def store_mode(request: LoginRequest) -> str:
+    """What the store does for a request, decided before it is asked: "allow" (read the
+    counters for a decision), or what a report changes (``report_effects``)."""
+    if request.command == Command.ALLOW:
+        return "allow"
+    return report_effects(request)

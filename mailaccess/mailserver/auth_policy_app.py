@@ -39,13 +39,10 @@ from mailaccess import actions
 from mailaccess.mailserver import auth_policy
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
-    Command,
-    Counters,
-    Limits,
+    LoginLimits,
+    LoginRequest,
     MailboxState,
-    PolicyRequest,
     RequestError,
-    Verdict,
 )
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
@@ -80,7 +77,7 @@ OK_ALLOWED: Response = (200, ALLOWED, JSON, ())
 UNAVAILABLE: Response = (503, ALLOWED, JSON, ())
 
 
-def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> None:
+def _record_use(state: MailboxState, request: LoginRequest, when: float) -> None:
     close_old_connections()
     assert request.protocol is not None
     password = state.password_for(request)
@@ -94,7 +91,7 @@ def _record_use(state: MailboxState, request: PolicyRequest, when: float) -> Non
     )
 
 
-def _block_faulty(state: MailboxState, request: PolicyRequest, limit: int) -> None:
+def _block_faulty(state: MailboxState, request: LoginRequest, limit: int) -> None:
     close_old_connections()
     mailbox = Mailbox.objects.filter(pk=state.mailbox_id).first()
     if mailbox is None:
@@ -119,13 +116,13 @@ class AuthPolicyApp:
         *,
         client: RedisPipeline | None = None,
         clock: Callable[[], float] = time.time,
-        limits: Limits | None = None,
+        limits: LoginLimits | None = None,
     ) -> None:
         self._client = client
         self._store: PolicyStore | None = None
         self._executor: DatabaseThreads | None = None
         self.clock = clock
-        self.limits = limits or Limits.from_settings()
+        self.limits = limits or LoginLimits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
         self._redis_error_logged_at = -1.0
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -198,13 +195,14 @@ class AuthPolicyApp:
             if body is None:
                 raise RequestError("body too large")
             command = auth_policy.parse_command(query)
-            request = auth_policy.parse_request(command, body)
+            request = auth_policy.parse_login_request(command, body)
+            mode = auth_policy.store_mode(request)
         except RequestError as error:
             return self._bad_request(str(error))
         started = time.perf_counter()
         protocol = request.protocol.value if request.protocol else "other"
         try:
-            reply, result = await self.handle(request)
+            reply, result = await self.handle(request, mode)
         except UnicodeEncodeError:
             # A lone surrogate (only a \u escape makes one) in a field other than the login
             # cannot be encoded for Redis. Every command is encoded before anything is sent,
@@ -230,7 +228,7 @@ class AuthPolicyApp:
         return OK_ALLOWED
 
     def _account(
-        self, request: PolicyRequest, protocol: str, result: str, status: int, seconds: float
+        self, request: LoginRequest, protocol: str, result: str, status: int, seconds: float
     ) -> None:
         """The metrics and the log line of an answer: a few microseconds per request.
 
@@ -261,7 +259,7 @@ class AuthPolicyApp:
                 session_prefix=short_id(request.session_id),
             )
 
-    def _log_failure(self, request: PolicyRequest, error: Exception) -> None:
+    def _log_failure(self, request: LoginRequest, error: Exception) -> None:
         if isinstance(error, TimeoutError | DatabaseError):
             # PostgreSQL away or slow: every cache miss fails alike, a line a second says so.
             if (left_out := _DATABASE_ERROR_LOG.due()) is not None:
@@ -333,42 +331,41 @@ class AuthPolicyApp:
             checks["database"] = "TimeoutError"
         return all(value == "ok" for value in checks.values()), checks
 
-    # -- the decisions -------------------------------------------------------------------
+    # -- the decisions: parse -> decide (pure) -> store -> answer, never back ------------
 
-    async def _state(self, login: str, miss: Miss) -> MailboxState | None:
-        state = await self._in_thread(state_cache.load, login)
-        await self.store.store_state(login, miss.generation, state)
-        return state
+    async def _load(self, login: str) -> MailboxState | None:
+        """The database's state of a mailbox, for the store to cache after a miss."""
+        return await self._in_thread(state_cache.load, login)
 
-    async def handle(self, request: PolicyRequest) -> tuple[dict[str, Any], str]:
-        """The answer for Dovecot, and the result for the metrics and the log line."""
+    async def handle(self, request: LoginRequest, mode: str) -> tuple[dict[str, Any], str]:
+        """The answer for Dovecot, and the result for the metrics and the log line;
+        ``mode``: ``auth_policy.store_mode``."""
         now = self.clock()
-        if request.command == Command.ALLOW:
-            verdict, language = await self._allow(request, now)
-            return auth_policy.answer(verdict, language, self.limits), verdict.outcome.value
-        return {"status": 0, "msg": ""}, await self._report(request, now)
-
-    async def _allow(self, request: PolicyRequest, now: float) -> tuple[Verdict, str]:
-        found, counters = await self.store.allow(request, now)
-        if isinstance(found, Miss):
-            ip_failures, ip_lock_seconds = counters.ip_failures, counters.ip_lock_seconds
-            loaded = await self._state(request.login, found)
-            found, counters = await self.store.allow(request, now, with_network=False)
+        if mode == "allow":
+            found, counters = await self.store.allow(request, now)
             if isinstance(found, Miss):
-                # Invalidated again while loading: decide on what the database just said.
-                found, counters = loaded, Counters()
-            counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
-        verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
-        return verdict, auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
+                # Only the mailbox's part is read again: the network's counters stand.
+                network = counters
+                loaded = await self._load(request.login)
+                found, counters = await self.store.allow_after_load(request, now, found, loaded)
+                counters = replace(
+                    counters,
+                    ip_failures=network.ip_failures,
+                    ip_lock_seconds=network.ip_lock_seconds,
+                )
+            verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+            language = auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
+            reply = auth_policy.answer(verdict, language, self.limits)
+            return reply, verdict.outcome.value
+        return {"status": 0, "msg": ""}, await self._report(request, mode, now)
 
-    async def _report(self, request: PolicyRequest, now: float) -> str:
-        effect = auth_policy.report_effects(request)
+    async def _report(self, request: LoginRequest, effect: str, now: float) -> str:
         if effect == "none":
             return effect
         result = await self.store.report(request, effect, now)
         if isinstance(result, Miss):
-            await self._state(request.login, result)
-            result = await self.store.report(request, effect, now, with_network=False)
+            loaded = await self._load(request.login)
+            result = await self.store.report_after_load(request, effect, now, result, loaded)
         if isinstance(result, Miss) or result.state is None:
             # Unknown login, or invalidated twice meanwhile: one report less is harmless.
             return effect

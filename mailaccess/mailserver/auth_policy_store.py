@@ -6,7 +6,8 @@ that address across all mailboxes: another slot, so a command of its own). On on
 go in one round trip; on a cluster they go to two nodes at once.
 
 Keys of a mailbox (``mp:{address}:...``):
-- ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``);
+- ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``
+  loads it from the database and invalidates it; its encoding is below);
 - ``check:<protocol>:<network>``: a program's check bucket (tokens, when, current check);
 - ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
 - ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``), by when;
@@ -23,18 +24,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from mailaccess import counters
-from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     CHECKING_PROTOCOLS,
     Counters,
-    Limits,
+    LoginLimits,
+    LoginRequest,
     MailboxState,
-    PolicyRequest,
+    PasswordScope,
 )
 from mailaccess.mailserver.redis_pipeline import (
     RedisPipeline,
@@ -42,6 +44,7 @@ from mailaccess.mailserver.redis_pipeline import (
     pack_command,
     pack_parts,
 )
+from mailaccess.models import Protocol
 
 FAILURES_LUA = """
 -- Failures are a sorted set: member (a distinct wrong password), score (when it last came).
@@ -177,6 +180,83 @@ return {count, wait}
 )
 
 
+# The cached state of a mailbox (``state.py`` loads it from the database).
+STORE_SCRIPT = """
+-- KEYS[1] state, KEYS[2] generation; ARGV[1] generation seen before the load, ARGV[2] TTL,
+-- ARGV[3...] field, value, ...
+local generation = redis.call('GET', KEYS[2]) or ''
+if generation ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def encode_state(state: MailboxState | None) -> list[str]:
+    """Hash fields; an unknown login is cached too (id 0), so a stranger costs no SQL."""
+    if state is None:
+        return ["id", "0"]
+    return [
+        "id",
+        str(state.mailbox_id),
+        "on",
+        "1" if state.enabled else "0",
+        "block",
+        state.block_reason,
+        "plan",
+        state.plan,
+        "lang",
+        state.language,
+        *[
+            field
+            for password in state.passwords
+            for field in (
+                f"pw:{password.id}",
+                f"{password.key}:{','.join(sorted(p.value for p in password.protocols))}",
+            )
+        ],
+    ]
+
+
+def _decode_passwords(values: dict[str, str]) -> tuple[PasswordScope, ...]:
+    scopes = []
+    for name, value in values.items():
+        if not name.startswith("pw:"):
+            continue
+        key, _sep, protocols = value.partition(":")
+        scopes.append(
+            PasswordScope(
+                id=int(name[3:]),
+                key=key,
+                protocols=frozenset(Protocol(p) for p in protocols.split(",") if p),
+            )
+        )
+    return tuple(sorted(scopes, key=lambda scope: scope.id))
+
+
+def decode_state(fields: list[str]) -> MailboxState | None:
+    return _decode_state(tuple(fields))
+
+
+# Every request decodes a mailbox's state, and a mailbox's state rarely changes: the cached
+# (immutable) object saves building a dict and a dataclass per request.
+@lru_cache(maxsize=65536)
+def _decode_state(fields: tuple[str, ...]) -> MailboxState | None:
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    mailbox_id = int(values.get("id", "0") or 0)
+    if not mailbox_id:
+        return None
+    return MailboxState(
+        mailbox_id=mailbox_id,
+        enabled=values.get("on") == "1",
+        block_reason=values.get("block", ""),
+        plan=values.get("plan", ""),
+        language=values.get("lang", ""),
+        passwords=_decode_passwords(values),
+    )
+
+
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
 
@@ -201,13 +281,13 @@ class PolicyStore:
     scripts = {
         "mailbox": MAILBOX_SCRIPT,
         "network": NETWORK_SCRIPT,
-        "store": state_cache.STORE_SCRIPT,
+        "store": STORE_SCRIPT,
     }
 
     # Logins whose key names are kept (``_keys``): past this, the cache starts over.
     KEY_CACHE_SIZE = 10_000
 
-    def __init__(self, client: RedisPipeline, limits: Limits) -> None:
+    def __init__(self, client: RedisPipeline, limits: LoginLimits) -> None:
         self.client = client
         self.limits = limits
         self.sha = {name: _sha(text) for name, text in self.scripts.items()}
@@ -266,7 +346,7 @@ class PolicyStore:
             self._key_cache[login] = keys
         return keys
 
-    def _mailbox_call(self, request: PolicyRequest, mode: str, now: float) -> bytes:
+    def _mailbox_call(self, request: LoginRequest, mode: str, now: float) -> bytes:
         login = request.login
         protocol = request.protocol.value if request.protocol else request.service
         network = request.network or ""
@@ -290,10 +370,10 @@ class PolicyStore:
         )
         return join_command(24, self._evalsha["mailbox"], variable, self._mailbox_limits)
 
-    def _network_key(self, request: PolicyRequest) -> str | None:
+    def _network_key(self, request: LoginRequest) -> str | None:
         return None if request.network is None else counters.network_failures_key(request.network)
 
-    def _network_call(self, key: str, request: PolicyRequest, mode: str, now: float) -> bytes:
+    def _network_call(self, key: str, request: LoginRequest, mode: str, now: float) -> bytes:
         member = f"{request.login}\0{request.pwhash or request.session_id}"
         limits = self.limits
         arguments = pack_parts(
@@ -303,13 +383,32 @@ class PolicyStore:
 
     async def store_state(self, login: str, generation: str, state: MailboxState | None) -> bool:
         ttl = self.limits.state_ttl if state is not None else min(60, self.limits.state_ttl)
-        keys = [counters.state_key(login), counters.generation_key(login)]
-        args = [generation, ttl, *state_cache.encode(state)]
+        keys = self._keys(login)[:2]
+        args = [generation, ttl, *encode_state(state)]
         [stored] = await self._run([pack_command("EVALSHA", self.sha["store"], 2, *keys, *args)])
         return bool(stored)
 
+    async def allow_after_load(
+        self, request: LoginRequest, now: float, miss: Miss, loaded: MailboxState | None
+    ) -> tuple[MailboxState | None, Counters]:
+        """``allow`` again after a miss, the state just loaded from the database stored
+        first; the network's counters were read by the first ``allow``."""
+        await self.store_state(request.login, miss.generation, loaded)
+        found, counters = await self.allow(request, now, with_network=False)
+        if isinstance(found, Miss):
+            # Invalidated again while loading: decide on what the database just said.
+            return loaded, Counters()
+        return found, counters
+
+    async def report_after_load(
+        self, request: LoginRequest, mode: str, now: float, miss: Miss, loaded: MailboxState | None
+    ) -> Reported | Miss:
+        """``report`` again after a miss, the state just loaded stored first."""
+        await self.store_state(request.login, miss.generation, loaded)
+        return await self.report(request, mode, now, with_network=False)
+
     async def allow(
-        self, request: PolicyRequest, now: float, *, with_network: bool = True
+        self, request: LoginRequest, now: float, *, with_network: bool = True
     ) -> tuple[MailboxState | Miss | None, Counters]:
         network = self._network_key(request) if with_network else None
         commands = [self._mailbox_call(request, "allow", now)]
@@ -327,7 +426,7 @@ class PolicyStore:
         reply = results[0]
         if reply[0] == "miss":
             return Miss(reply[1]), Counters(ip_failures=ip_failures, ip_lock_seconds=ip_wait)
-        state = state_cache.decode(reply[1])
+        state = decode_state(reply[1])
         if state is None:
             # An unknown address: its wrong passwords count as a mailbox's do (the script).
             return None, Counters(
@@ -347,7 +446,7 @@ class PolicyStore:
         )
 
     async def report(
-        self, request: PolicyRequest, mode: str, now: float, *, with_network: bool = True
+        self, request: LoginRequest, mode: str, now: float, *, with_network: bool = True
     ) -> Reported | Miss:
         """Count a report; ``mode`` is "success" or "failure"."""
         commands = [self._mailbox_call(request, mode, now)]
@@ -357,7 +456,7 @@ class PolicyStore:
         reply = (await self._run(commands))[0]
         if reply[0] == "miss":
             return Miss(reply[1])
-        state = state_cache.decode(reply[1])
+        state = decode_state(reply[1])
         if mode != "success" or state is None:
             return Reported(state)
         return Reported(state, record_use=bool(reply[2]), faulty=bool(reply[3]))

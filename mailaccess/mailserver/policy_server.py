@@ -29,29 +29,20 @@ from typing import Any, cast
 
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.postfix_policy import (
-    PolicyRequest,
+    PostfixRequest,
     ProtocolError,
     RequestParser,
     format_reply,
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy, now_ms
 from mailportal import metrics
+from mailportal.health_http import parse_listen
 from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 # Label values are a closed set whatever a client sends (see mailportal/metrics.py).
 STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "end-of-message", "vrfy", "etrn"})
 RESULTS = frozenset({"dunno", "ok", "defer_if_permit", "defer", "reject", "hold", "discard"})
-
-
-def parse_listen(spec: str) -> tuple[str, str, int]:
-    """``unix:/path`` or ``host:port`` (``[::1]:port`` for IPv6) as (kind, where, port)."""
-    if spec.startswith("unix:"):
-        return "unix", spec[5:], 0
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {spec!r}: expected host:port or unix:/path")
-    return "tcp", host.strip("[]") or "127.0.0.1", int(port)
 
 
 async def serve(
@@ -67,7 +58,7 @@ async def serve(
     spreads the connections between them.
     """
     loop = asyncio.get_running_loop()
-    kind, where, port = parse_listen(spec)
+    kind, where, port = parse_listen(spec, unix=True)
     if kind == "unix":
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(where).st_mode):
@@ -117,7 +108,7 @@ class _Pending:
 
     __slots__ = ("action", "connection", "request", "started")
 
-    def __init__(self, connection: _PolicyConnection, request: PolicyRequest, started: float):
+    def __init__(self, connection: _PolicyConnection, request: PostfixRequest, started: float):
         self.connection = connection
         self.request = request
         self.started = started
@@ -185,7 +176,7 @@ class _PolicyConnection(asyncio.Protocol):
             self.partial_since = 0.0
         self.received(requests)
 
-    def received(self, requests: list[PolicyRequest]) -> None:
+    def received(self, requests: list[PostfixRequest]) -> None:
         """Check whole requests; write the answers known at once, in order."""
         server = self.server
         check = server.policy.check
@@ -351,7 +342,7 @@ class PolicyServer:
         server = await serve(
             spec, lambda: _PolicyConnection(self), unix_mode=self.unix_mode, reuse_port=reuse_port
         )
-        kind, where, _ = parse_listen(spec)
+        kind, where, _ = parse_listen(spec, unix=True)
         if kind == "unix":
             self._unix_paths.append(where)
             bound = f"unix:{where}"
@@ -441,7 +432,7 @@ class PolicyServer:
     # -- metrics and the decision's log line ---------------------------------------------------
 
     def account(
-        self, request: PolicyRequest, action: str, started: float, result: str | None
+        self, request: PostfixRequest, action: str, started: float, result: str | None
     ) -> None:
         """The metrics and, unless it is a DUNNO with DEBUG off, the log line of an answer."""
         seconds = time.perf_counter() - started

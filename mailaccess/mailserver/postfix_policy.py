@@ -21,7 +21,7 @@ MAX_ATTRIBUTES = 128
 MAX_REPLY_TEXT = 400
 
 _NAME = rb"[A-Za-z0-9_.\-]+"
-# In a request's text (``PolicyRequest``: a line break in front of every line and one at the
+# In a request's text (``PostfixRequest``: a line break in front of every line and one at the
 # end), a line that does not start with a name and "=" (searching for the bad line is a
 # third cheaper than matching every good one).
 _BAD_LINE_RE = re.compile(rb"\n(?!%s=|\Z)" % _NAME)
@@ -35,16 +35,16 @@ class ProtocolError(ValueError):
     still answered, in order, before the connection is closed.
     """
 
-    def __init__(self, message: str, requests: list[PolicyRequest] | None = None) -> None:
+    def __init__(self, message: str, requests: list[PostfixRequest] | None = None) -> None:
         super().__init__(message)
-        self.requests: list[PolicyRequest] = requests or []
+        self.requests: list[PostfixRequest] = requests or []
 
 
 def _needle(name: str) -> bytes:
     return b"\n" + name.encode("ascii") + b"="
 
 
-class PolicyRequest:
+class PostfixRequest:
     """One request, decoded lazily: only the attributes the daemon reads are looked for.
 
     Attributes we do not know are kept (``get`` finds any of them) and ignored: Postfix adds
@@ -128,7 +128,7 @@ class PolicyRequest:
         return self.get("policy_context").strip().lower()
 
 
-def parse_request(block: bytes) -> PolicyRequest:
+def parse_postfix_request(block: bytes) -> PostfixRequest:
     """Parse one request: its lines without the empty line that ends it.
 
     Checked in a few passes over the whole text (one regular expression, a few searches)
@@ -139,7 +139,7 @@ def parse_request(block: bytes) -> PolicyRequest:
     if _BAD_LINE_RE.search(text) is not None:
         raise ProtocolError("a line is not name=value")
     # Names are ASCII (checked above), so "\nname=" cannot match inside a multi-byte value.
-    return PolicyRequest(text)
+    return PostfixRequest(text)
 
 
 def _check_size(text: bytes) -> None:
@@ -167,7 +167,7 @@ class RequestParser:
         """True while part of a request has arrived but not its end."""
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> list[PolicyRequest]:
+    def feed(self, data: bytes) -> list[PostfixRequest]:
         """Add received bytes; return the requests now complete, in order.
 
         Raises ProtocolError on garbage; the stream cannot be resynchronised after that.
@@ -179,9 +179,9 @@ class RequestParser:
             text = b"\n" + data[:-1]
             if _BAD_LINE_RE.search(text) is None:
                 _check_size(text)
-                return [PolicyRequest(text)]
+                return [PostfixRequest(text)]
         buffer = self._buffer + data if self._buffer else data
-        requests: list[PolicyRequest] = []
+        requests: list[PostfixRequest] = []
         start = 0
         try:
             while True:
@@ -190,7 +190,7 @@ class RequestParser:
                 end = buffer.find(b"\n\n", max(start, self._scanned - 1))
                 if end < 0:
                     break
-                requests.append(parse_request(buffer[start:end]))
+                requests.append(parse_postfix_request(buffer[start:end]))
                 start = end + 2
                 self._scanned = start
         except ProtocolError as error:

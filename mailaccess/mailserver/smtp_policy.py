@@ -44,6 +44,11 @@ Redis command through the process's ``RedisPipeline`` (two for a DATA check that
 limit), whose reply callback hands the answer to the server, or none while the mailbox is
 deferred for its per-minute limit. Only a cache miss takes a task, which fills the cache and
 checks again.
+
+The decision itself (what a request asks, what a cached mailbox and the counters' reply mean)
+is pure and lives in ``smtp_decision.py``; what a block means (the third hourly block of a day
+is a compromised mailbox) is the access actions' rule (``actions.block_for_hourly_limit``).
+This module does the I/O: the cache, Redis, and the actions in the background.
 """
 
 from __future__ import annotations
@@ -51,70 +56,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from datetime import timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.utils import timezone, translation
-from django.utils.translation import gettext, ngettext
 from redis import asyncio as aioredis
 
-from accounts.models import Mailbox, Plan
-from mailaccess import actions, passdb
+from accounts.models import Mailbox
+from mailaccess import actions
 from mailaccess.mailserver import bounce_tags, sending_counters
-from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
+from mailaccess.mailserver.postfix_policy import PostfixRequest
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
-from mailaccess.mailserver.state import ACCESS_CHANNEL
-from mailaccess.models import (
-    ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
+from mailaccess.mailserver.smtp_decision import (
+    DUNNO,
+    UNKNOWN_PLAN_LIMITS,
+    Check,
+    PlanLimits,
+    Sender,
+    bounce_flood,
+    deferred_reply,
+    fallback_action,
+    over_limit,
+    refusal,
+    refusal_reason,
+    what_to_check,
 )
-from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
+from mailaccess.mailserver.state import ACCESS_CHANNEL
+from mailaccess.models import Actor, BlockReason
+from mailaccess.sending_limits import Limits, plan_limits
 from mailportal import metrics
 from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 
 ACTOR_LABEL = "smtp-policy-daemon"
-BOUNCE_SENDERS = {"", "<>", "mailer-daemon"}
-
-
-def is_bounce_sender(sender: str) -> bool:
-    """Delivery reports come from the null sender; some old MTAs use MAILER-DAEMON@host."""
-    return sender in BOUNCE_SENDERS or sender.partition("@")[0] == "mailer-daemon"
-
-
-@dataclass(frozen=True, slots=True)
-class Sender:
-    """What the daemon needs of a mailbox, cached; ``lift_at`` in epoch milliseconds."""
-
-    mailbox_id: int
-    address: str
-    plan: str
-    lift_at: int | None
-    language: str
-    # The mailbox's Redis keys, packed once (``sending_counters.packed_send_keys``), and the
-    # start of its DATA check (``sending_counters.packed_hour_count_prefix``).
-    packed_keys: bytes
-    packed_hour_count: bytes
-    # Why the mailbox may not send: its block reason, "access_off", or "" (access on).
-    refused: str = ""
-
-    def sending_plan(self, now_ms: int) -> str:
-        """Mirror of ``Mailbox.sending_plan`` on the cached copy."""
-        if self.lift_at is not None and self.lift_at > now_ms:
-            return Plan.FREE.value
-        return self.plan
 
 
 def now_ms() -> int:
@@ -146,42 +124,8 @@ def _load_sender(address: str) -> Sender | None:
         language,
         sending_counters.packed_send_keys(address),
         sending_counters.packed_hour_count_prefix(address),
-        refused=block_reason or ("" if enabled else passdb.ACCESS_OFF_CODE),
+        refused=refusal_reason(enabled, block_reason),
     )
-
-
-@lru_cache(maxsize=256)
-def refusal(refused: str, language: str) -> str:
-    """The REJECT for a blocked or switched-off sender, its reason in the owner's language:
-    the same one line IMAP, POP3 and SMTP AUTH show."""
-    with translation.override(language):
-        if refused == passdb.ACCESS_OFF_CODE:
-            return reject(str(ACCESS_OFF_SERVER_MESSAGE))
-        return reject(str(BlockReason(refused).server_message))
-
-
-@dataclass(frozen=True, slots=True)
-class PlanLimits:
-    """A plan's limits as a check uses them, worked out once per plan."""
-
-    limits: Limits
-    # Per minute and per hour in Redis's protocol (``sending_counters.packed_limits``).
-    packed: bytes
-    # Fewer messages than this in the last hour are within every limit (the last minute's
-    # messages are among them); 0 for a plan without limits, which is never checked.
-    within_below: int
-
-    @classmethod
-    def of(cls, limits: Limits) -> PlanLimits:
-        return cls(
-            limits,
-            sending_counters.packed_limits(limits.per_minute, limits.per_hour),
-            min((limit for limit in (limits.per_minute, limits.per_hour) if limit), default=0),
-        )
-
-
-# A plan the limits table does not name gets the free plan's published limits.
-UNKNOWN_PLAN_LIMITS = PlanLimits.of(DEFAULT_LIMITS[Plan.FREE])
 
 
 def _load_limits() -> dict[str, PlanLimits]:
@@ -273,25 +217,12 @@ class SenderDirectory:
         return table.get(plan, UNKNOWN_PLAN_LIMITS)
 
 
-def _block_for_hourly_limit(mailbox_id: int, sent_last_hour: int, repeats: int) -> str:
-    """Block for the hourly limit, or as compromised when it is the n-th time in a day.
-
-    The audit log is the record of earlier blocks: it survives a Redis restart.
-    """
+def _block_for_hourly_limit(mailbox_id: int, sent_last_hour: int) -> str:
+    """The access action decides whether this block means compromised (``actions``)."""
     close_old_connections()
     mailbox = Mailbox.objects.get(pk=mailbox_id)
-    earlier = AuditEvent.objects.filter(
-        mailbox=mailbox,
-        action=AuditAction.ACCESS_BLOCKED,
-        reason=BlockReason.HOURLY_LIMIT,
-        created_at__gte=timezone.now() - timedelta(hours=24),
-    ).count()
-    reason = BlockReason.COMPROMISED if earlier + 1 >= repeats else BlockReason.HOURLY_LIMIT
-    actions.block_access(
-        mailbox,
-        reason,
-        actor=Actor.system(ACTOR_LABEL),
-        detail={"sent_last_hour": sent_last_hour, "hourly_blocks_24h": earlier + 1},
+    reason = actions.block_for_hourly_limit(
+        mailbox, sent_last_hour=sent_last_hour, actor=Actor.system(ACTOR_LABEL)
     )
     return reason.value
 
@@ -310,44 +241,7 @@ def _block_for_bounces(address: str, bounces_last_hour: int) -> str | None:
     return BlockReason.COMPROMISED.value
 
 
-# A mail program over its limit retries again and again: the few distinct replies are
-# rendered once (switching Django's language costs more than the whole Redis check).
-@lru_cache(maxsize=1024)
-def _over_minute_reply(language: str, limit: int, seconds: int) -> str:
-    with translation.override(language):
-        return defer_if_permit(
-            ngettext(
-                "Sending limit of %(limit)s messages a minute reached. "
-                "Try again in %(seconds)s second.",
-                "Sending limit of %(limit)s messages a minute reached. "
-                "Try again in %(seconds)s seconds.",
-                seconds,
-            )
-            % {"limit": limit, "seconds": seconds}
-        )
-
-
-@lru_cache(maxsize=1024)
-def _over_hour_reply(language: str, limit: int, minutes: int) -> str:
-    with translation.override(language):
-        return defer_if_permit(
-            ngettext(
-                "Sending limit of %(limit)s messages an hour reached. "
-                "Try again in %(minutes)s minute.",
-                "Sending limit of %(limit)s messages an hour reached. "
-                "Try again in %(minutes)s minutes.",
-                minutes,
-            )
-            % {"limit": limit, "minutes": minutes}
-        )
-
-
-class RedisUnavailable(Exception):
-    pass
-
-
 Answer = Callable[[str], None]
-DUNNO = dunno()
 SEND_SCRIPT = Script(sending_counters.SEND_SCRIPT)
 BOUNCE_SCRIPT = Script(sending_counters.BOUNCE_SCRIPT)
 
@@ -373,7 +267,6 @@ class SmtpPolicy:
         *,
         on_redis_error: str | None = None,
         bounce_limit: int | None = None,
-        hourly_blocks_before_compromised: int | None = None,
         cache_seconds: float | None = None,
     ) -> None:
         self._redis = redis_pipeline
@@ -384,10 +277,6 @@ class SmtpPolicy:
         )
         self.on_redis_error = on_redis_error or settings.SMTP_POLICY_ON_REDIS_ERROR
         self.bounce_limit = bounce_limit or settings.SMTP_POLICY_BOUNCE_LIMIT
-        self.hourly_blocks_before_compromised = (
-            hourly_blocks_before_compromised
-            or settings.SMTP_POLICY_HOURLY_BLOCKS_BEFORE_COMPROMISED
-        )
         # Address -> when (epoch ms) Redis said a retry helps, for mailboxes it has deferred
         # for the per-minute limit (see ``_deferred_reply``).
         self._deferred: dict[str, int] = {}
@@ -406,40 +295,17 @@ class SmtpPolicy:
 
     # -- the decision -------------------------------------------------------------------
 
-    def check(self, request: PolicyRequest, answer: Answer) -> str | None:
-        if request.request != "smtpd_access_policy":
+    def check(self, request: PostfixRequest, answer: Answer) -> str | None:
+        asked = what_to_check(request)
+        if asked is None:
             return DUNNO
-        state = request.protocol_state
-        address = request.sasl_username
-        if address:
-            if state == "DATA":
-                return self._check_sender(address, False, answer)
-            if state == "END-OF-MESSAGE":
-                return self._check_sender(address, True, answer)
-        elif (
-            # After DATA only: a RCPT costs a stranger nothing and proves nothing. A delivery
-            # report goes to one address, the envelope sender of the message it reports;
-            # Postfix names the recipient here only when the message has exactly one.
-            state == "END-OF-MESSAGE"
-            and request.policy_context != "submission"
-            and is_bounce_sender(request.sender)
-            and request.recipient.startswith(bounce_tags.PREFIX)
-        ):
-            return self._count_bounce(request.recipient, answer)
-        return DUNNO
+        check, address = asked
+        if check is Check.BOUNCE:
+            return self._count_bounce(address, answer)
+        return self._check_sender(address, check is Check.END_OF_MESSAGE, answer)
 
     def fallback_action(self) -> str:
-        """The answer when the counters cannot be reached (setting SMTP_POLICY_ON_REDIS_ERROR).
-
-        The default lets mail through: a mail program does not retry a 4xx by itself, so
-        deferring would turn a Redis outage into every customer's outage, while a spammer
-        gains minutes at most (Postfix's own anvil rate limits still apply).
-        """
-        if self.on_redis_error == "defer":
-            return defer_if_permit(
-                gettext("Sending is unavailable for a moment. Please try again in a few minutes.")
-            )
-        return DUNNO
+        return fallback_action(self.on_redis_error)
 
     def _check_sender(self, address: str, count_it: bool, answer: Answer) -> str | None:
         moment = time.monotonic()
@@ -526,25 +392,14 @@ class SmtpPolicy:
         )
 
     def _over_limit(self, sender: Sender, limits: Limits, reply: Any, now: int) -> str:
-        # The script's reply: verdict, ms until a retry helps (and for a block, the
-        # messages of the hour).
-        verdict = reply[0]
-        if verdict == b"minute":
-            self._remember_deferral(sender.address, now + int(reply[1]))
-            seconds = max(1, math.ceil(int(reply[1]) / 1000))
-            return _over_minute_reply(sender.language, limits.per_minute or 0, seconds)
-        if verdict == b"hour":
-            minutes = max(1, math.ceil(int(reply[1]) / 60_000))
-            return _over_hour_reply(sender.language, limits.per_hour or 0, minutes)
-        # 'hour_block': the first message over the hourly limit in this window.
-        self._in_background(
-            _block_for_hourly_limit,
-            sender.mailbox_id,
-            int(reply[2]),
-            self.hourly_blocks_before_compromised,
-        )
-        with translation.override(sender.language):
-            return reject(str(BlockReason.HOURLY_LIMIT.server_message))
+        refused = over_limit(sender, limits, reply, now)
+        if refused.deferred_until is not None:
+            self._remember_deferral(sender.address, refused.deferred_until)
+        if refused.block_sent_last_hour is not None:
+            self._in_background(
+                _block_for_hourly_limit, sender.mailbox_id, refused.block_sent_last_hour
+            )
+        return refused.action
 
     # -- deferred mailboxes ------------------------------------------------------------------
     #
@@ -560,11 +415,10 @@ class SmtpPolicy:
         retry_at = self._deferred.get(sender.address)
         if retry_at is None:
             return None
-        if retry_at <= now or not limits.per_minute:
+        reply = deferred_reply(sender, limits, retry_at, now)
+        if reply is None:
             del self._deferred[sender.address]
-            return None
-        seconds = max(1, math.ceil((retry_at - now) / 1000))
-        return _over_minute_reply(sender.language, limits.per_minute, seconds)
+        return reply
 
     def _remember_deferral(self, address: str, retry_at: int) -> None:
         if len(self._deferred) >= self.MAX_DEFERRED:
@@ -634,15 +488,15 @@ class SmtpPolicy:
             if _failed(reply):
                 answer(self._without_redis(reply))
                 return
-            if reply[0] == b"block":
+            if (bounces := bounce_flood(reply)) is not None:
                 log_event(
                     log,
                     "smtp_policy.bounce_flood",
                     logging.WARNING,
                     mailbox=address,
-                    bounces=reply[1],
+                    bounces=bounces,
                 )
-                self._in_background(_block_for_bounces, address, int(reply[1]))
+                self._in_background(_block_for_bounces, address, bounces)
             answer(DUNNO)
 
         self._redis.evalsha(

@@ -8,16 +8,19 @@ The access actions invalidate it after commit (``MailaccessConfig.ready`` regist
 no action announces (a deleted mailbox, a changed language).
 
 A reader that misses loads the row and writes it back only if no invalidation came in between:
-each invalidation bumps a generation counter, and the write compares it (``STORE_SCRIPT``).
-Without that, a switch-off committed while a miss was loading could be overwritten by the
-older "on" for a whole TTL.
+each invalidation bumps a generation counter, and the write compares it
+(``auth_policy_store.STORE_SCRIPT``). Without that, a switch-off committed while a miss was
+loading could be overwritten by the older "on" for a whole TTL.
+
+This module is the database's side (``load``, and ``invalidate`` after an access change); the
+cache's keys and encoding are the auth policy store's (``auth_policy_store.py``), which reads
+and writes it on the hot path.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import lru_cache
 
 import redis
 from django.db import close_old_connections
@@ -37,81 +40,6 @@ GENERATION_TTL = 86400
 # Every access change publishes the address here, after commit, with the invalidation: the
 # SMTP policy daemon's processes forget their cached copy of that mailbox at once.
 ACCESS_CHANNEL = "mp:access-changed"
-
-STORE_SCRIPT = """
--- KEYS[1] state, KEYS[2] generation; ARGV[1] generation seen before the load, ARGV[2] TTL,
--- ARGV[3...] field, value, ...
-local generation = redis.call('GET', KEYS[2]) or ''
-if generation ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-def encode(state: MailboxState | None) -> list[str]:
-    """Hash fields; an unknown login is cached too (id 0), so a stranger costs no SQL."""
-    if state is None:
-        return ["id", "0"]
-    return [
-        "id",
-        str(state.mailbox_id),
-        "on",
-        "1" if state.enabled else "0",
-        "block",
-        state.block_reason,
-        "plan",
-        state.plan,
-        "lang",
-        state.language,
-        *[
-            field
-            for password in state.passwords
-            for field in (
-                f"pw:{password.id}",
-                f"{password.key}:{','.join(sorted(p.value for p in password.protocols))}",
-            )
-        ],
-    ]
-
-
-def _decode_passwords(values: dict[str, str]) -> tuple[PasswordScope, ...]:
-    scopes = []
-    for name, value in values.items():
-        if not name.startswith("pw:"):
-            continue
-        key, _sep, protocols = value.partition(":")
-        scopes.append(
-            PasswordScope(
-                id=int(name[3:]),
-                key=key,
-                protocols=frozenset(Protocol(p) for p in protocols.split(",") if p),
-            )
-        )
-    return tuple(sorted(scopes, key=lambda scope: scope.id))
-
-
-def decode(fields: list[str]) -> MailboxState | None:
-    return _decode(tuple(fields))
-
-
-# Every request decodes a mailbox's state, and a mailbox's state rarely changes: the cached
-# (immutable) object saves building a dict and a dataclass per request.
-@lru_cache(maxsize=65536)
-def _decode(fields: tuple[str, ...]) -> MailboxState | None:
-    values = dict(zip(fields[::2], fields[1::2], strict=True))
-    mailbox_id = int(values.get("id", "0") or 0)
-    if not mailbox_id:
-        return None
-    return MailboxState(
-        mailbox_id=mailbox_id,
-        enabled=values.get("on") == "1",
-        block_reason=values.get("block", ""),
-        plan=values.get("plan", ""),
-        language=values.get("lang", ""),
-        passwords=_decode_passwords(values),
-    )
 
 
 def load(login: str) -> MailboxState | None:

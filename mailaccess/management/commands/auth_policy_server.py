@@ -43,7 +43,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            host, port = parse_listen(options["listen"])
+            _, host, port = parse_listen(options["listen"])
             # A bad Redis URL (a scheme, a TLS setting, a missing CA file) stops the start,
             # rather than failing every request later.
             parse_url(settings.MAILSERVER_REDIS_URL)

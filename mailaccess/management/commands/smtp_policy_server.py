@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis import RedisError
 
 from mailaccess.mailserver.database_threads import DatabaseThreads
-from mailaccess.mailserver.policy_server import PolicyServer, parse_listen, serve_sender_tags
+from mailaccess.mailserver.policy_server import PolicyServer, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, parse_url
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
@@ -86,7 +86,7 @@ class Command(BaseCommand):
         tag_listen: list[str] = options["tag_listen"] or settings.SMTP_POLICY_TAG_LISTEN
         try:
             for spec in [*listen, *tag_listen]:
-                parse_listen(spec)
+                health_http.parse_listen(spec, unix=True)
             unix_mode = int(options["unix_mode"], 8)
             health_listen = options["health_listen"]
             if health_listen:
@@ -104,7 +104,8 @@ class Command(BaseCommand):
         if processes < 1:
             raise CommandError("--processes must be at least 1")
         if processes > 1 and any(
-            parse_listen(spec)[0] == "unix" for spec in [*listen, *tag_listen]
+            health_http.parse_listen(spec, unix=True)[0] == "unix"
+            for spec in [*listen, *tag_listen]
         ):
             raise CommandError("--processes > 1 needs TCP listen addresses (SO_REUSEPORT)")
         if processes == 1:
