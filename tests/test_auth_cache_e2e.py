@@ -22,18 +22,18 @@ from django.db import connection
 from accounts.models import Mailbox
 from mailaccess import actions, tasks
 from mailaccess.models import Actor, AppPassword, BlockReason
-from tests.mailservers import MailServers, PolicyServer, free_port, imap_login
+from tests.mailservers import (
+    MailServers,
+    PolicyServer,
+    free_port,
+    imap_login,
+    reached_by_actions,
+)
 from tests.test_mail_servers_e2e import new_mailbox, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 WITHIN = 1.0  # seconds
-
-
-def with_doveadm(servers: MailServers, settings: Any) -> MailServers:
-    settings.DOVEADM_API_URL = [servers.doveadm_url]
-    settings.DOVEADM_API_KEY = servers.doveadm_api_key
-    return servers
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def policy_down(
     dead = PolicyServer(
         f"http://127.0.0.1:{free_port()}/auth-policy", "unused", "", tmp_path / "none.log"
     )
-    return with_doveadm(mail_servers_factory(policy=dead), settings)
+    return reached_by_actions(mail_servers_factory(policy=dead), settings)
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def policy_up(
     mail_servers_factory: Any,
     settings: Any,
 ) -> MailServers:
-    return with_doveadm(mail_servers_factory(policy=policy_server), settings)
+    return reached_by_actions(mail_servers_factory(policy=policy_server), settings)
 
 
 def logs_in(servers: MailServers, mailbox: Mailbox, password: str) -> bool:

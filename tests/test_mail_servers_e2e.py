@@ -42,6 +42,7 @@ from tests.mailservers import (
     imap_error_text,
     imap_login,
     pop3_login,
+    reached_by_actions,
     smtp_send,
 )
 
@@ -339,8 +340,8 @@ def new_mailbox(language: str = "lv") -> Mailbox:
 
 
 @pytest.fixture
-def plain_servers(transactional_db: None, mail_servers_factory: Any) -> MailServers:
-    return mail_servers_factory(policy=None)
+def plain_servers(transactional_db: None, mail_servers_factory: Any, settings: Any) -> MailServers:
+    return reached_by_actions(mail_servers_factory(policy=None), settings)
 
 
 @pytest.mark.e2e
@@ -396,9 +397,13 @@ def panel_uses(client: Client) -> list[str]:
 
 @pytest.fixture
 def policy_servers(
-    transactional_db: None, policy_server: Any, policy_redis: None, mail_servers_factory: Any
+    transactional_db: None,
+    policy_server: Any,
+    policy_redis: None,
+    mail_servers_factory: Any,
+    settings: Any,
 ) -> MailServers:
-    return mail_servers_factory(policy=policy_server)
+    return reached_by_actions(mail_servers_factory(policy=policy_server), settings)
 
 
 @pytest.mark.e2e
