@@ -17,10 +17,17 @@ class MailaccessConfig(AppConfig):
         post_migrate.connect(passdb.sync_after_migrate, sender=self)
         # The passdb table's refused rows carry their reason in the mailbox's language.
         post_save.connect(passdb.language_changed, sender=Mailbox)
+        # ... and Dovecot's auth cache holds that reason: flush it (and after every access
+        # change, below, before the sessions are kicked).
+        post_save.connect(tasks.flush_after_language_change, sender=Mailbox)
 
         # The auth policy's cached state must follow every access change at once.
         if state.invalidate not in actions.access_changed_hooks:
             actions.access_changed_hooks.append(state.invalidate)
+        # Dovecot's auth cache must too: a cached passdb reply would let a switched-off
+        # mailbox in while the auth policy is down (tasks.queue_flush_auth_cache).
+        if tasks.queue_flush_auth_cache not in actions.access_changed_hooks:
+            actions.access_changed_hooks.append(tasks.queue_flush_auth_cache)
 
         # A block, a switch-off or an ended password ends the sessions already open.
         if tasks.queue_end_sessions not in actions.sessions_ended_hooks:

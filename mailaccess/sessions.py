@@ -21,6 +21,13 @@ failure is logged, never raised: the committed block must not fail because a ser
 
 Besides, the SMTP policy daemon refuses the mail of an already authenticated SMTP session of
 a blocked or switched-off mailbox (``mailserver/smtp_policy.py``), which no kick can end.
+
+The same API flushes the mailbox's entries from Dovecot's auth cache (``auth cache flush``,
+``flush_auth_cache``): with the cache on (deploy/dovecot/dovecot.conf), Dovecot answers a
+login from a cached passdb reply without asking PostgreSQL, so every access change must flush
+the mailbox at once, or a switched-off mailbox logs in until the entry's TTL runs out whenever
+the auth policy is down. ``tasks.queue_flush_auth_cache`` runs after every access change's
+commit.
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ def kick_commands(addresses: Sequence[str]) -> list[list[Any]]:
     return [["kick", {"mask": [address]}, str(number)] for number, address in enumerate(addresses)]
 
 
+def flush_commands(addresses: Sequence[str]) -> list[list[Any]]:
+    """The doveadm HTTP API body: one ``auth cache flush`` for all the addresses. Dovecot
+    removes every cache entry whose key starts with one of them (the login name, ``%u``)."""
+    return [["authCacheFlush", {"user": list(addresses)}, "0"]]
+
+
 def check_answer(answer: Any, count: int) -> None:
     """Raise DoveadmError unless every command was done or found nobody to kick."""
     if not isinstance(answer, list) or len(answer) != count:
@@ -65,17 +78,17 @@ def check_answer(answer: Any, count: int) -> None:
             continue
         if kind == "error" and isinstance(detail, dict) and detail.get("exitCode") == EX_NOUSER:
             continue
-        raise DoveadmError(f"doveadm refused the kick: {json.dumps(detail)[:200]}")
+        raise DoveadmError(f"doveadm refused the command: {json.dumps(detail)[:200]}")
 
 
-def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) -> None:
-    """End every IMAP and POP3 session of ``addresses`` on the Dovecot at ``url``."""
+def call(url: str, commands: list[list[Any]], *, timeout: float | None = None) -> None:
+    """Run ``commands`` on the Dovecot at ``url``; DoveadmError unless all were done."""
     if not url.startswith(("http://", "https://")):
         raise DoveadmError("DOVEADM_API_URL must be an http:// or https:// URL")
     key = base64.b64encode(settings.DOVEADM_API_KEY.encode()).decode()
     request = urllib.request.Request(  # noqa: S310 (the scheme is checked above)
         url,
-        data=json.dumps(kick_commands(addresses)).encode(),
+        data=json.dumps(commands).encode(),
         method="POST",
         headers={"Authorization": f"X-Dovecot-API {key}", "Content-Type": "application/json"},
     )
@@ -88,4 +101,14 @@ def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) ->
         raise DoveadmError(f"doveadm answered HTTP {error.code}") from None
     except ValueError:
         raise DoveadmError("doveadm answered something other than JSON") from None
-    check_answer(answer, len(addresses))
+    check_answer(answer, len(commands))
+
+
+def kick(url: str, addresses: Sequence[str], *, timeout: float | None = None) -> None:
+    """End every IMAP and POP3 session of ``addresses`` on the Dovecot at ``url``."""
+    call(url, kick_commands(addresses), timeout=timeout)
+
+
+def flush_auth_cache(url: str, addresses: Sequence[str], *, timeout: float | None = None) -> None:
+    """Remove ``addresses``' entries from the auth cache of the Dovecot at ``url``."""
+    call(url, flush_commands(addresses), timeout=timeout)

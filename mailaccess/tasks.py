@@ -16,7 +16,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 from django.core.mail import get_connection
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
 from accounts.models import Mailbox
 from mailaccess import jobs, notices, sessions
@@ -143,3 +143,73 @@ def queue_end_sessions(mailbox_ids: Sequence[int]) -> None:
                     server=url,
                     error=type(error).__name__,
                 )
+
+
+# --- Dovecot's auth cache (deploy/dovecot/dovecot.conf: auth_cache_*) ------------------------
+# Every access change flushes the mailbox's cached passdb replies on every Dovecot, first
+# directly from the process that committed it (the web request, the worker running a job), with
+# a short timeout: "refused within a second" cannot wait for a queue that may hold a job's
+# thousands of kicks, and the embedded default has no worker at all. Only if that fails
+# (Dovecot restarting, a network blip) does a Celery task retry it, so that the stale entry lives
+# seconds rather than until its TTL; where no worker runs, the TTL is the bound.
+
+# Seconds one direct flush may hold the commit's process: Dovecot answers on loopback or LAN in
+# about a millisecond, so a second means it is not answering, and the task takes over.
+FLUSH_TIMEOUT = 1.0
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    # 1+2+4+...+60 s: about ten minutes of tries, the auth cache's TTL; after it the entry has
+    # expired by itself and there is nothing left to flush.
+    max_retries=14,
+)
+def flush_auth_cache(url: str, addresses: list[str]) -> None:
+    """Remove these mailboxes' entries from one Dovecot's auth cache; retried until it answers.
+    A flush twice removes nothing more: safe to run again."""
+    sessions.flush_auth_cache(url, addresses)
+
+
+def queue_flush_auth_cache(mailbox_ids: Sequence[int]) -> None:
+    """After an access change's commit: flush these mailboxes' auth-cache entries on every
+    Dovecot server, now, and by a retried task where that failed. Never raises."""
+    urls = settings.DOVEADM_API_URL
+    if not urls or not mailbox_ids:
+        return
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    for start in range(0, len(addresses), sessions.ADDRESSES_PER_CALL):
+        chunk = addresses[start : start + sessions.ADDRESSES_PER_CALL]
+        for url in urls:
+            try:
+                sessions.flush_auth_cache(url, chunk, timeout=FLUSH_TIMEOUT)
+                continue
+            except Exception as error:
+                failure = error
+            queued = False
+            if not settings.CELERY_TASK_ALWAYS_EAGER:  # no worker: nothing would retry it
+                try:
+                    flush_auth_cache.delay(url, chunk)
+                    queued = True
+                except Exception as error:
+                    failure = error
+            log_event(
+                logger,
+                "auth_cache.flush_queued" if queued else "auth_cache.not_flushed",
+                logging.WARNING if queued else logging.ERROR,
+                mailbox=",".join(chunk[:5]),
+                server=url,
+                error=type(failure).__name__,
+            )
+
+
+def flush_after_language_change(
+    sender: Any, instance: Mailbox, update_fields: Any = None, **kwargs: Any
+) -> None:
+    """post_save receiver of Mailbox: a refused mailbox's cached passdb reply carries the reason
+    in its language (mailaccess/passdb.py refreshes the table), so flush it after the commit."""
+    if update_fields is not None and "language" in update_fields:
+        transaction.on_commit(lambda: queue_flush_auth_cache([instance.pk]))

@@ -637,6 +637,17 @@ def mail_servers_factory(
             shutil.rmtree(servers.root, ignore_errors=True)
 
 
+def reached_by_actions(servers: MailServers, settings: Any) -> MailServers:
+    """Point this process's DOVEADM_API_URL/KEY (pytest-django's ``settings``) at the servers'
+    doveadm API, as production lists every Dovecot: the actions then flush the mailbox's
+    auth-cache entries after their commit (Dovecot's auth cache is on, deploy/dovecot) and kick
+    its sessions. Without it a test that switches access off after a login would still get in
+    from the cache whenever the auth policy does not refuse."""
+    settings.DOVEADM_API_URL = [servers.doveadm_url]
+    settings.DOVEADM_API_KEY = servers.doveadm_api_key
+    return servers
+
+
 @pytest.fixture
 def policy_redis(policy_server: PolicyServer, settings: Any) -> Iterator[None]:
     """Point this process's access-change hooks at the policy server's Redis, so switching
@@ -655,9 +666,10 @@ def policy_servers(
     policy_server: PolicyServer,
     policy_redis: None,
     mail_servers_factory: Callable[..., MailServers],
+    settings: Any,
 ) -> MailServers:
-    """Dovecot and Postfix that ask the served auth policy."""
-    return mail_servers_factory(policy=policy_server)
+    """Dovecot and Postfix that ask the served auth policy, reached by the access actions."""
+    return reached_by_actions(mail_servers_factory(policy=policy_server), settings)
 
 
 # --- clients that pick their source address --------------------------------------------------

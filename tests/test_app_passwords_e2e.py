@@ -29,6 +29,7 @@ from tests.mailservers import (
     imap_error_text,
     imap_login,
     pop3_login,
+    reached_by_actions,
     smtp_send,
 )
 from tests.test_mail_servers_e2e import lookup, new_mailbox
@@ -89,9 +90,13 @@ def imap_login_as(
 
 @pytest.fixture
 def policy_servers(
-    transactional_db: None, policy_server: Any, policy_redis: None, mail_servers_factory: Any
+    transactional_db: None,
+    policy_server: Any,
+    policy_redis: None,
+    mail_servers_factory: Any,
+    settings: Any,
 ) -> MailServers:
-    return mail_servers_factory(policy=policy_server)
+    return reached_by_actions(mail_servers_factory(policy=policy_server), settings)
 
 
 @pytest.mark.e2e

@@ -31,7 +31,7 @@ class FakeDoveadm:
                     self.send_response(503)
                     self.end_headers()
                     return
-                answer = [["doveadmResponse", [{"result": c[1]["mask"][0]}], c[2]] for c in body]
+                answer = [["doveadmResponse", [], c[2]] for c in body]
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
@@ -92,3 +92,38 @@ def test_the_task_retries_until_dovecot_answers(doveadm: FakeDoveadm, settings: 
 
     assert result.successful()
     assert len(doveadm.requests) == 3  # two 503s, then done
+
+
+def test_the_auth_cache_flush_is_one_command_for_all_addresses(doveadm: FakeDoveadm) -> None:
+    doveadm.failures = 0
+
+    sessions.flush_auth_cache(doveadm.url, ["alice@inbox.lv", "bob@mail.ee"])
+
+    [(_, body)] = doveadm.requests
+    assert body == [["authCacheFlush", {"user": ["alice@inbox.lv", "bob@mail.ee"]}, "0"]]
+
+
+def test_the_flush_task_retries_until_dovecot_answers(doveadm: FakeDoveadm) -> None:
+    result = tasks.flush_auth_cache.apply(args=(doveadm.url, ["alice@inbox.lv"]))
+
+    assert result.successful()
+    assert len(doveadm.requests) == 3  # two 503s, then done
+
+
+@pytest.mark.django_db
+def test_an_access_change_flushes_directly_and_a_failure_is_logged_not_raised(
+    doveadm: FakeDoveadm, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from accounts.models import Mailbox
+
+    mailbox = Mailbox.objects.create_user("carol@inbox.lv", "web-password-1")
+    settings.DOVEADM_API_URL = [doveadm.url]
+    doveadm.failures = 1  # the direct flush fails; eager: no worker would retry it
+
+    tasks.queue_flush_auth_cache([mailbox.pk])
+    assert len(doveadm.requests) == 1
+    assert "auth_cache.not_flushed" in caplog.text
+
+    tasks.queue_flush_auth_cache([mailbox.pk])
+    assert doveadm.requests[-1][1] == [["authCacheFlush", {"user": ["carol@inbox.lv"]}, "0"]]
+    assert len(doveadm.requests) == 2
