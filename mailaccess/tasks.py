@@ -78,6 +78,11 @@ def send_pending_notices() -> int:
 
 
 @shared_task(**RETRIED)
+def compact_activity() -> int:
+    return jobs.run("compact_activity")
+
+
+@shared_task(**RETRIED)
 def send_notices(notice_ids: list[int]) -> int:
     """E-mail these notices over one SMTP connection; those sent already are skipped."""
     sent = 0

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from accounts.models import Mailbox
-from mailaccess import actions
+from mailaccess import actions, activity
 from mailaccess.mailserver import auth_policy
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
@@ -359,6 +359,10 @@ class AuthPolicyApp:
                 found, counters = loaded, Counters()
             counters = replace(counters, ip_failures=ip_failures, ip_lock_seconds=ip_lock_seconds)
         verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+        if verdict.status < 0:
+            await activity.record(
+                self.store.client, activity.refusal_event(found, request, verdict, now)
+            )
         return verdict, auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
 
     async def _report(self, request: PolicyRequest, now: float) -> str:
@@ -379,6 +383,9 @@ class AuthPolicyApp:
         # months.
         if result.record_use and request.protocol is not None:
             await self._in_thread(_record_use, result.state, request, now)
+            await activity.record(
+                self.store.client, activity.sign_in_event(result.state, request, now)
+            )
             log_event(
                 logger,
                 "auth_policy.use_recorded",
