@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Mailbox, normalize_address
-from mailaccess import admin_views
+from mailaccess import activity, admin_views
 from mailaccess.models import AppPassword, AuditEvent, BlockReason, ExternalAccess, Notice
 
 # The changelist counts at most this many rows: beyond it the page says "more than".
@@ -295,4 +295,6 @@ class MailboxAdmin(admin.ModelAdmin):
             "audit_rows_on_page": AUDIT_ROWS_ON_PAGE,
             "notices": list(Notice.objects.filter(mailbox_id=pk)[:10]),
             "support_actions": admin_views.allowed_actions(request),
+            # What the owner sees in the panel: "why can't my Outlook log in?"
+            "password_activity": activity.history(pk),
         }

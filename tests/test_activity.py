@@ -29,6 +29,7 @@ from mailaccess.models import (
     PasswordActivity,
 )
 from tests.conftest import csrf_post, signed_in_client
+from tests.test_admin import change_url, staff, staff_client  # noqa: F401
 from tests.test_auth_policy_endpoint import REDIS_URL, START, Dovecot, redis_db  # noqa: F401
 from tests.test_mail_servers_e2e import switch_on
 
@@ -380,3 +381,27 @@ def test_another_owner_s_link_is_not_found(alert: NewProgramAlert, bob_client: C
 def test_the_link_asks_to_sign_in_first(alert: NewProgramAlert) -> None:
     response = Client().get(link(alert))
     assert response.status_code == 302 and "next=" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_support_sees_the_same_list_in_the_admin(
+    password: AppPassword,
+    staff_client: Client,  # noqa: F811
+) -> None:
+    activity.fold(
+        [
+            sign_in(password, "192.0.2.10", START, "Thunderbird 115"),
+            refused(password.mailbox, "too_often", START + 10, START + 300),
+        ],
+        now=NOW,
+    )
+    with time_machine.travel(NOW + timedelta(minutes=5)):
+        page = staff_client.get(change_url(password.mailbox)).content.decode()
+        listing = staff_client.get(
+            reverse("admin:mailaccess_passwordactivity_changelist"),
+            {"q": password.mailbox.address},
+        ).content.decode()
+    assert 'id="support-activity"' in page
+    assert "Thunderbird 115" in page and "192.0.2.10" in page
+    assert "Thunderbird 115" in listing
+    assert password.password_hash not in page + listing
