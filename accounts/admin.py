@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Mailbox, normalize_address
-from mailaccess import admin_views
+from mailaccess import activity, admin_views
 from mailaccess.models import AppPassword, AuditEvent, BlockReason, ExternalAccess, Notice
 
 # django-stubs makes Paginator and ModelAdmin generic; Django's own classes cannot be
@@ -321,4 +321,6 @@ class MailboxAdmin(MailboxModelAdmin):
             "audit_rows_on_page": AUDIT_ROWS_ON_PAGE,
             "notices": list(Notice.objects.filter(mailbox_id=pk)[:10]),
             "support_actions": admin_views.allowed_actions(request),
+            # What the owner sees in the panel: "why can't my Outlook log in?"
+            "password_activity": activity.history(pk),
         }

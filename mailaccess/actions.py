@@ -779,3 +779,77 @@ def mark_notice_read(mailbox: Mailbox, notice_id: int) -> bool:
     notices = Notice.objects.filter(pk=notice_id, mailbox=mailbox)
     notices.filter(read_at__isnull=True).update(read_at=timezone.now())
     return notices.exists()
+
+
+@transaction.atomic
+def alert_new_programs(alerts: Sequence[dict[str, Any]]) -> list[int]:
+    """ "A new mail program signed in" (``activity.py`` decided which): a notice each, shown in
+    the panel and e-mailed after commit. ``key`` makes each exactly-once, so a page the job
+    takes in twice makes no second notice. Not audited: nothing about access changed."""
+    from mailaccess.models import NewProgramAlert
+
+    existing = set(
+        Notice.objects.filter(key__in=[alert["key"] for alert in alerts]).values_list(
+            "key", flat=True
+        )
+    )
+    created: list[int] = []
+    for alert in alerts:
+        if alert["key"] in existing:
+            continue
+        notice = Notice.objects.create(
+            mailbox_id=alert["mailbox_id"], kind=NoticeKind.NEW_PROGRAM, key=alert["key"]
+        )
+        NewProgramAlert.objects.create(
+            mailbox_id=alert["mailbox_id"],
+            app_password_id=alert["app_password_id"],
+            notice=notice,
+            signed_in_at=alert["signed_in_at"],
+            protocol=alert["protocol"],
+            ip=alert["ip"],
+            client=alert["client"],
+        )
+        created.append(notice.pk)
+    if created:
+        _notices_created(created)
+    return created
+
+
+@transaction.atomic
+def end_password_not_me(
+    mailbox: Mailbox, alert_id: int, *, actor: Actor, ip: str | None = None
+) -> bool:
+    """ "This was not me": end the password of a new-program alert and its open sessions.
+
+    The link works once: the alert is claimed by a conditional UPDATE under the access row's
+    lock, so a second click (or two at once) finds it used and changes nothing. False then.
+    """
+    from mailaccess.models import NewProgramAlert
+
+    _locked_access(mailbox)
+    now = timezone.now()
+    claimed = NewProgramAlert.objects.filter(
+        pk=alert_id, mailbox=mailbox, used_at__isnull=True
+    ).update(used_at=now)
+    if not claimed:
+        return False
+    alert = NewProgramAlert.objects.select_related("app_password").get(pk=alert_id)
+    password = alert.app_password
+    revoked = AppPassword.objects.live().filter(pk=password.pk).update(revoked_at=now)
+    Notice.objects.filter(pk=alert.notice_id, read_at__isnull=True).update(read_at=now)
+    _audit(
+        mailbox,
+        AuditAction.NOT_ME,
+        actor,
+        ip=ip,
+        detail={
+            "app_password": password.pk,
+            "label": password.label,
+            "revoked": revoked,
+            "client_ip": alert.ip,
+            "protocol": alert.protocol,
+        },
+    )
+    _access_changed(mailbox.pk)
+    _end_sessions([mailbox.pk])
+    return True

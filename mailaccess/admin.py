@@ -15,7 +15,15 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.admin import CappedCountPaginator
 from accounts.models import normalize_address
-from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, SendingLimit
+from mailaccess.models import (
+    AppPassword,
+    AuditEvent,
+    ExternalAccess,
+    NewProgramAlert,
+    Notice,
+    PasswordActivity,
+    SendingLimit,
+)
 
 # django-stubs makes ModelAdmin generic; Django's cannot be subscripted at run time.
 if TYPE_CHECKING:
@@ -144,3 +152,52 @@ class NoticeAdmin(ReadOnlyAdmin):
     search_fields = ["mailbox__address"]
     search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
     exclude = ["key"]
+
+
+@admin.register(PasswordActivity)
+class PasswordActivityAdmin(ReadOnlyAdmin):
+    """What the owner sees under "Recent activity": support answers "why can't my Outlook
+    log in?" from the same list."""
+
+    list_display = [
+        "last_at",
+        "mailbox",
+        "app_password",
+        "kind",
+        "reason",
+        "protocol",
+        "ip",
+        "client",
+        "count",
+        "first_at",
+        "retry_at",
+    ]
+    list_filter = ["kind", "reason", "protocol"]
+    list_select_related = ["mailbox", "app_password"]
+    sortable_by = ("last_at",)
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return (
+            super()
+            .get_queryset(request)
+            .defer("app_password__password_hash", "app_password__lookup_key")
+        )
+
+
+@admin.register(NewProgramAlert)
+class NewProgramAlertAdmin(ReadOnlyAdmin):
+    list_display = [
+        "signed_in_at",
+        "mailbox",
+        "app_password",
+        "protocol",
+        "ip",
+        "client",
+        "used_at",
+    ]
+    list_select_related = ["mailbox", "app_password"]
+    search_fields = ["mailbox__address"]
+    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
+    exclude = ["notice"]

@@ -25,7 +25,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Mailbox, Status
-from mailaccess import actions, notices, sending_limits
+from mailaccess import actions, activity, notices, sending_limits
 from mailaccess.models import Actor, AuditEvent, BlockReason, ExternalAccess, Notice
 from mailportal import metrics
 from mailportal.logging import log_event
@@ -190,6 +190,14 @@ def lift_due_sending_limits(
 
 
 # In the order `run_job all` runs them: a mailbox marked inactive is blocked in the same run.
+def compact_activity(*, batch_size: int | None = None, on_batch: OnBatch = None) -> int:
+    """Take in the sign-ins and refusals the auth policy buffered in Redis (activity.py)."""
+    done = activity.compact(page_size=batch_size or activity.PAGE_SIZE)
+    if on_batch is not None and done:
+        on_batch(done)
+    return done
+
+
 JOBS: dict[str, Callable[..., int]] = {
     "mark_inactive_mailboxes": mark_inactive_mailboxes,
     "block_inactive_access": block_inactive_access,
@@ -198,6 +206,7 @@ JOBS: dict[str, Callable[..., int]] = {
     "lift_due_sending_limits": lift_due_sending_limits,
     "prune_old_records": prune_old_records,
     "send_pending_notices": send_pending_notices,
+    "compact_activity": compact_activity,
 }
 
 
@@ -263,6 +272,8 @@ DUE: dict[str, Callable[[datetime], list[QuerySet[Any]]]] = {
     "lift_due_sending_limits": _due_sending_limits,
     "prune_old_records": _due_old_records,
     "send_pending_notices": _due_pending_notices,
+    # Events in a Redis stream, not rows: a dry run counts nothing.
+    "compact_activity": lambda now: [],
 }
 
 

@@ -338,6 +338,7 @@ class AuditAction(models.TextChoices):
     TWO_FACTOR_DISABLED = "two_factor_disabled", _("two-factor sign-in switched off")
     RECOVERY_CODES_CREATED = "recovery_codes_created", _("new recovery codes created")
     RECOVERY_CODE_USED = "recovery_code_used", _("recovery code used")
+    NOT_ME = "not_me", _("“This was not me”: password ended")
 
 
 # What the owner sees under "Recent security events": who got in, and what changed access.
@@ -354,6 +355,7 @@ SECURITY_EVENTS = [
     AuditAction.ACCESS_UNBLOCKED,
     AuditAction.PASSWORD_CREATED,
     AuditAction.PASSWORD_REVOKED,
+    AuditAction.NOT_ME,
 ]
 
 
@@ -426,6 +428,7 @@ class AuditEvent(models.Model):
 class NoticeKind(models.TextChoices):
     BLOCKED = "blocked", _("access blocked")
     EXPIRY_WARNING = "expiry_warning", _("access expires soon")
+    NEW_PROGRAM = "new_program", _("a new mail program signed in")
 
 
 class Notice(models.Model):
@@ -544,3 +547,88 @@ class DovecotPassdb(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.service}"
+
+
+class ActivityKind(models.TextChoices):
+    SIGN_IN = "sign_in", _("signed in")
+    REFUSED = "refused", _("refused")
+
+
+class RefusalReason(models.TextChoices):
+    """Why the auth policy refused a login, as the owner reads it in the activity list."""
+
+    TOO_OFTEN = "too_often", _("checked mail more often than every five minutes")
+    GUESSING = "guessing", _("locked after too many wrong passwords")
+    WRONG_PROTOCOL = "wrong_protocol", _("this password is not for this protocol")
+    ACCESS_OFF = "access_off", _("external access is off")
+    BLOCKED = "blocked", _("external access is blocked")
+
+
+class PasswordActivity(models.Model):
+    """Sign-ins and refusals of a mailbox's passwords: a bounded history (``activity.py``).
+
+    Written only by the compaction job from what the auth policy buffered in Redis, never
+    per login: repeated events of one program (password, protocol, network, program and,
+    for a refusal, its reason) are folded into one row with a count and a time span.
+    ``app_password`` is empty for a refusal that came before any password was recognised
+    (the guessing lock).
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="password_activity")
+    app_password = models.ForeignKey(
+        AppPassword, on_delete=models.CASCADE, null=True, blank=True, related_name="activity"
+    )
+    kind = models.CharField(_("kind"), max_length=8, choices=ActivityKind.choices)
+    reason = models.CharField(
+        _("refusal reason"), max_length=16, choices=RefusalReason.choices, blank=True
+    )
+    protocol = models.CharField(_("protocol"), max_length=8, choices=Protocol.choices)
+    # The network counted (an IPv4 address or an IPv6 /64) and the last address as sent.
+    network = models.CharField(_("network"), max_length=64, blank=True)
+    ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    client = models.CharField(_("mail program"), max_length=128, blank=True)
+    first_at = models.DateTimeField(_("first"))
+    last_at = models.DateTimeField(_("last"))
+    count = models.PositiveIntegerField(_("times"), default=1)
+    # TOO_OFTEN and GUESSING: when the program may try again.
+    retry_at = models.DateTimeField(_("may try again after"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("mail-program activity")
+        verbose_name_plural = _("mail-program activity")
+        ordering = ["-last_at", "-id"]
+        indexes = [
+            models.Index(fields=["mailbox", "-last_at"], name="activity_mailbox_idx"),
+            models.Index(fields=["last_at"], name="activity_last_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} {self.kind} {self.protocol} {self.ip}"
+
+    @property
+    def refusal(self) -> RefusalReason | None:
+        return RefusalReason(self.reason) if self.reason else None
+
+
+class NewProgramAlert(models.Model):
+    """ "A new mail program signed in": what its notice tells, and whether "This was not me"
+    was acted on (``used_at``: the link works once)."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+")
+    app_password = models.ForeignKey(AppPassword, on_delete=models.CASCADE, related_name="+")
+    notice = models.OneToOneField(Notice, on_delete=models.CASCADE, related_name="new_program")
+    signed_in_at = models.DateTimeField(_("signed in"))
+    protocol = models.CharField(_("protocol"), max_length=8, choices=Protocol.choices)
+    ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    client = models.CharField(_("mail program"), max_length=128, blank=True)
+    used_at = models.DateTimeField(_("“This was not me” used"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("new mail program alert")
+        verbose_name_plural = _("new mail program alerts")
+        indexes = [
+            models.Index(fields=["app_password", "signed_in_at"], name="alert_password_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} {self.app_password_id} {self.signed_in_at:%Y-%m-%d %H:%M}"

@@ -15,6 +15,7 @@ from django.core.mail import EmailMessage
 from django.urls import reverse
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from mailaccess import actions
 from mailaccess.models import EXPIRY_WARNING_BEFORE, ExternalAccess, Notice, NoticeKind
@@ -61,6 +62,8 @@ def message(notice: Notice, connection: Any = None) -> EmailMessage:
     with translation.override(mailbox.language):
         if notice.kind == NoticeKind.EXPIRY_WARNING:
             subject, paragraphs = _expiry_warning(notice)
+        elif notice.kind == NoticeKind.NEW_PROGRAM:
+            subject, paragraphs = _new_program(notice)
         else:
             subject, paragraphs = _blocked(notice)
         settings_url = settings.PORTAL_URL + reverse("mailaccess:mail_programs")
@@ -123,5 +126,40 @@ def _expiry_warning(notice: Notice) -> tuple[str, list[str]]:
                 "To keep it, check your mail with your mail program before then. If you no "
                 "longer need it, you need not do anything."
             ),
+        ],
+    )
+
+
+def _new_program(notice: Notice) -> tuple[str, list[str]]:
+    """ "A new mail program signed in", with the signed "This was not me" link."""
+    from mailaccess import activity
+
+    alert = notice.new_program
+    address = notice.mailbox.address
+    url = settings.PORTAL_URL + reverse(
+        "mailaccess:not_me", kwargs={"token": activity.not_me_token(alert)}
+    )
+    days = activity.NOT_ME_MAX_AGE.days
+    return (
+        _("A new mail program signed in to %(address)s") % {"address": address},
+        [
+            _(
+                "A mail program signed in to your mailbox %(address)s from a network or as a "
+                "program not seen with this password in the last 30 days."
+            )
+            % {"address": address},
+            "\n".join(activity.alert_lines(alert)),
+            _(
+                "If this was you, you need not do anything. If it was not you, open this link "
+                "and sign in: the password will stop working and its open sessions will end. "
+                "Then change your web password."
+            ),
+            _("This was not me: %(url)s") % {"url": url},
+            ngettext(
+                "The link works once, for %(days)d day.",
+                "The link works once, for %(days)d days.",
+                days,
+            )
+            % {"days": days},
         ],
     )

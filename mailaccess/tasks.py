@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from smtplib import SMTPRecipientsRefused
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import redis
 from celery import shared_task
@@ -88,6 +88,11 @@ def prune_old_records() -> int:
 @shared_task(**RETRIED)
 def send_pending_notices() -> int:
     return jobs.run("send_pending_notices")
+
+
+@shared_task(**RETRIED)
+def compact_activity() -> int:
+    return jobs.run("compact_activity")
 
 
 @shared_task(**RETRIED)

@@ -13,6 +13,7 @@ urlpatterns = [
         name="revoke_app_password",
     ),
     path("notices/<int:notice_id>/read/", views.mark_notice_read, name="mark_notice_read"),
+    path("mail-programs/not-me/<str:token>/", views.not_me, name="not_me"),
     path(
         "mail-programs/apple-profile/",
         autoconfig_views.apple_profile,

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
 from accounts.throttling import client_ip
-from mailaccess import actions, autoconfig, instructions, sending_limits
+from mailaccess import actions, activity, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
 from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice, NoticeKind
 
@@ -167,9 +167,13 @@ def _panel(
         "last_uses": access.last_uses(),
         # A block is told once, by the box under the switch, and its notice is settled when
         # access is on again: only the other notices (the expiry warning) are banners.
-        "notices": Notice.objects.filter(mailbox=mailbox, read_at__isnull=True).exclude(
-            kind=NoticeKind.BLOCKED
-        )[:5],
+        "notices": activity.with_links(
+            Notice.objects.filter(mailbox=mailbox, read_at__isnull=True)
+            .exclude(kind=NoticeKind.BLOCKED)
+            .select_related("new_program__app_password")[:5]
+        ),
+        "activity": activity.history(mailbox.pk),
+        "activity_days": activity.HISTORY_DAYS,
         # Never the hashes: what is not loaded cannot be rendered.
         "app_passwords": list(
             AppPassword.objects.live()
@@ -271,3 +275,49 @@ def mark_notice_read(request: HttpRequest, notice_id: int) -> HttpResponse:
     if not actions.mark_notice_read(mailbox, notice_id):
         raise Http404(_("No such notice."))
     return redirect("mailaccess:mail_programs")
+
+
+_LINK_STATUS = {"invalid": 404, "expired": 410, "used": 410}
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+@require_sudo_mode(cancel="mailaccess:mail_programs")
+def not_me(request: HttpRequest, token: str) -> HttpResponse:
+    """ "This was not me", from the e-mail or the panel's notice: after signing in (and the
+    second step, where it is on) and fresh proof, one button ends the password and its
+    open sessions; then on to changing the web password. A GET changes nothing: mail
+    scanners open links."""
+    mailbox = request.user
+    assert isinstance(mailbox, Mailbox)
+    try:
+        alert = activity.alert_of_link(token, mailbox.pk)
+    except activity.LinkError as error:
+        return render(
+            request,
+            "mailaccess/not_me.html",
+            {"error": error.code},
+            status=_LINK_STATUS[error.code],
+        )
+    if request.method == "POST":
+        label = alert.app_password.label or _("Mail programs")
+        if actions.end_password_not_me(
+            mailbox, alert.pk, actor=Actor.user(mailbox), ip=client_ip(request)
+        ):
+            messages.success(
+                request,
+                _(
+                    "The password “%(label)s” no longer works, and its open sessions were "
+                    "ended. Now change your web password."
+                )
+                % {"label": label},
+            )
+        else:
+            messages.info(request, _("This link was already used."))
+        return redirect("accounts:change_password")
+    return render(
+        request,
+        "mailaccess/not_me.html",
+        {"alert": alert, "lines": activity.alert_lines(alert)},
+    )

@@ -463,6 +463,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "mailaccess.tasks.send_pending_notices",
         "schedule": crontab(minute="*/10"),
     },
+    # "A new mail program signed in" goes out within a minute or so (mailaccess/activity.py).
+    "compact-activity": {
+        "task": "mailaccess.tasks.compact_activity",
+        "schedule": 60.0,
+    },
 }
 
 # Jobs. A mailbox nobody signed in to on the web for this many months becomes inactive (the

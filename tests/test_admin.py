@@ -104,6 +104,8 @@ def test_the_support_group_holds_exactly_the_support_rights(db: None) -> None:
         "view_auditevent",
         "view_notice",
         "view_sendinglimit",
+        "view_passwordactivity",
+        "view_newprogramalert",
         "block_access",
         "unblock_access",
         "disable_access",

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from accounts.models import Mailbox
-from mailaccess import actions
+from mailaccess import actions, activity
 from mailaccess.mailserver import auth_policy
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
@@ -354,6 +354,10 @@ class AuthPolicyApp:
                     ip_lock_seconds=network.ip_lock_seconds,
                 )
             verdict = auth_policy.decide_allow(request, found, counters, self.limits, now)
+            if verdict.status < 0:
+                await activity.record(
+                    self.store.client, activity.refusal_event(found, request, verdict, now)
+                )
             language = auth_policy.answer_language(verdict, found, settings.LANGUAGE_CODE)
             reply = auth_policy.answer(verdict, language, self.limits)
             return reply, verdict.outcome.value
@@ -378,6 +382,9 @@ class AuthPolicyApp:
         # panel as the owner's last use.
         if result.record_use and request.protocol is not None and request.remote is not None:
             await self._in_thread(_record_use, result.state, request, now)
+            await activity.record(
+                self.store.client, activity.sign_in_event(result.state, request, now)
+            )
             log_event(
                 logger,
                 "auth_policy.use_recorded",
