@@ -28,9 +28,9 @@ from mailaccess.models import (
     NoticeKind,
     PasswordActivity,
 )
-from tests.conftest import csrf_post, signed_in_client
+from tests.conftest import csrf_post, redis_url_for_tests, signed_in_client
+from tests.policy_client import START, Dovecot
 from tests.test_admin import change_url, staff, staff_client  # noqa: F401
-from tests.test_auth_policy_endpoint import REDIS_URL, START, Dovecot, redis_db  # noqa: F401
 from tests.test_mail_servers_e2e import switch_on
 
 NOW = datetime.fromtimestamp(START, UTC)
@@ -254,14 +254,14 @@ def test_the_alert_is_written_in_the_owner_s_language(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_policy_buffers_sign_ins_and_refusals_and_the_job_takes_them_in(
-    redis_db: redis.Redis,  # noqa: F811
+    redis_db: redis.Redis,
     alice: Mailbox,
     settings: Any,
 ) -> None:
     settings.AUTH_POLICY_CHECK_BURST = 1
     switch_on(alice)
     password = AppPassword.objects.get(mailbox=alice)
-    dovecot = Dovecot(REDIS_URL or "")
+    dovecot = Dovecot(redis_url_for_tests())
     body = {"app_password": str(password.pk), "device_id": '("name" "Thunderbird" "version" "115")'}
     assert dovecot.allow(alice.address, **body)["status"] == 0
     dovecot.post(
@@ -288,8 +288,8 @@ def test_the_policy_buffers_sign_ins_and_refusals_and_the_job_takes_them_in(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_unknown_address_records_nothing(redis_db: redis.Redis) -> None:  # noqa: F811
-    dovecot = Dovecot(REDIS_URL or "")
+def test_an_unknown_address_records_nothing(redis_db: redis.Redis) -> None:
+    dovecot = Dovecot(redis_url_for_tests())
     for _ in range(12):
         dovecot.login("nobody@inbox.lv", right=False, pwhash=os.urandom(4).hex())
     assert redis_db.xlen(activity.STREAM_KEY) == 0

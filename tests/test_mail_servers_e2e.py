@@ -42,6 +42,7 @@ from tests.mailservers import (
     imap_error_text,
     imap_login,
     pop3_login,
+    reached_by_actions,
     smtp_send,
 )
 
@@ -339,8 +340,8 @@ def new_mailbox(language: str = "lv") -> Mailbox:
 
 
 @pytest.fixture
-def plain_servers(transactional_db: None, mail_servers_factory: Any) -> MailServers:
-    return mail_servers_factory(policy=None)
+def plain_servers(transactional_db: None, mail_servers_factory: Any, settings: Any) -> MailServers:
+    return reached_by_actions(mail_servers_factory(policy=None), settings)
 
 
 @pytest.mark.e2e
