@@ -26,7 +26,7 @@ from accounts.forms import (
     throttled_error,
 )
 from accounts.models import Mailbox, RecoveryCode
-from mailaccess.models import AuditEvent
+from audit.models import AuditEvent
 
 # Between the password and the code the session holds only who is signing in (and since
 # when): the visitor is not signed in until the code is right.

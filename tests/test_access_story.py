@@ -11,9 +11,10 @@ import redis
 from django.core.management import CommandError, call_command
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditEvent
 from mailaccess import actions
 from mailaccess.mailserver import redis_client
-from mailaccess.models import Actor, AppPassword, AuditEvent, BlockReason, Protocol
+from mailaccess.models import AppPassword, BlockReason, Protocol
 from tests.policy_client import API_KEY, closed_port, login
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")

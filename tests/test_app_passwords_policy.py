@@ -15,6 +15,7 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions, passwords
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
@@ -29,7 +30,7 @@ from mailaccess.mailserver.auth_policy import (
     decide_allow,
     parse_request,
 )
-from mailaccess.models import Actor, AppPassword, ExternalAccess, Protocol
+from mailaccess.models import AppPassword, ExternalAccess, Protocol
 from tests.test_auth_policy_endpoint import REDIS_URL, START, Dovecot, dovecot, redis_db
 
 __all__ = ["dovecot", "redis_db"]  # fixtures, imported for this module's tests

@@ -18,12 +18,13 @@ import pytest
 import redis
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
 from mailaccess.mailserver import redis_client, state
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
 from mailaccess.mailserver.auth_policy_redis import MultiplexedRedis
-from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice
 from tests.mailservers import PrivateRedis, private_redis_fixture  # noqa: F401
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS")

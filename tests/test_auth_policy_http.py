@@ -25,8 +25,8 @@ import psycopg
 import pytest
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor
 from tests.mailservers import (
     REPO,
     database_environment,

@@ -29,8 +29,9 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+from mailaccess.models import BlockReason, ExternalAccess, Notice
 from tests.mailservers import IMAP4SSLFrom, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import redis
 from django.urls import reverse
 
 from accounts.models import Mailbox
+from common.logging import KeyValueFormatter, log_event
 from mailaccess.mailserver import redis_client
 from mailaccess.models import AppPassword
-from mailportal.logging import KeyValueFormatter, log_event
 from tests.conftest import csrf_post, signed_in_client
 from tests.policy_client import API_KEY, SESSION_ID, login
 

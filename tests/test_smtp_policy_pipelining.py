@@ -19,10 +19,10 @@ import time_machine
 from django.conf import settings
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.smtp_policy import now_ms
-from mailaccess.models import Actor
 from tests.mailservers import PrivateRedis, free_port, private_redis_fixture  # noqa: F401
 from tests.policy_daemon import (  # noqa: F401
     PolicyClient,

@@ -67,21 +67,16 @@ from django.utils.translation import gettext, ngettext
 from redis import asyncio as aioredis
 
 from accounts.models import Mailbox, Plan
+from audit.models import Actor, AuditAction, AuditEvent
+from common import metrics
+from common.logging import Throttle, log_event
 from mailaccess import actions, passdb
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import PolicyRequest, defer_if_permit, dunno, reject
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, Script
 from mailaccess.mailserver.state import ACCESS_CHANNEL
-from mailaccess.models import (
-    ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-)
+from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, BlockReason
 from mailaccess.sending_limits import DEFAULT_LIMITS, Limits, plan_limits
-from mailportal import metrics
-from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 

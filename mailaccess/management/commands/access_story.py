@@ -23,10 +23,11 @@ from django.core.management.base import (
 from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
+from audit.models import AuditEvent
 from mailaccess.mailserver import sending_counters
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.redis_client import mailbox_key, sync_client
-from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, Protocol
+from mailaccess.models import AppPassword, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
 
 

@@ -13,13 +13,13 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from common import health, health_http, metrics
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, parse_listen, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_client import tls_context
 from mailaccess.mailserver.redis_pipeline import RedisError, RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
-from mailportal import health, health_http, metrics
 
 
 async def readiness(
