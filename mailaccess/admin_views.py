@@ -2,7 +2,7 @@
 
 Each support action is one entry of ``SUPPORT_ACTIONS``: its permission, the form that asks
 for its choice (a block reason, a plan) and the call into ``mailaccess.actions`` that does the
-work. The mailbox admin (``accounts/admin.py``) offers every entry twice: as a button on the
+work. The mailbox admin (``mailaccess/admin.py``) offers every entry twice: as a button on the
 mailbox page, with a confirmation page of its own, and as a bulk admin action, with an
 intermediate confirmation page. Both post back with the CSRF token and both name the staff
 member in the audit row through ``Actor.support``, with the address the request came from
