@@ -1,4 +1,4 @@
-"""Changes to a mailbox's web account. Access changes live in mailaccess.actions."""
+"""Changes to a mailbox's web account, audited. Access changes live in mailaccess.actions."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import two_factor
 from accounts.models import Mailbox, RecoveryCode, Status
+from audit import actions as audit
+from audit.models import Actor, AuditAction
+from mailaccess import actions as access_actions
 
 
 @transaction.atomic
 def change_web_password(mailbox: Mailbox, new_password: str, *, ip: str | None = None) -> None:
-    # Imported here: mailaccess depends on accounts, not the other way round at import time.
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor
-
     mailbox.set_password(new_password)
     mailbox.password_changed_at = timezone.now()
     mailbox.save(update_fields=["password", "password_changed_at"])
@@ -28,13 +27,10 @@ def record_sign_in(mailbox: Mailbox, *, ip: str | None = None) -> None:
 
     The provider marks mailboxes inactive after long web disuse, so using the web is the cure.
     """
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor, AuditAction
-
     actor = Actor.user(mailbox)
     if mailbox.status == Status.INACTIVE:
         access_actions.change_status(mailbox, Status.ACTIVE, actor=actor)
-    access_actions.record_account_event(mailbox, AuditAction.SIGNED_IN, actor=actor, ip=ip)
+    audit.record_account_event(mailbox, AuditAction.SIGNED_IN, actor=actor, ip=ip)
 
 
 def check_code(mailbox: Mailbox, code: str, *, ip: str | None = None) -> TOTPDevice | bool:
@@ -42,16 +38,13 @@ def check_code(mailbox: Mailbox, code: str, *, ip: str | None = None) -> TOTPDev
 
     Returns the TOTP device that accepted it, True for a recovery code, False for neither.
     """
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor, AuditAction
-
     normalized = two_factor.normalize_code(code)
     if two_factor.looks_like_totp(normalized):
         return two_factor.verify_totp(mailbox, normalized) or False
     with transaction.atomic():
         if not two_factor.use_recovery_code(mailbox, normalized):
             return False
-        access_actions.record_account_event(
+        audit.record_account_event(
             mailbox, AuditAction.RECOVERY_CODE_USED, actor=Actor.user(mailbox), ip=ip
         )
     return True
@@ -62,9 +55,6 @@ def confirm_two_factor(mailbox: Mailbox, code: str, *, ip: str | None = None) ->
 
     Returns the new recovery codes (to be shown once), or None when the code is wrong.
     """
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor, AuditAction
-
     # Verified in its own transaction: a wrong code must still count against django-otp's
     # throttle rather than be rolled back.
     device = two_factor.verify_totp(mailbox, code, confirmed=False)
@@ -75,7 +65,7 @@ def confirm_two_factor(mailbox: Mailbox, code: str, *, ip: str | None = None) ->
         device.confirmed = True
         device.save(update_fields=["confirmed"])
         codes = two_factor.replace_recovery_codes(mailbox)
-        access_actions.record_account_event(
+        audit.record_account_event(
             mailbox, AuditAction.TWO_FACTOR_ENABLED, actor=Actor.user(mailbox), ip=ip
         )
     return codes
@@ -83,15 +73,12 @@ def confirm_two_factor(mailbox: Mailbox, code: str, *, ip: str | None = None) ->
 
 def disable_two_factor(mailbox: Mailbox, code: str, *, ip: str | None = None) -> bool:
     """Switch two-factor sign-in off: only with a fresh code (or an unused recovery code)."""
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor, AuditAction
-
     if not check_code(mailbox, code, ip=ip):
         return False
     with transaction.atomic():
         TOTPDevice.objects.filter(user=mailbox).delete()
         RecoveryCode.objects.filter(mailbox=mailbox).delete()
-        access_actions.record_account_event(
+        audit.record_account_event(
             mailbox, AuditAction.TWO_FACTOR_DISABLED, actor=Actor.user(mailbox), ip=ip
         )
     return True
@@ -99,11 +86,8 @@ def disable_two_factor(mailbox: Mailbox, code: str, *, ip: str | None = None) ->
 
 @transaction.atomic
 def renew_recovery_codes(mailbox: Mailbox, *, ip: str | None = None) -> list[str]:
-    from mailaccess import actions as access_actions
-    from mailaccess.models import Actor, AuditAction
-
     codes = two_factor.replace_recovery_codes(mailbox)
-    access_actions.record_account_event(
+    audit.record_account_event(
         mailbox, AuditAction.RECOVERY_CODES_CREATED, actor=Actor.user(mailbox), ip=ip
     )
     return codes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ORDER_VAR
@@ -24,17 +24,19 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Mailbox, normalize_address
+from audit.models import AuditEvent
 from mailaccess import activity, admin_views
-from mailaccess.models import AppPassword, AuditEvent, BlockReason, ExternalAccess, Notice
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice
 
 # django-stubs makes Paginator and ModelAdmin generic; Django's own classes cannot be
 # subscripted at run time, so the parameters exist for the type checker only.
 if TYPE_CHECKING:
     AnyPaginator = Paginator[Any]
+    AnyModelAdmin = admin.ModelAdmin[Any]
     MailboxModelAdmin = admin.ModelAdmin[Mailbox]
 else:
     AnyPaginator = Paginator
-    MailboxModelAdmin = admin.ModelAdmin
+    AnyModelAdmin = MailboxModelAdmin = admin.ModelAdmin
 
 # The changelist counts at most this many rows: beyond it the page says "more than".
 COUNT_LIMIT = 1000
@@ -61,6 +63,36 @@ class CappedCountPaginator(AnyPaginator):
     @property
     def capped(self) -> bool:
         return self.count > COUNT_LIMIT
+
+
+class ReadOnlyAdmin(AnyModelAdmin):
+    """The admin of a table that changes only through the actions: every app's read-only pages
+    (the access models, the audit log) use it."""
+
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    # Sorting by a column without an index would sort the whole table for one page.
+    sortable_by: ClassVar[tuple[str, ...]] = ()
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: Any, search_term: str
+    ) -> tuple[Any, bool]:
+        # The whole address, matched exactly through the mailbox's unique index: a
+        # "contains" search would read every row of a table this size.
+        term = normalize_address(search_term)
+        if not term:
+            return queryset, False
+        return queryset.filter(mailbox__address=term), False
 
 
 class AccessFilter(admin.SimpleListFilter):

@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from accounts import actions, sudo, throttling, two_factor
+from accounts import actions, throttling, two_factor
 from accounts.models import Mailbox, normalize_address
 
 
@@ -107,7 +107,8 @@ class SetupCodeForm(forms.Form):
 class SudoForm(forms.Form):
     """Proof for sudo mode: the web password, or a code when two-factor sign-in is on."""
 
-    prefix = sudo.PROOF_PREFIX
+    # Its fields are told apart from the original form's that the confirmation page carries.
+    prefix = "sudo"
 
     error_messages = {
         "wrong_password": _("The password is wrong."),

@@ -29,10 +29,12 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import urlencode
 
+from accounts.forms import SudoForm
+
 SESSION_KEY = "sudo_mode_at"
 # The hidden field that marks a POST as the confirmation page's answer.
 CONFIRM_FIELD = "sudo-confirm"
-PROOF_PREFIX = "sudo"
+PROOF_PREFIX = SudoForm.prefix
 
 P = ParamSpec("P")
 # A view: the request, then whatever the URL gives it. Typed through the decorator, so the
@@ -74,8 +76,6 @@ def challenge(
     action: str | None = None,
 ) -> HttpResponse:
     """The confirmation page, for a request that needs proof and did not bring a good one."""
-    from accounts.forms import SudoForm
-
     form = form or SudoForm(request)
     fields: list[tuple[str, str]] = []
     if action is None and request.method == "POST":
@@ -98,8 +98,6 @@ def challenge(
 
 def check_proof(request: HttpRequest) -> tuple[bool, Any, int]:
     """Verify the confirmation form of this POST: (ok, form to show again, status)."""
-    from accounts.forms import SudoForm
-
     form = SudoForm(request, data=request.POST)
     if form.is_valid():
         start(request)

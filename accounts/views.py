@@ -26,7 +26,7 @@ from accounts.forms import (
 )
 from accounts.models import Mailbox, RecoveryCode
 from accounts.throttling import client_ip
-from mailaccess.models import AuditEvent
+from audit.models import AuditEvent
 
 # Between the password and the code the session holds only who is signing in (and since
 # when): the visitor is not signed in until the code is right.

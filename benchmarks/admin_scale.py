@@ -92,7 +92,7 @@ PAGES = [
     ("mailbox page", "/admin/accounts/mailbox/{pk}/change/"),
     ("dashboard 7 days", "/admin/accounts/mailbox/dashboard/"),
     ("dashboard 90 days", "/admin/accounts/mailbox/dashboard/?days=90"),
-    ("audit log", "/admin/mailaccess/auditevent/"),
+    ("audit log", "/admin/audit/auditevent/"),
 ]
 # Support's address search, a whole changelist request (issue 23).
 SEARCH_TARGET_MS = 100.0

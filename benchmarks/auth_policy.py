@@ -267,7 +267,8 @@ from django.core.management import call_command
 call_command("migrate", verbosity=0)
 from accounts.models import Mailbox
 from mailaccess import actions
-from mailaccess.models import Actor, ExternalAccess
+from audit.models import Actor
+from mailaccess.models import ExternalAccess
 from mailaccess.counters import sync_client
 for n in range({mailboxes}):
     box, _ = Mailbox.objects.get_or_create(address=f"bench{{n}}@inbox.lv")

@@ -171,8 +171,9 @@ def phase_loop(sample: int) -> dict:
     django.setup()
     from django.utils import timezone
 
+    from audit.models import Actor
     from mailaccess import actions
-    from mailaccess.models import Actor, BlockReason, ExternalAccess
+    from mailaccess.models import BlockReason, ExternalAccess
 
     actor = Actor.system("benchmark loop")
     due = ExternalAccess.objects.idle_at(timezone.now()).select_related("mailbox").order_by("pk")

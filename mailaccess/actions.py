@@ -22,24 +22,21 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext_lazy
 
 from accounts.models import Mailbox, Plan, Status
+from audit import actions as audit
+from audit.models import Actor, AuditAction, AuditEvent
+from common import metrics
+from common.logging import Event
 from mailaccess import passdb, passwords
 from mailaccess.models import (
     IDLE_EXPIRY,
-    Actor,
-    ActorKind,
     AppPassword,
-    AuditAction,
-    AuditEvent,
     BlockReason,
     ExternalAccess,
     Notice,
     NoticeKind,
     Protocol,
-    is_justification,
 )
 from mailaccess.sending_limits import in_good_standing, limits_lift_at
-from mailportal import metrics
-from mailportal.logging import Event
 
 logger = logging.getLogger("mailaccess.actions")
 
@@ -70,38 +67,6 @@ class AccessError(Exception):
 def _locked_access(mailbox: Mailbox) -> ExternalAccess:
     ExternalAccess.objects.get_or_create(mailbox=mailbox)
     return ExternalAccess.objects.select_for_update().get(mailbox=mailbox)
-
-
-def _audit(
-    mailbox: Mailbox,
-    action: str,
-    actor: Actor,
-    *,
-    reason: str = "",
-    ip: str | None = None,
-    detail: dict[str, Any] | None = None,
-    justification: str = "",
-) -> AuditEvent:
-    justification = justification.strip()
-    if actor.kind == ActorKind.SUPPORT and not is_justification(justification):
-        # The admin's form asks for it; this is the guard for every other caller.
-        raise ValueError("A support action needs a justification of 5 to 500 characters.")
-    fields: dict[str, Any] = {"mailbox": mailbox.address, "actor": f"{actor.kind}:{actor.label}"}
-    fields.update({"reason": reason or None, "ip": ip, **(detail or {})})
-    # The log line, like the mail and the notices, only for what was committed.
-    transaction.on_commit(lambda: logger.info(Event(f"access.{action}", fields)))
-    return AuditEvent.objects.create(
-        mailbox=mailbox,
-        address=mailbox.address,
-        action=action,
-        reason=reason,
-        actor_kind=actor.kind,
-        actor=actor.mailbox,
-        actor_label=actor.label,
-        ip=ip,
-        justification=justification,
-        detail=detail or {},
-    )
 
 
 def _access_changed(mailbox_id: int) -> None:
@@ -176,8 +141,8 @@ def enable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> s
     Notice.objects.filter(mailbox=mailbox, kind=NoticeKind.BLOCKED, read_at__isnull=True).update(
         read_at=now
     )
-    _audit(mailbox, AuditAction.ACCESS_ENABLED, actor, ip=ip)
-    _audit(
+    audit.record(mailbox, AuditAction.ACCESS_ENABLED, actor, ip=ip)
+    audit.record(
         mailbox,
         AuditAction.PASSWORD_CREATED,
         actor,
@@ -228,7 +193,7 @@ def create_app_password(
             code="cap",
         )
     app_password, text = _create_password(mailbox, label=label, protocols=protocols)
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.PASSWORD_CREATED,
         actor,
@@ -258,7 +223,7 @@ def revoke_app_password(
     if app_password is None:
         return False
     AppPassword.objects.filter(pk=app_password.pk).update(revoked_at=timezone.now())
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.PASSWORD_REVOKED,
         actor,
@@ -283,7 +248,7 @@ def disable_access(
     access.enabled = False
     access.disabled_at = now
     access.save()
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.ACCESS_DISABLED,
         actor,
@@ -323,7 +288,7 @@ def block_access(
     if reason == BlockReason.COMPROMISED:
         access.requires_password_change = True
     access.save()
-    event = _audit(
+    event = audit.record(
         mailbox,
         AuditAction.ACCESS_BLOCKED,
         actor,
@@ -397,7 +362,7 @@ def unblock_access(
     access.blocked_at = None
     access.requires_password_change = False
     access.save()
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.ACCESS_UNBLOCKED,
         actor,
@@ -417,26 +382,7 @@ def record_web_password_change(mailbox: Mailbox, *, actor: Actor, ip: str | None
         access.requires_password_change = False
         access.save(update_fields=["requires_password_change"])
         _access_changed(mailbox.pk)
-    _audit(mailbox, AuditAction.WEB_PASSWORD_CHANGED, actor, ip=ip)
-
-
-# Web-account events that change no access but belong in the owner's security trail.
-ACCOUNT_EVENTS = {
-    AuditAction.SIGNED_IN,
-    AuditAction.TWO_FACTOR_ENABLED,
-    AuditAction.TWO_FACTOR_DISABLED,
-    AuditAction.RECOVERY_CODES_CREATED,
-    AuditAction.RECOVERY_CODE_USED,
-}
-
-
-def record_account_event(
-    mailbox: Mailbox, action: AuditAction, *, actor: Actor, ip: str | None = None
-) -> AuditEvent:
-    """Audit a sign-in or a two-factor change (accounts.actions calls this)."""
-    if action not in ACCOUNT_EVENTS:
-        raise ValueError(f"{action} is an access change: use its own action.")
-    return _audit(mailbox, action, actor, ip=ip)
+    audit.record(mailbox, AuditAction.WEB_PASSWORD_CHANGED, actor, ip=ip)
 
 
 @transaction.atomic
@@ -466,7 +412,7 @@ def change_plan(
     detail = {"from": previous, "to": plan}
     if lift_at is not None:
         detail["sending_limits_lift_at"] = lift_at.isoformat()
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.PLAN_CHANGED,
         actor,
@@ -490,7 +436,7 @@ def lift_sending_limits(
     locked.sending_limits_lift_at = None
     locked.save(update_fields=["sending_limits_lift_at"])
     mailbox.sending_limits_lift_at = None
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.SENDING_LIMITS_LIFTED,
         actor,
@@ -512,7 +458,7 @@ def change_status(mailbox: Mailbox, status: Status, *, actor: Actor) -> bool:
     locked.status_changed_at = now
     locked.save(update_fields=["status", "status_changed_at"])
     mailbox.status, mailbox.status_changed_at = status, now
-    _audit(mailbox, AuditAction.STATUS_CHANGED, actor, detail={"to": status})
+    audit.record(mailbox, AuditAction.STATUS_CHANGED, actor, detail={"to": status})
     _access_changed(mailbox.pk)
     return True
 
@@ -580,38 +526,6 @@ def _locked_with_address(
     )
 
 
-def _system_audits(
-    rows: Sequence[tuple[int, str]],
-    action: str,
-    actor: Actor,
-    now: datetime,
-    *,
-    reason: str = "",
-    details: Sequence[dict[str, Any]],
-) -> list[AuditEvent]:
-    def log() -> None:
-        for (_mailbox_id, address), detail in zip(rows, details, strict=True):
-            fields = {"mailbox": address, "actor": f"{actor.kind}:{actor.label}"}
-            logger.info(Event(f"access.{action}", {**fields, "reason": reason or None, **detail}))
-
-    # One line per mailbox, as for a single action: support looks a mailbox up by its address.
-    transaction.on_commit(log)
-    return AuditEvent.objects.bulk_create(
-        AuditEvent(
-            mailbox_id=mailbox_id,
-            address=address,
-            action=action,
-            reason=reason,
-            actor_kind=actor.kind,
-            actor=actor.mailbox,
-            actor_label=actor.label,
-            detail=detail,
-            created_at=now,
-        )
-        for (mailbox_id, address), detail in zip(rows, details, strict=True)
-    )
-
-
 @transaction.atomic
 def block_access_many(
     accesses: QuerySet[ExternalAccess],
@@ -646,7 +560,7 @@ def block_access_many(
         disabled_at=Case(When(enabled=True, then=Value(now)), default=F("disabled_at")),
         **({"requires_password_change": True} if reason == BlockReason.COMPROMISED else {}),
     )
-    events = _system_audits(
+    events = audit.record_many(
         rows,
         AuditAction.ACCESS_BLOCKED,
         actor,
@@ -692,7 +606,7 @@ def warn_expiry_many(
     ids = [mailbox_id for mailbox_id, _address, _last in rows]
     now = timezone.now()
     ExternalAccess.objects.filter(pk__in=ids).update(expiry_warned_at=now)
-    _system_audits(
+    audit.record_many(
         [(mailbox_id, address) for mailbox_id, address, _last in rows],
         AuditAction.EXPIRY_WARNED,
         actor,
@@ -729,7 +643,7 @@ def mark_inactive_many(
     ids = [mailbox_id for mailbox_id, _address in rows]
     now = timezone.now()
     Mailbox.objects.filter(pk__in=ids).update(status=Status.INACTIVE, status_changed_at=now)
-    _system_audits(
+    audit.record_many(
         rows,
         AuditAction.STATUS_CHANGED,
         actor,
@@ -837,7 +751,7 @@ def end_password_not_me(
     password = alert.app_password
     revoked = AppPassword.objects.live().filter(pk=password.pk).update(revoked_at=now)
     Notice.objects.filter(pk=alert.notice_id, read_at__isnull=True).update(read_at=now)
-    _audit(
+    audit.record(
         mailbox,
         AuditAction.NOT_ME,
         actor,

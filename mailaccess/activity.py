@@ -38,6 +38,7 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import Mailbox
+from common.logging import log_event
 from mailaccess import actions
 from mailaccess.models import (
     ActivityKind,
@@ -49,7 +50,6 @@ from mailaccess.models import (
     Protocol,
     RefusalReason,
 )
-from mailportal.logging import log_event
 
 if TYPE_CHECKING:
     import redis

@@ -1,23 +1,21 @@
 """Read-only admin pages of the access models.
 
-Access, passwords, notices and the audit log change only through ``mailaccess.actions``
+Access, passwords and notices change only through ``mailaccess.actions``
 (the buttons on the mailbox page): here nobody, not even a superuser, adds, edits or deletes
 them. Password hashes and lookup keys are never shown.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from accounts.admin import CappedCountPaginator
-from accounts.models import normalize_address
+from accounts.admin import ReadOnlyAdmin
 from mailaccess.models import (
     AppPassword,
-    AuditEvent,
     ExternalAccess,
     NewProgramAlert,
     Notice,
@@ -27,73 +25,14 @@ from mailaccess.models import (
 
 # django-stubs makes ModelAdmin generic; Django's cannot be subscripted at run time.
 if TYPE_CHECKING:
-    AnyModelAdmin = admin.ModelAdmin[Any]
     SendingLimitModelAdmin = admin.ModelAdmin[SendingLimit]
 else:
-    AnyModelAdmin = SendingLimitModelAdmin = admin.ModelAdmin
-
-
-class ReadOnlyAdmin(AnyModelAdmin):
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
-    paginator = CappedCountPaginator
-    # Sorting by a column without an index would sort the whole table for one page.
-    sortable_by: ClassVar[tuple[str, ...]] = ()
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: Any, search_term: str
-    ) -> tuple[Any, bool]:
-        # The whole address, matched exactly through the mailbox's unique index: a
-        # "contains" search would read every row of a table this size.
-        term = normalize_address(search_term)
-        if not term:
-            return queryset, False
-        return queryset.filter(mailbox__address=term), False
+    SendingLimitModelAdmin = admin.ModelAdmin
 
 
 @admin.register(SendingLimit)
 class SendingLimitAdmin(SendingLimitModelAdmin):
     list_display = ["plan", "per_minute", "per_hour"]
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = [
-        "created_at",
-        "address",
-        "action",
-        "reason",
-        "actor_kind",
-        "actor_label",
-        "ip",
-        "justification",
-    ]
-    list_filter = ["action", "reason", "actor_kind"]
-    sortable_by = ("created_at",)
-    search_fields = ["mailbox__address"]
-    search_help_text = _("The whole mailbox address, e.g. 12345@inbox.lv")
-    fields = [
-        "created_at",
-        "address",
-        "mailbox",
-        "action",
-        "reason",
-        "actor_kind",
-        "actor",
-        "actor_label",
-        "ip",
-        "justification",
-        "detail",
-    ]
 
 
 @admin.register(ExternalAccess)

@@ -34,18 +34,15 @@ from django.utils.translation import gettext_lazy, ngettext, ngettext_lazy
 
 from accounts.models import Mailbox, Plan
 from accounts.throttling import client_ip
-from mailaccess import actions
-from mailaccess.models import (
+from audit.models import (
     JUSTIFICATION_MAX_LENGTH,
     JUSTIFICATION_MIN_LENGTH,
     Actor,
     AuditAction,
     AuditEvent,
-    BlockReason,
-    ExternalAccess,
-    Notice,
-    NoticeKind,
 )
+from mailaccess import actions
+from mailaccess.models import BlockReason, ExternalAccess, Notice, NoticeKind
 
 # A bulk action runs one locked transaction per mailbox: "select all 1,000,000" would hold a
 # request for hours. Larger sweeps are a job for a Celery task, not a click.

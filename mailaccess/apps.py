@@ -10,7 +10,7 @@ class MailaccessConfig(AppConfig):
         from django.db.models.signals import post_migrate, post_save
 
         from accounts.models import Mailbox
-        from mailaccess import actions, notices, passdb, tasks
+        from mailaccess import actions, passdb, tasks
         from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
@@ -33,5 +33,5 @@ class MailaccessConfig(AppConfig):
         if tasks.queue_end_sessions not in actions.sessions_ended_hooks:
             actions.sessions_ended_hooks.append(tasks.queue_end_sessions)
 
-        if notices.queue not in actions.notice_created_hooks:
-            actions.notice_created_hooks.append(notices.queue)
+        if tasks.queue_notices not in actions.notice_created_hooks:
+            actions.notice_created_hooks.append(tasks.queue_notices)

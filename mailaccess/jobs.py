@@ -25,10 +25,11 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Mailbox, Status
-from mailaccess import actions, activity, notices, sending_limits
-from mailaccess.models import Actor, AuditEvent, BlockReason, ExternalAccess, Notice
-from mailportal import metrics
-from mailportal.logging import log_event
+from audit.models import Actor, AuditEvent
+from common import metrics
+from common.logging import log_event
+from mailaccess import actions, activity, sending_limits
+from mailaccess.models import BlockReason, ExternalAccess, Notice
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,10 @@ def send_pending_notices(
     def queue(page: QuerySet[Notice]) -> list[int]:
         ids = list(page.values_list("pk", flat=True))
         if ids:
-            notices.queue(ids)
+            # Through the hook the notices mailer registered (tasks.queue_notices), as for a
+            # new notice: the tasks run these jobs, so this module does not import them.
+            for hook in actions.notice_created_hooks:
+                hook(ids)
         return ids
 
     [due] = _due_pending_notices(now)

@@ -1,13 +1,12 @@
 """Notices by e-mail: what the owner reads, in their language, and its delivery exactly once.
 
-``mailaccess.actions`` creates the Notice rows and announces them after commit; ``queue`` is
-registered for that (apps.py) and hands them to Celery, which calls ``send_notice``.
+``mailaccess.actions`` creates the Notice rows and announces them after commit;
+``tasks.queue_notices`` is registered for that (apps.py) and hands them to Celery, which calls
+``send_notice``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -19,37 +18,6 @@ from django.utils.translation import ngettext
 
 from mailaccess import actions
 from mailaccess.models import EXPIRY_WARNING_BEFORE, ExternalAccess, Notice, NoticeKind
-from mailportal.logging import log_event
-
-logger = logging.getLogger(__name__)
-
-# Notices per task: one SMTP connection serves them all, and a retry repeats few.
-NOTICES_PER_TASK = 100
-
-
-def queue(notice_ids: Sequence[int]) -> None:
-    """Queue the e-mails of new notices (runs after commit). Never raises.
-
-    Without a broker the task runs here and now (eager mode). If the broker cannot be
-    reached, the notices stay unsent and the ``send_pending_notices`` job queues them again:
-    the block itself has committed and must not fail because of its notice.
-    """
-    # Imported here: the tasks module imports the jobs, which import this module.
-    from mailaccess import tasks
-
-    for start in range(0, len(notice_ids), NOTICES_PER_TASK):
-        chunk = list(notice_ids[start : start + NOTICES_PER_TASK])
-        try:
-            tasks.send_notices.delay(chunk)
-        except Exception:
-            # The sweep job (send_pending_notices) queues them again.
-            log_event(
-                logger,
-                "notice.not_queued",
-                logging.ERROR,
-                exc_info=True,
-                notices=" ".join(map(str, chunk)),
-            )
 
 
 def send_notice(notice_id: int, *, connection: Any = None) -> bool:

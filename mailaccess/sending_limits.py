@@ -17,10 +17,11 @@ import redis
 from django.utils import timezone
 
 from accounts.models import Mailbox, Plan
+from audit.models import AuditAction, AuditEvent
+from common import metrics
+from common.logging import log_event
 from mailaccess import counters
-from mailaccess.models import AuditAction, AuditEvent, BlockReason, ExternalAccess, SendingLimit
-from mailportal import metrics
-from mailportal.logging import log_event
+from mailaccess.models import BlockReason, ExternalAccess, SendingLimit
 
 log = logging.getLogger(__name__)
 

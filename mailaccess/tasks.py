@@ -19,8 +19,8 @@ from django.core.mail import get_connection
 from django.db import InterfaceError, OperationalError, transaction
 
 from accounts.models import Mailbox
+from common.logging import log_event
 from mailaccess import jobs, notices, sessions
-from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,32 @@ def send_notices(notice_ids: list[int]) -> int:
                 # Permanent for this address: retrying the task would not help the others.
                 log_event(logger, "notice.refused", logging.WARNING, notice=notice_id)
     return sent
+
+
+# Notices per task: one SMTP connection serves them all, and a retry repeats few.
+NOTICES_PER_TASK = 100
+
+
+def queue_notices(notice_ids: Sequence[int]) -> None:
+    """Queue the e-mails of new notices (runs after commit). Never raises.
+
+    Without a broker the task runs here and now (eager mode). If the broker cannot be
+    reached, the notices stay unsent and the ``send_pending_notices`` job queues them again:
+    the block itself has committed and must not fail because of its notice.
+    """
+    for start in range(0, len(notice_ids), NOTICES_PER_TASK):
+        chunk = list(notice_ids[start : start + NOTICES_PER_TASK])
+        try:
+            send_notices.delay(chunk)
+        except Exception:
+            # The sweep job (send_pending_notices) queues them again.
+            log_event(
+                logger,
+                "notice.not_queued",
+                logging.ERROR,
+                exc_info=True,
+                notices=" ".join(map(str, chunk)),
+            )
 
 
 @shared_task(

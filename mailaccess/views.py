@@ -14,9 +14,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.models import Mailbox
 from accounts.sudo import require_sudo_mode
 from accounts.throttling import client_ip
+from audit.models import Actor
 from mailaccess import actions, activity, autoconfig, instructions, sending_limits
 from mailaccess.forms import AccessSwitchForm, DevicePasswordForm
-from mailaccess.models import Actor, AppPassword, ExternalAccess, Notice, NoticeKind
+from mailaccess.models import AppPassword, ExternalAccess, Notice, NoticeKind
 
 
 def _access_of(mailbox: Mailbox) -> ExternalAccess:

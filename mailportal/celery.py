@@ -24,7 +24,7 @@ def serve_metrics(**_: object) -> None:
     """
     from django.conf import settings
 
-    from mailportal import health_http
+    from common import health_http
 
     if settings.CELERY_METRICS_LISTEN:
         health_http.serve_in_thread(settings.CELERY_METRICS_LISTEN)

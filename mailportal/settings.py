@@ -117,12 +117,13 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "accounts",
+    "audit",
     "mailaccess",
 ]
 
 MIDDLEWARE = [
     # /healthz, /readyz and /metrics answer before the HTTPS redirect and the host check.
-    "mailportal.health.health_middleware",
+    "common.health.health_middleware",
     "django.middleware.security.SecurityMiddleware",
     "mailportal.middleware.content_security_policy_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -318,11 +319,11 @@ OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Inbox")
 # Support staff may remove a lost authenticator in the admin, but never see its key or QR code.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
-# One key=value line per decision or action, never a secret (mailportal/logging.py).
+# One key=value line per decision or action, never a secret (common/logging.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"kv": {"()": "mailportal.logging.KeyValueFormatter"}},
+    "formatters": {"kv": {"()": "common.logging.KeyValueFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
@@ -480,7 +481,7 @@ NOTICE_RETENTION_DAYS = envint("NOTICE_RETENTION_DAYS", 365)
 # that its row locks are held for well under a second.
 JOB_BATCH_SIZE = envint("JOB_BATCH_SIZE", 1000)
 
-# Operations (mailportal/health.py, mailportal/metrics.py). Readiness gives each of PostgreSQL
+# Operations (common/health.py, common/metrics.py). Readiness gives each of PostgreSQL
 # and Redis this many seconds: a load balancer's probe must finish well inside its interval.
 HEALTH_CHECK_TIMEOUT = float(os.environ.get("HEALTH_CHECK_TIMEOUT", "1.0"))
 # Prometheus sends it as "Authorization: Bearer <token>" to every /metrics; empty: no scraping.

@@ -894,8 +894,8 @@ def new_sender(smtp_policy_daemon: Any) -> Iterator[Callable[..., Any]]:
 
 def switch_on(mailbox: Any) -> str:
     """The owner switches access on; the mail-program password it shows."""
+    from audit.models import Actor
     from mailaccess import actions
-    from mailaccess.models import Actor
 
     app_password = actions.enable_access(mailbox, actor=Actor.user(mailbox))
     assert app_password is not None

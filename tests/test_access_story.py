@@ -10,8 +10,9 @@ import redis
 from django.core.management import CommandError, call_command
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditEvent
 from mailaccess import actions, counters
-from mailaccess.models import Actor, AppPassword, AuditEvent, BlockReason, Protocol
+from mailaccess.models import AppPassword, BlockReason, Protocol
 from tests.policy_client import closed_port, login
 
 

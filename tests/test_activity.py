@@ -15,14 +15,12 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, activity, jobs
 from mailaccess.activity import Event, alert_due, is_new_program
 from mailaccess.models import (
     ActivityKind,
-    Actor,
     AppPassword,
-    AuditAction,
-    AuditEvent,
     NewProgramAlert,
     Notice,
     NoticeKind,

@@ -7,17 +7,9 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox, Plan
+from audit.models import Actor, ActorKind, AuditAction, AuditEvent
 from mailaccess import actions
-from mailaccess.models import (
-    Actor,
-    ActorKind,
-    AppPassword,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-    ExternalAccess,
-    Notice,
-)
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice
 from tests.conftest import csrf_post
 from tests.otp import verified_client
 
@@ -374,23 +366,19 @@ def test_the_audit_log_is_read_only_even_for_a_superuser(
     superuser_client: Client, alice: Mailbox, alice_on: str
 ) -> None:
     event = last_event(alice)
+    assert superuser_client.get(reverse("admin:audit_auditevent_changelist")).status_code == 200
+    assert superuser_client.get(reverse("admin:audit_auditevent_add")).status_code == 403
     assert (
-        superuser_client.get(reverse("admin:mailaccess_auditevent_changelist")).status_code == 200
-    )
-    assert superuser_client.get(reverse("admin:mailaccess_auditevent_add")).status_code == 403
-    assert (
-        superuser_client.get(
-            reverse("admin:mailaccess_auditevent_delete", args=[event.pk])
-        ).status_code
+        superuser_client.get(reverse("admin:audit_auditevent_delete", args=[event.pk])).status_code
         == 403
     )
-    change = reverse("admin:mailaccess_auditevent_change", args=[event.pk])
+    change = reverse("admin:audit_auditevent_change", args=[event.pk])
     assert superuser_client.get(change).status_code == 200
     response = csrf_post(superuser_client, change, {"address": "mallory@inbox.lv"})
     assert response.status_code == 403
     response = csrf_post(
         superuser_client,
-        reverse("admin:mailaccess_auditevent_changelist"),
+        reverse("admin:audit_auditevent_changelist"),
         {"action": "delete_selected", ACTION_CHECKBOX_NAME: [str(event.pk)], "post": "yes"},
     )
     assert AuditEvent.objects.filter(pk=event.pk, address="alice@inbox.lv").exists()
@@ -400,8 +388,8 @@ def test_support_reads_the_audit_log_but_cannot_delete_it(
     staff_client: Client, alice: Mailbox, alice_on: str
 ) -> None:
     event = last_event(alice)
-    assert staff_client.get(reverse("admin:mailaccess_auditevent_changelist")).status_code == 200
-    delete = reverse("admin:mailaccess_auditevent_delete", args=[event.pk])
+    assert staff_client.get(reverse("admin:audit_auditevent_changelist")).status_code == 200
+    delete = reverse("admin:audit_auditevent_delete", args=[event.pk])
     assert csrf_post(staff_client, delete, {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
 

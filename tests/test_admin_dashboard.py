@@ -11,8 +11,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, BlockReason, Notice
+from mailaccess.models import BlockReason, Notice
 from tests.otp import verified_client
 
 URL = reverse("admin:support_dashboard")

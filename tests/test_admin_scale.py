@@ -16,16 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Mailbox, Plan
-from mailaccess.models import (
-    ActorKind,
-    AppPassword,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-    ExternalAccess,
-    Notice,
-    NoticeKind,
-)
+from audit.models import ActorKind, AuditAction, AuditEvent
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice, NoticeKind
 from tests.otp import verified_client
 
 CHANGELIST = reverse("admin:accounts_mailbox_changelist")

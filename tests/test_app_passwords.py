@@ -14,15 +14,9 @@ from django.utils import translation
 from django.utils.translation import gettext, ngettext
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, passwords
-from mailaccess.models import (
-    Actor,
-    AppPassword,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-    Protocol,
-)
+from mailaccess.models import AppPassword, BlockReason, Protocol
 from tests.otp import verified_client
 
 PANEL = "mailaccess:mail_programs"

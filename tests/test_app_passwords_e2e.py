@@ -20,8 +20,9 @@ from django.utils import translation
 from django.utils.translation import gettext
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, AppPassword
+from mailaccess.models import AppPassword
 from tests.conftest import signed_in_client
 from tests.mailservers import (
     IMAP4SSLFrom,

@@ -15,6 +15,7 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions, passwords
 from mailaccess.mailserver import auth_policy_store
 from mailaccess.mailserver import state as state_cache
@@ -30,7 +31,7 @@ from mailaccess.mailserver.auth_policy import (
     decide_allow,
     parse_login_request,
 )
-from mailaccess.models import Actor, AppPassword, ExternalAccess, Protocol
+from mailaccess.models import AppPassword, ExternalAccess, Protocol
 from tests.conftest import needs_redis
 from tests.policy_client import START, Dovecot
 

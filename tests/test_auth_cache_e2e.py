@@ -20,8 +20,9 @@ import pytest
 from django.db import connection
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, AppPassword, BlockReason
+from mailaccess.models import AppPassword, BlockReason
 from tests.mailservers import (
     MailServers,
     PolicyServer,

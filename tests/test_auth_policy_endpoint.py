@@ -15,12 +15,13 @@ import pytest
 import redis
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions, counters
 from mailaccess.mailserver import state
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
-from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, Notice
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice
 from tests.conftest import needs_redis
 from tests.mailservers import PrivateRedis
 from tests.policy_client import API_KEY, START, Dovecot

@@ -24,8 +24,8 @@ import psycopg
 import pytest
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor
 from tests.conftest import REDIS_URL_FOR_TESTS, needs_redis, wait_until
 from tests.mailservers import (
     REPO,

@@ -28,8 +28,9 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, BlockReason, ExternalAccess, Notice
+from mailaccess.models import BlockReason, ExternalAccess, Notice
 from tests.conftest import redis_url_for_tests, wait_until
 from tests.mailservers import IMAP4SSLFrom, free_port
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import formats, timezone, translation
 
-from mailportal import dates
+from common import dates
 
 # 08:44 in Riga on 3 December 2026.
 MOMENT = datetime(2026, 12, 3, 6, 44, tzinfo=UTC)

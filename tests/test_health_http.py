@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mailportal import health
-from mailportal.health_http import parse_listen, serve, serve_in_thread
+from common import health
+from common.health_http import parse_listen, serve, serve_in_thread
 from tests.policy_client import closed_port
 
 

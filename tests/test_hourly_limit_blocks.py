@@ -10,8 +10,9 @@ import time_machine
 from django.test import override_settings
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason, ExternalAccess
+from mailaccess.models import BlockReason, ExternalAccess
 
 pytestmark = pytest.mark.django_db
 

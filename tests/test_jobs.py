@@ -10,18 +10,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Mailbox, Status
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, jobs
-from mailaccess.models import (
-    Actor,
-    AppPassword,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-    ExternalAccess,
-    Notice,
-    NoticeKind,
-    Protocol,
-)
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, Notice, NoticeKind, Protocol
 
 T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

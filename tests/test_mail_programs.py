@@ -7,15 +7,9 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, passwords
-from mailaccess.models import (
-    Actor,
-    AppPassword,
-    AuditAction,
-    AuditEvent,
-    BlockReason,
-    ExternalAccess,
-)
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess
 from tests.conftest import ALICE_PASSWORD, csrf_post
 
 URL = reverse("mailaccess:mail_programs")

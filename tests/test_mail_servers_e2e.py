@@ -24,10 +24,10 @@ from django.urls import reverse
 from django.utils import timezone, translation
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions, passdb, passwords
 from mailaccess.models import (
     ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
     AppPassword,
     BlockReason,
     ExternalAccess,

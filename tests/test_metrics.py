@@ -10,9 +10,10 @@ from django.db import transaction
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from accounts.models import Mailbox
+from audit.models import Actor
+from common.metrics import BatchedHistogram
 from mailaccess import actions
-from mailaccess.models import Actor, BlockReason
-from mailportal.metrics import BatchedHistogram
+from mailaccess.models import BlockReason
 from tests.policy_client import login
 from tests.policy_daemon import RunningDaemon
 

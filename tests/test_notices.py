@@ -14,8 +14,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions, jobs, notices, tasks
-from mailaccess.models import Actor, BlockReason, Notice, NoticeKind
+from mailaccess.models import BlockReason, Notice, NoticeKind
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PANEL = reverse("mailaccess:mail_programs")

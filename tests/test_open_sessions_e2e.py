@@ -22,15 +22,10 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
 from mailaccess.mailserver.postfix_policy import reply_text
-from mailaccess.models import (
-    ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
-    AppPassword,
-    BlockReason,
-    ExternalAccess,
-)
+from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, AppPassword, BlockReason, ExternalAccess
 from tests.conftest import wait_until
 from tests.mailservers import (
     IMAP4SSLFrom,

@@ -8,8 +8,8 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import Mailbox
+from common.logging import KeyValueFormatter, log_event
 from mailaccess.models import AppPassword
-from mailportal.logging import KeyValueFormatter, log_event
 from tests.conftest import csrf_post, signed_in_client
 from tests.policy_client import API_KEY, SESSION_ID, login
 

@@ -17,12 +17,12 @@ from django.urls import reverse
 from django.utils import translation
 
 from accounts.models import Mailbox, Status
+from audit.models import Actor
 from mailaccess import actions
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_decision import over_hour_reply, over_minute_reply
 from mailaccess.models import (
     ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
     AppPassword,
     BlockReason,
     ExternalAccess,

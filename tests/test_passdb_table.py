@@ -22,8 +22,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Mailbox, Status
+from audit.models import Actor
 from mailaccess import actions, passdb
-from mailaccess.models import Actor, AppPassword, BlockReason, ExternalAccess, ServerMessage
+from mailaccess.models import AppPassword, BlockReason, ExternalAccess, ServerMessage
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -25,6 +25,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.logging import format_value
 from mailaccess.mailserver.auth_policy import (
     Command,
     LoginLimits,
@@ -38,7 +39,6 @@ from mailaccess.mailserver.postfix_policy import (
     ProtocolError,
     RequestParser,
 )
-from mailportal.logging import format_value
 
 FUZZ = settings(
     max_examples=300,

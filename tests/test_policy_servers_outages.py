@@ -261,8 +261,8 @@ def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
 def test_a_redis_restart_keeps_the_sending_counts_and_the_guessing_lock(
     durable_redis: DurableRedis, settings: Any, alice: Mailbox, how: str
 ) -> None:
+    from audit.models import Actor
     from mailaccess import actions, counters
-    from mailaccess.models import Actor
     from tests.policy_client import API_KEY
     from tests.policy_client import login as dovecot_login
     from tests.policy_daemon import RunningDaemon

@@ -22,8 +22,9 @@ import pytest
 from django.utils import translation
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, Actor, BlockReason
+from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, BlockReason
 from tests.mailservers import MailServers, imap_error_text, imap_login, pop3_login, smtp_send
 from tests.test_mail_servers_e2e import new_mailbox, switch_on
 

@@ -11,7 +11,8 @@ from django.core.management import call_command
 from prometheus_client import REGISTRY
 
 from accounts.models import Mailbox, Status
-from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice
+from audit.models import AuditEvent
+from mailaccess.models import AppPassword, ExternalAccess, Notice
 from tests.test_jobs import T0, make_due_mailboxes
 
 LATER = T0 + relativedelta(months=3)

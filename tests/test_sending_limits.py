@@ -9,9 +9,10 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox, Plan
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, sending_limits
 from mailaccess.mailserver import sending_counters
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.models import BlockReason
 from mailaccess.sending_limits import RIGA, end_of_working_days
 
 URL = reverse("mailaccess:mail_programs")

@@ -2,8 +2,8 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox, Status
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions
-from mailaccess.models import Actor, AuditAction, AuditEvent
 from tests.conftest import ALICE_PASSWORD, csrf_post
 
 URL = reverse("accounts:login")

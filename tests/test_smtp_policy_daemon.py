@@ -17,16 +17,14 @@ import time_machine
 from django.utils import translation
 
 from accounts.models import Mailbox, Plan
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, counters
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_policy import now_ms
 from mailaccess.models import (
     ACCESS_OFF_SERVER_MESSAGE,
-    Actor,
     AppPassword,
-    AuditAction,
-    AuditEvent,
     BlockReason,
     ExternalAccess,
     Notice,

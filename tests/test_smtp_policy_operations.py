@@ -17,8 +17,8 @@ from django.conf import settings
 from prometheus_client import REGISTRY
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor
 from tests.conftest import redis_url_for_tests
 from tests.mailservers import free_port
 from tests.policy_daemon import RunningDaemon

@@ -18,10 +18,10 @@ import time_machine
 from django.conf import settings
 
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.smtp_policy import now_ms
-from mailaccess.models import Actor
 from tests.mailservers import PrivateRedis, free_port
 from tests.policy_daemon import PolicyClient, RunningDaemon
 

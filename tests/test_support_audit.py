@@ -16,8 +16,9 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Mailbox, Plan
+from audit.models import Actor, AuditAction, AuditEvent
 from mailaccess import actions, counters
-from mailaccess.models import Actor, AuditAction, AuditEvent, BlockReason
+from mailaccess.models import BlockReason
 from tests import test_admin
 from tests.conftest import csrf_post
 from tests.policy_client import closed_port
@@ -164,7 +165,7 @@ def test_the_audit_trail_shows_where_from_and_why(
         REMOTE_ADDR=STAFF_ADDRESS,
     )
     mailbox_page = staff_client.get(change_url(alice)).content.decode()
-    audit_log = staff_client.get(reverse("admin:mailaccess_auditevent_changelist"))
+    audit_log = staff_client.get(reverse("admin:audit_auditevent_changelist"))
     for page in (mailbox_page, audit_log.content.decode()):
         assert STAFF_ADDRESS in page
         assert "Spam complaint &lt;b&gt;#12&lt;/b&gt;" in page

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import Mailbox, RecoveryCode
-from mailaccess.models import AuditAction, AuditEvent
+from audit.models import AuditAction, AuditEvent
 from tests.conftest import ALICE_PASSWORD, csrf_post
 from tests.otp import (
     current_code,

@@ -6,8 +6,9 @@ from django.urls import reverse
 
 from accounts import throttling
 from accounts.models import Mailbox
+from audit.models import Actor
 from mailaccess import actions
-from mailaccess.models import Actor, BlockReason, ExternalAccess
+from mailaccess.models import BlockReason, ExternalAccess
 from tests.conftest import ALICE_PASSWORD, csrf_post, signed_in_client
 
 URL = reverse("accounts:change_password")

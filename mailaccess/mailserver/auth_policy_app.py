@@ -35,6 +35,9 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from accounts.models import Mailbox
+from audit.models import Actor
+from common import health, metrics
+from common.logging import Throttle, log_event, short_id
 from mailaccess import actions, activity
 from mailaccess.mailserver import auth_policy
 from mailaccess.mailserver import state as state_cache
@@ -47,9 +50,7 @@ from mailaccess.mailserver.auth_policy import (
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
-from mailaccess.models import Actor, BlockReason
-from mailportal import health, metrics
-from mailportal.logging import Throttle, log_event, short_id
+from mailaccess.models import BlockReason
 
 logger = logging.getLogger("mailaccess.auth_policy")
 # Every answer is one log line, but a plain "allow" at DEBUG: at thousands of logins a second

@@ -35,9 +35,9 @@ from typing import Any
 
 import httptools
 
+from common.logging import Throttle, log_event
 from mailaccess.mailserver.auth_policy import MAX_BODY_BYTES
 from mailaccess.mailserver.auth_policy_app import OK_ALLOWED, AuthPolicyApp, Response
-from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger("mailaccess.auth_policy")
 

@@ -27,6 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+from common import metrics
+from common.health_http import parse_listen
+from common.logging import Throttle, log_event
 from mailaccess.mailserver import bounce_tags
 from mailaccess.mailserver.postfix_policy import (
     PostfixRequest,
@@ -35,12 +38,9 @@ from mailaccess.mailserver.postfix_policy import (
     format_reply,
 )
 from mailaccess.mailserver.smtp_policy import SmtpPolicy, now_ms
-from mailportal import metrics
-from mailportal.health_http import parse_listen
-from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
-# Label values are a closed set whatever a client sends (see mailportal/metrics.py).
+# Label values are a closed set whatever a client sends (see common/metrics.py).
 STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "end-of-message", "vrfy", "etrn"})
 RESULTS = frozenset({"dunno", "ok", "defer_if_permit", "defer", "reject", "hold", "discard"})
 

@@ -66,6 +66,9 @@ from django.db import close_old_connections
 from redis import asyncio as aioredis
 
 from accounts.models import Mailbox
+from audit.models import Actor
+from common import metrics
+from common.logging import Throttle, log_event
 from mailaccess import actions
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import PostfixRequest
@@ -85,10 +88,8 @@ from mailaccess.mailserver.smtp_decision import (
     what_to_check,
 )
 from mailaccess.mailserver.state import ACCESS_CHANNEL
-from mailaccess.models import Actor, BlockReason
+from mailaccess.models import BlockReason
 from mailaccess.sending_limits import Limits, plan_limits
-from mailportal import metrics
-from mailportal.logging import Throttle, log_event
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ import redis
 from django.db import close_old_connections
 
 from accounts.models import Mailbox, normalize_address
+from common import metrics
+from common.logging import log_event
 from mailaccess import passwords
 from mailaccess.counters import generation_key, state_key, sync_client
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
 from mailaccess.models import AppPassword, Protocol
-from mailportal import metrics
-from mailportal.logging import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""``{{ moment|ago }}``: "pirms 2 minūtēm", in the active language (see mailportal/dates.py)."""
+"""``{{ moment|ago }}``: "pirms 2 minūtēm", in the active language (see common/dates.py)."""
 
 from datetime import datetime
 
 from django import template
 
-from mailportal.dates import time_ago
+from common.dates import time_ago
 
 register = template.Library()
 

@@ -225,8 +225,9 @@ def test_on_a_phone_the_header_takes_two_rows_and_buttons_keep_their_border(
 def test_a_stolen_password_is_one_box_with_its_button(
     browse: Callable[..., Browsing], alice: Mailbox, viewport: str
 ) -> None:
+    from audit.models import Actor
     from mailaccess import actions
-    from mailaccess.models import Actor, BlockReason
+    from mailaccess.models import BlockReason
 
     actions.enable_access(alice, actor=Actor.user(alice))
     actions.block_access(alice, BlockReason.COMPROMISED, actor=Actor.system("test"))

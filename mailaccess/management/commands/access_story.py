@@ -23,8 +23,9 @@ from django.core.management.base import (
 from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
+from audit.models import AuditEvent
 from mailaccess import counters
-from mailaccess.models import AppPassword, AuditEvent, ExternalAccess, Notice, Protocol
+from mailaccess.models import AppPassword, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
 
 

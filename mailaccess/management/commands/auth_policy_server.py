@@ -10,11 +10,11 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from common.health_http import parse_listen
 from mailaccess.mailserver.auth_policy_app import AuthPolicyApp
 from mailaccess.mailserver.auth_policy_http import AuthPolicyHttpServer
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_pipeline import parse_url
-from mailportal.health_http import parse_listen
 
 
 class Command(BaseCommand):

@@ -13,12 +13,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis import RedisError
 
+from common import health, health_http, metrics
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, parse_url
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
-from mailportal import health, health_http, metrics
 
 
 async def readiness(

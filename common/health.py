@@ -5,7 +5,7 @@
 - ``/readyz``: PostgreSQL answers ``SELECT 1`` and Redis answers ``PING``, each within
   ``HEALTH_CHECK_TIMEOUT`` seconds; 503 otherwise, naming the failed check (never a URL, which
   may carry a password). On the embedded default (no ``REDIS_URL``) Redis is not required.
-- ``/metrics``: Prometheus, with the bearer token ``METRICS_TOKEN`` (``mailportal/metrics.py``).
+- ``/metrics``: Prometheus, with the bearer token ``METRICS_TOKEN`` (``common/metrics.py``).
 
 Served by a middleware at the top of the stack: before the HTTPS redirect (the load balancer
 and systemd probe plain HTTP on loopback), before the host check (they ask for 127.0.0.1,
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 
-from mailportal import metrics
+from common import metrics
 
 Checks = dict[str, str]
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mailportal import health, metrics
+from common import health, metrics
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 MAX_HEAD_BYTES = 8192

@@ -1,0 +1,72 @@
+"""The audit log moved from mailaccess to the audit app without touching its table or rows.
+
+Run on SQLite and on PostgreSQL (with DATABASE_URL): a database migrated before the move, with
+audit rows, is migrated across it; the rows, their mailbox links and support's permission to
+read them come along, and the way back works too.
+"""
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+import accounts.models
+from audit.models import AuditEvent
+from mailaccess.models import BlockReason
+
+BEFORE = [("mailaccess", "0014_password_activity"), ("audit", None)]
+AFTER = [
+    ("mailaccess", "0015_auditevent_moved_to_audit"),
+    ("audit", "0002_alter_auditevent_action"),
+]
+
+
+def migrate(targets: list[tuple[str, Any]]) -> Any:
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    # The state of the nodes named (audit's "none at all" names no node).
+    return executor.loader.project_state([t for t in targets if t[1] is not None]).apps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_rows_survive_the_move_and_back() -> None:
+    old = migrate(BEFORE)
+    Mailbox = old.get_model("accounts", "Mailbox")
+    OldEvent = old.get_model("mailaccess", "AuditEvent")
+    alice = Mailbox.objects.create(address="alice@inbox.lv", password="!")
+    staff = Mailbox.objects.create(address="staff@inbox.lv", password="!")
+    OldEvent.objects.create(
+        mailbox=alice,
+        address=alice.address,
+        action="access_blocked",
+        reason="compromised",
+        actor_kind="support",
+        actor=staff,
+        actor_label=staff.address,
+        justification="Spam reported by three recipients",
+    )
+
+    migrate(AFTER)
+    # The real model, as the code now uses it: same table, same row, same links.
+    event = AuditEvent.objects.get()
+    assert (event.mailbox_id, event.actor_id) == (alice.pk, staff.pk)
+    assert event.get_reason_display() == BlockReason.COMPROMISED.label
+    assert AuditEvent._meta.db_table == "mailaccess_auditevent"
+    # The mailbox's link still holds the row back: deleting it empties the link, not the row.
+    accounts.models.Mailbox.objects.filter(pk=alice.pk).delete()
+    assert AuditEvent.objects.get().mailbox_id is None
+    # Support's read permission moved with the model's content type.
+    support = Group.objects.get(name="support")
+    assert support.permissions.filter(
+        content_type__app_label="audit", codename="view_auditevent"
+    ).exists()
+
+    back = migrate(BEFORE)
+    assert back.get_model("mailaccess", "AuditEvent").objects.count() == 1
+    assert support.permissions.filter(
+        content_type__app_label="mailaccess", codename="view_auditevent"
+    ).exists()
+    migrate(AFTER)
