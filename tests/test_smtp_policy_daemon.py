@@ -434,8 +434,12 @@ def test_bounces_of_messages_a_mailbox_really_sent_block_it_as_compromised(
     ("on_redis_error", "expected"), [("dunno", "DUNNO"), ("defer", "DEFER_IF_PERMIT ")]
 )
 def test_without_redis_mail_goes_through_or_is_deferred_as_configured(
-    alice: Mailbox, test_redis: str, on_redis_error: str, expected: str, caplog
-) -> None:  # type: ignore[no-untyped-def]
+    alice: Mailbox,
+    test_redis: str,
+    on_redis_error: str,
+    expected: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     closed_port = "redis://127.0.0.1:21999/0"
     with (
         RunningDaemon(closed_port, on_redis_error=on_redis_error) as daemon,
