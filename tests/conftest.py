@@ -221,7 +221,7 @@ def policy(settings: Any, transactional_db: None) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_db(policy: str) -> Iterator[redis.Redis[str]]:
+def redis_db(policy: str) -> Iterator[redis.Redis]:
     """A client of the policy's Redis that reads strings."""
     client = redis.Redis.from_url(policy, decode_responses=True)
     yield client
