@@ -4,6 +4,8 @@ REQUIRE_E2E=1 (set by .ci/run) turns every skip into a failure: on CI a missing 
 broken build, not a quiet pass.
 """
 
+from __future__ import annotations
+
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,9 @@ from accounts import sudo
 from accounts.models import Mailbox, Plan
 
 if TYPE_CHECKING:
+    # What Django's test client returns: a stub-only class (the response with .json(), .context).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
     from tests.policy_client import Dovecot
 
 # Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py).
@@ -151,7 +156,9 @@ def bob_client(bob: Mailbox) -> Client:
     return signed_in_client(bob)
 
 
-def csrf_post(client: Client, url: str, data: dict[str, str] | None = None, **extra: str):  # type: ignore[no-untyped-def]
+def csrf_post(
+    client: Client, url: str, data: dict[str, str] | None = None, **extra: Any
+) -> TestResponse:
     """POST like a browser: fetch the page for its CSRF cookie, then send the token back."""
     client.get(url)
     token = client.cookies["csrftoken"].value
@@ -214,7 +221,7 @@ def policy(settings: Any, transactional_db: None) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_db(policy: str) -> Iterator["redis.Redis[str]"]:
+def redis_db(policy: str) -> Iterator[redis.Redis]:
     """A client of the policy's Redis that reads strings."""
     client = redis.Redis.from_url(policy, decode_responses=True)
     yield client
@@ -222,7 +229,7 @@ def redis_db(policy: str) -> Iterator["redis.Redis[str]"]:
 
 
 @pytest.fixture
-def dovecot(policy: str) -> "Dovecot":
+def dovecot(policy: str) -> Dovecot:
     """Dovecot's auth process, speaking to the auth-policy app in-process."""
     from tests.policy_client import Dovecot
 

@@ -686,19 +686,21 @@ class IMAP4SSLFrom(imaplib.IMAP4_SSL):
         sock = socket.create_connection(
             (self.host, self.port), timeout, source_address=(self._source, 0)
         )
-        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+        context: ssl.SSLContext = self.ssl_context
+        return context.wrap_socket(sock, server_hostname=self.host)
 
 
 class POP3SSLFrom(poplib.POP3_SSL):
     def __init__(self, host: str, port: int, *, source: str, context: ssl.SSLContext):
         self._source = source
+        self._context = context
         super().__init__(host, port, context=context, timeout=30)
 
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = socket.create_connection(
             (self.host, self.port), timeout, source_address=(self._source, 0)
         )
-        return self.context.wrap_socket(sock, server_hostname=self.host)
+        return self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def imap_login(
@@ -802,7 +804,8 @@ def imap_error_text(error: BaseException) -> str:
     match = re.search(r"\[(b(['\"]).*\2)\]", str(error))
     if match is None:
         return str(error)
-    return ast.literal_eval(match.group(1)).decode("utf-8", "replace")
+    quoted: bytes = ast.literal_eval(match.group(1))
+    return quoted.decode("utf-8", "replace")
 
 
 def curl(

@@ -81,7 +81,7 @@ class RunningDaemon:
         self._ready.set()
         await self.server.wait_stopped()
         await self.policy.stop_following()
-        await client.close()
+        await client.aclose()
         # Closes the threads' database connections: the test database can then be dropped.
         executor.shutdown(wait=True)
 

@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from pytest_django import DjangoAssertNumQueries
 
 from accounts.models import Mailbox
 from audit.models import Actor
@@ -79,7 +80,7 @@ def test_the_dashboard_is_linked_from_the_mailbox_list(staff_client: Client) -> 
 
 
 def test_the_dashboard_stays_within_a_few_queries(
-    staff_client: Client, alice: Mailbox, django_assert_max_num_queries
+    staff_client: Client, alice: Mailbox, django_assert_max_num_queries: DjangoAssertNumQueries
 ) -> None:
     for reason in (BlockReason.HOURLY_LIMIT, BlockReason.SUPPORT, BlockReason.IDLE):
         actions.block_access(alice, reason, actor=Actor.system("test"))

@@ -14,6 +14,7 @@ from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from pytest_django import DjangoAssertNumQueries
 
 from accounts.models import Mailbox, Plan
 from audit.models import ActorKind, AuditAction, AuditEvent
@@ -97,7 +98,7 @@ def test_the_changelist_makes_as_many_queries_for_fifty_rows_as_for_one(
 
 
 def test_the_changelist_with_many_rows_stays_within_a_few_queries(
-    staff_client: Client, django_assert_max_num_queries
+    staff_client: Client, django_assert_max_num_queries: DjangoAssertNumQueries
 ) -> None:
     make_mailboxes(120)
     # Six for the page, one for the session's authenticator (the admin's second factor).
@@ -128,7 +129,7 @@ def test_beyond_the_count_limit_the_page_says_more_than(
 
 
 def test_the_mailbox_page_with_a_long_history_stays_within_a_few_queries(
-    staff_client: Client, django_assert_max_num_queries
+    staff_client: Client, django_assert_max_num_queries: DjangoAssertNumQueries
 ) -> None:
     (mailbox,) = make_mailboxes(1)
     AppPassword.objects.bulk_create(

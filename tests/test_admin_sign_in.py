@@ -55,7 +55,7 @@ def assert_no_admin_page_opens(client: Client, mailbox: Mailbox) -> None:
         assert response["Location"].startswith(ADMIN_LOGIN), page
 
 
-def admin_form_sign_in(client: Client, address: str, password: str, **extra: str) -> Any:
+def admin_form_sign_in(client: Client, address: str, password: str, **extra: Any) -> Any:
     """What the stock admin's sign-in form posts (``username``), with the panel's field too."""
     client.get(reverse("accounts:login"))  # for the CSRF cookie
     data = {

@@ -61,7 +61,7 @@ def test_audit_rows_survive_the_move_and_back() -> None:
     # The real model, as the code now uses it: same table, same row, same links.
     event = AuditEvent.objects.get()
     assert (event.mailbox_id, event.actor_id) == (alice.pk, staff.pk)
-    assert event.get_reason_display() == BlockReason.COMPROMISED.label
+    assert event.get_reason_display() == str(BlockReason.COMPROMISED.label)
     assert AuditEvent._meta.db_table == "mailaccess_auditevent"
     # The mailbox's link still holds the row back: deleting it empties the link, not the row.
     accounts.models.Mailbox.objects.filter(pk=alice.pk).delete()

@@ -55,7 +55,7 @@ FORM_OF_COUNT = {
     "en": {0: 1, 1: 0, 2: 1, 10: 1, 11: 1, 21: 1},
 }
 
-PHRASES = {
+PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "lv": {
         dates.MINUTE: ("pirms {n} minūtes", "pirms {n} minūtēm"),
         dates.HOUR: ("pirms {n} stundas", "pirms {n} stundām"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
+from pytest_django import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,7 +181,7 @@ def test_https_responses_carry_hsts_frame_denial_and_referrer_policy(db: None) -
     assert response["X-Content-Type-Options"] == "nosniff"
 
 
-def test_plain_http_is_sent_to_https_in_production(db: None, settings) -> None:  # type: ignore[no-untyped-def]
+def test_plain_http_is_sent_to_https_in_production(db: None, settings: Settings) -> None:
     settings.SECURE_SSL_REDIRECT = True
     response = Client().get(reverse("accounts:login"))
     assert response.status_code == 301

@@ -168,8 +168,8 @@ def test_a_redelivered_task_sends_nothing_twice(
     assert len(mail.outbox) == 1
 
     # acks_late: a worker that dies after sending gets the same task delivered again.
-    tasks.send_notices.apply(args=[[notice.pk]])
-    tasks.send_notices.apply(args=[[notice.pk]])
+    tasks.send_notices.apply(args=([notice.pk],))
+    tasks.send_notices.apply(args=([notice.pk],))
     assert len(mail.outbox) == 1
 
 
@@ -186,7 +186,7 @@ def test_a_task_retried_after_an_smtp_failure_sends_each_notice_exactly_once(
 
     # alice's goes out, bob's fails, the task is retried (eagerly here, with back-off on a
     # worker) and the retry must send bob's only.
-    result = tasks.send_notices.apply(args=[ids])
+    result = tasks.send_notices.apply(args=(ids,))
 
     assert result.successful()
     assert sorted(message.to[0] for message in mail.outbox) == ["alice@inbox.lv", "bob@mail.ee"]

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polib
+import polib  # type: ignore[import-untyped]  # polib ships no type hints
 import pytest
 import time_machine
 from django.conf import settings
@@ -97,7 +97,7 @@ def catalogue(language: str) -> polib.POFile:
 
 
 def latvian_texts() -> list[str]:
-    texts = []
+    texts: list[str] = []
     for entry in catalogue("lv").translated_entries():
         texts.extend(entry.msgstr_plural.values() if entry.msgid_plural else [entry.msgstr])
     return texts

@@ -7,6 +7,7 @@ import redis
 import time_machine
 from django.test import Client
 from django.urls import reverse
+from pytest_django import Settings
 
 from accounts.models import Mailbox, Plan
 from audit.models import Actor, AuditAction, AuditEvent
@@ -19,8 +20,8 @@ URL = reverse("mailaccess:mail_programs")
 BILLING = Actor.system("billing")
 
 
-def riga(*args: int) -> datetime:
-    return datetime(*args, tzinfo=RIGA)  # type: ignore[misc]
+def riga(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=RIGA)
 
 
 def blocked_for_misuse(mailbox: Mailbox, reason: BlockReason = BlockReason.HOURLY_LIMIT) -> None:
@@ -190,7 +191,9 @@ def test_the_panel_uses_latvian_plural_forms(
     assert "Pēdējā stundā nosūtīta 1 vēstule" in page
 
 
-def test_the_panel_still_works_when_redis_is_down(alice_client: Client, settings, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_the_panel_still_works_when_redis_is_down(
+    alice_client: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     from mailaccess import counters
 
     settings.MAILSERVER_REDIS_URL = "redis://127.0.0.1:21999/0"
@@ -204,8 +207,8 @@ def test_the_panel_still_works_when_redis_is_down(alice_client: Client, settings
 
 
 def test_the_panel_shows_when_mail_plus_limits_will_be_lifted(
-    bob_client: Client, bob: Mailbox, settings
-) -> None:  # type: ignore[no-untyped-def]
+    bob_client: Client, bob: Mailbox, settings: Settings
+) -> None:
     settings.MAILSERVER_REDIS_URL = "redis://127.0.0.1:21999/0"
     with time_machine.travel(riga(2026, 11, 17, 12, 0)):
         blocked_for_misuse(bob)

@@ -12,6 +12,7 @@ import time_machine
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from pytest_django import Settings
 
 from accounts import throttling
 from accounts.models import Mailbox
@@ -29,7 +30,7 @@ THROTTLED = "Pārāk daudz neveiksmīgu mēģinājumu"
 
 
 @pytest.fixture
-def limits(settings):  # type: ignore[no-untyped-def]
+def limits(settings: Settings) -> Settings:
     settings.SIGN_IN_FAILURES_PER_MAILBOX = 3
     settings.SIGN_IN_FAILURES_PER_IP = 5
     settings.SIGN_IN_WINDOW_SECONDS = 900
@@ -42,14 +43,16 @@ def fail(address: str, times: int, ip: str = "192.0.2.1") -> None:
         assert response.status_code == 200
 
 
-def test_below_the_limit_the_right_password_still_signs_in(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_below_the_limit_the_right_password_still_signs_in(
+    alice: Mailbox, limits: Settings
+) -> None:
     fail(alice.address, 2)
     client = Client()
     assert sign_in(client, alice.address, ALICE_PASSWORD).status_code == 302
     assert is_signed_in(client)
 
 
-def test_at_the_limit_even_the_right_password_is_refused(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_at_the_limit_even_the_right_password_is_refused(alice: Mailbox, limits: Settings) -> None:
     fail(alice.address, 3)
     client = Client()
     response = sign_in(client, alice.address, ALICE_PASSWORD, REMOTE_ADDR="198.51.100.9")
@@ -58,7 +61,9 @@ def test_at_the_limit_even_the_right_password_is_refused(alice: Mailbox, limits)
     assert not is_signed_in(client)
 
 
-def test_an_unknown_mailbox_is_throttled_exactly_like_a_real_one(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_mailbox_is_throttled_exactly_like_a_real_one(
+    alice: Mailbox, limits: Settings
+) -> None:
     fail(alice.address, 3)
     fail("nobody@inbox.lv", 3, ip="192.0.2.2")
     real = sign_in(Client(), alice.address, "x", REMOTE_ADDR="198.51.100.9")
@@ -70,7 +75,7 @@ def test_an_unknown_mailbox_is_throttled_exactly_like_a_real_one(alice: Mailbox,
 def test_one_client_ip_is_throttled_across_mailboxes(
     alice: Mailbox,
     bob: Mailbox,
-    limits,  # type: ignore[no-untyped-def]
+    limits: Settings,
 ) -> None:
     for number in range(5):
         fail(f"guess{number}@inbox.lv", 1, ip="203.0.113.5")
@@ -82,7 +87,7 @@ def test_one_client_ip_is_throttled_across_mailboxes(
     )
 
 
-def test_the_throttle_lifts_when_the_window_has_passed(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_the_throttle_lifts_when_the_window_has_passed(alice: Mailbox, limits: Settings) -> None:
     with time_machine.travel(NOW, tick=False):
         fail(alice.address, 3)
         assert sign_in(Client(), alice.address, ALICE_PASSWORD).status_code == 429
@@ -90,14 +95,14 @@ def test_the_throttle_lifts_when_the_window_has_passed(alice: Mailbox, limits) -
         assert sign_in(Client(), alice.address, ALICE_PASSWORD).status_code == 302
 
 
-def test_a_successful_sign_in_clears_the_mailbox_count(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_a_successful_sign_in_clears_the_mailbox_count(alice: Mailbox, limits: Settings) -> None:
     fail(alice.address, 2, ip="192.0.2.7")
     assert sign_in(Client(), alice.address, ALICE_PASSWORD).status_code == 302
     fail(alice.address, 2, ip="192.0.2.8")
     assert sign_in(Client(), alice.address, ALICE_PASSWORD).status_code == 302
 
 
-def test_wrong_two_factor_codes_count_as_failures(alice: Mailbox, limits) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_two_factor_codes_count_as_failures(alice: Mailbox, limits: Settings) -> None:
     enable_two_factor(alice)
     client = Client(enforce_csrf_checks=True)
     sign_in(client, alice.address, ALICE_PASSWORD)
@@ -108,7 +113,7 @@ def test_wrong_two_factor_codes_count_as_failures(alice: Mailbox, limits) -> Non
 
 
 @pytest.mark.e2e
-def test_counters_are_shared_through_redis(settings) -> None:  # type: ignore[no-untyped-def]
+def test_counters_are_shared_through_redis(settings: Settings) -> None:
     url = redis_url_for_tests()
     settings.CACHES = {
         "default": {
@@ -129,7 +134,7 @@ def test_counters_are_shared_through_redis(settings) -> None:  # type: ignore[no
         caches["default"].close()
         assert caches["default"].get(throttling._mailbox_key(address)) == 3
         # Each counter expires with its window: none is left behind for good.
-        client = caches["default"]._cache.get_client()
+        client = caches["default"]._cache.get_client()  # type: ignore[attr-defined]  # RedisCache._cache is private, not in django-stubs
         key = caches["default"].make_key(throttling._mailbox_key(address))
         assert 0 < client.ttl(key) <= 900
     finally:

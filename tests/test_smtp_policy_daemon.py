@@ -340,6 +340,7 @@ def test_null_sender_rcpts_without_data_from_many_clients_block_nobody(
     ):
         assert submission.send_message(ALICE, "one") == "DUNNO"
         tag = bounce_tags.tag_sender(ALICE, now_ms())
+        assert tag is not None
         # 60 RCPTs from 60 addresses, never a DATA: 40 to her address, 20 to the real tag
         # (this stranger received her message).
         for number in range(60):
@@ -406,10 +407,12 @@ def test_bounces_of_messages_a_mailbox_really_sent_block_it_as_compromised(
         d.connect() as submission,
         d.connect() as inbound,
     ):
-        tags = []
+        tags: list[str] = []
         for number in range(5):
             assert submission.send_message(ALICE, f"spam-{number}", recipients=50) == "DUNNO"
-            tags.append(bounce_tags.tag_sender(ALICE, now_ms()))
+            tag = bounce_tags.tag_sender(ALICE, now_ms())
+            assert tag is not None
+            tags.append(tag)
             traveller.shift(5)
         assert submission.send_message(BOB, "hello") == "DUNNO"
         # The Mail Delivery System's flood: several reports for each message, some from
@@ -434,8 +437,12 @@ def test_bounces_of_messages_a_mailbox_really_sent_block_it_as_compromised(
     ("on_redis_error", "expected"), [("dunno", "DUNNO"), ("defer", "DEFER_IF_PERMIT ")]
 )
 def test_without_redis_mail_goes_through_or_is_deferred_as_configured(
-    alice: Mailbox, test_redis: str, on_redis_error: str, expected: str, caplog
-) -> None:  # type: ignore[no-untyped-def]
+    alice: Mailbox,
+    test_redis: str,
+    on_redis_error: str,
+    expected: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     closed_port = "redis://127.0.0.1:21999/0"
     with (
         RunningDaemon(closed_port, on_redis_error=on_redis_error) as daemon,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from pytest_django import Settings
 
 from tests.conftest import redis_url_for_tests
 from tests.policy_daemon import PolicyClient
@@ -62,8 +63,8 @@ def test_the_daemon_answers_on_a_unix_socket_and_stops_cleanly_on_sigterm(
     ],
 )
 def test_a_bad_tls_setting_for_redis_stops_the_start_with_a_clear_error(
-    command: str, query: str, complaint: str, settings
-) -> None:  # type: ignore[no-untyped-def]
+    command: str, query: str, complaint: str, settings: Settings
+) -> None:
     from django.core.management import CommandError, call_command
 
     settings.MAILSERVER_REDIS_URL = f"rediss://:secret-password@redis.internal:6380/1?{query}"

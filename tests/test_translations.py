@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import polib
+import polib  # type: ignore[import-untyped]  # polib ships no type hints
 import pytest
 from django.conf import settings
 

@@ -9,7 +9,7 @@ and for tests that drive the app in-process through httpx.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import django
@@ -19,9 +19,10 @@ django.setup()
 
 from mailaccess.mailserver import auth_policy, auth_policy_app  # noqa: E402
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI's own types (the spec's and httpx's): servers may pass any mutable mapping.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class AuthPolicyApp(auth_policy_app.AuthPolicyApp):
