@@ -172,3 +172,17 @@ def test_a_program_checking_every_minute_is_refused_from_its_second_early_check_
     assert "K-9 Mail 6.8" in phone_part
     assert "Drīkst pārbaudīt vēlreiz pēc plkst. 10:15" in phone_part
     assert redis_db.xlen(activity.STREAM_KEY) == 0
+
+
+@pytestmark_e2e[0]
+@pytestmark_e2e[1]
+def test_one_program_opening_connections_at_once_is_held_after_its_two_checks(
+    dovecot: Dovecot, alice: Mailbox
+) -> None:
+    # Per network it could open 60 (six checks of ten connections) before anything happened.
+    (laptop, laptop_text), _phone = two_passwords(alice)
+    for connection in range(20):
+        assert check(dovecot, laptop_text, laptop)["status"] == 0, connection
+        dovecot.now += 1
+    refused = check(dovecot, laptop_text, laptop)
+    assert refused["status"] == -1 and "vēlreiz pēc plkst. 10:05." in refused["msg"]
