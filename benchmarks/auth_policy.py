@@ -324,6 +324,7 @@ def main() -> None:
         "MAILSERVER_REDIS_URL": args.redis_url,
         # Every login takes the full path: counted, never refused as too frequent.
         "AUTH_POLICY_CHECK_BURST": "1000000",
+        "AUTH_POLICY_PROGRAM_CHECK_BURST": "1000000",
         "AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR": "1000000",
     }
     print(

@@ -617,6 +617,7 @@ def start_policy(
         # A mailbox of the working set comes back every few seconds here, not every five
         # minutes: every login takes the full path instead of being refused as too frequent.
         "AUTH_POLICY_CHECK_BURST": "1000000",
+        "AUTH_POLICY_PROGRAM_CHECK_BURST": "1000000",
         "AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR": "1000000",
     }
     process = mailservers.start_command(

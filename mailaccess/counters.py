@@ -85,9 +85,10 @@ def connections_key(login: str) -> str:
     return mailbox_key("conns", login)
 
 
-def check_key(login: str, protocol: str, network: str) -> str:
-    """Hash ``tokens``, ``ts``: a mail program's check bucket on one network."""
-    return mailbox_key(f"check:{protocol}:{network}", login)
+def check_key(login: str, protocol: str, program: str) -> str:
+    """Hash ``tokens``, ``ts``, ``start``, ``conns``: one mail program's check bucket
+    (``auth_policy.check_program``: its password's key, or its network)."""
+    return mailbox_key(f"check:{protocol}:{program}", login)
 
 
 def used_key(login: str, protocol: str, network: str, password: int | str) -> str:

@@ -349,9 +349,13 @@ AUTH_POLICY_API_KEY = env_secret("AUTH_POLICY_API_KEY")
 # "No checks more often than every five minutes" (the help page). What a check is: see
 # mailaccess/mailserver/auth_policy.py.
 AUTH_POLICY_CHECK_INTERVAL = envint("AUTH_POLICY_CHECK_INTERVAL", 300)
-# Checks a program may make ahead of that pace: start-up, waking from sleep and a person
-# pressing "Get mail" a few times right after an automatic check. A program set to check
-# every minute has spent them after about seven minutes and is then held to the pace.
+# Checks one program (one device password, and its IMAP ID where it sends one) may make ahead
+# of that pace: a person pressing "Get mail" right after an automatic check. A program set to
+# check every minute is refused from its second early check on, told when to come back.
+AUTH_POLICY_PROGRAM_CHECK_BURST = envint("AUTH_POLICY_PROGRAM_CHECK_BURST", 2)
+# The same for a client network, when the request names no password (a Dovecot without
+# deploy/'s password_key attribute): the programs behind it cannot be told apart and share
+# these, so start-up, waking from sleep and several programs need more.
 AUTH_POLICY_CHECK_BURST = envint("AUTH_POLICY_CHECK_BURST", 6)
 # Successful logins of one program within this many seconds of the first are one check:
 # Thunderbird opens up to 5 connections at once, Outlook a few in a row, slowly on a phone.

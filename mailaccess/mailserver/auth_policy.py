@@ -11,13 +11,23 @@ guesser, who never gets past the passdb, can neither use up the owner's checks n
 faulty-program block.
 
 What counts as a *check* (the help page: "no more often than every five minutes"): the
-successful IMAP or POP3 logins of one mailbox from one client network (an IPv4 address or an
-IPv6 /64) within ``check_window`` seconds of the first belong to one check, up to
-``connections_per_check`` of them. So Thunderbird opening five connections at once is one
-check, and IDLE, which keeps one connection open, costs nothing until it reconnects. Checks are
-paid from a token bucket per program: ``check_burst`` tokens, one more every
-``check_interval`` seconds. SMTP logins are sendings, not checks: the SMTP policy daemon
+successful IMAP or POP3 logins of one program of a mailbox within ``check_window`` seconds of
+the first belong to one check, up to ``connections_per_check`` of them. So Thunderbird opening
+five connections at once is one check, and IDLE, which keeps one connection open, costs
+nothing until it reconnects. Checks are paid from a token bucket per program, one more token
+every ``check_interval`` seconds. SMTP logins are sendings, not checks: the SMTP policy daemon
 limits those.
+
+Which program (``check_program``): the device password sent (its ``password_key``, in all
+three requests of a login), and the name from its IMAP ID where it sent one (one password
+shared by two programs). Such a bucket holds ``program_check_burst`` tokens: one check ahead
+of the pace (a person pressing "Get mail" right after an automatic check), so a program set to
+check every minute is refused from its second early check on. Only a request without a
+password key (a Dovecot not configured as in deploy/) is counted per client network (an IPv4
+address or an IPv6 /64) and IMAP ID, with ``check_burst`` tokens: programs it cannot tell
+apart share that bucket, so it must hold several. Counting per network alone made two
+programs behind one home router, each on time, share one allowance and one of them refused
+after half an hour.
 
 Which of a mailbox's passwords (one per device) a request is about. Dovecot is configured
 (deploy/dovecot/dovecot.conf, ``auth_policy_request_attributes``) to send two more attributes,
@@ -150,6 +160,21 @@ def parse_command(query_string: bytes) -> Command:
 
 
 @lru_cache(maxsize=65536)
+def check_program(request: LoginRequest) -> tuple[str, bool]:
+    """The program whose check bucket a login is counted in, and whether that is one program
+    (a device password) rather than a client network that may hold several.
+
+    Built from what all three requests of a login carry alike, so the ``allow`` before the
+    password check reads the very bucket the ``report`` of the success wrote. A wrong password
+    names a bucket nobody fills, so a stranger cannot spend the owner's checks.
+    """
+    client = f"|{request.client}" if request.client else ""
+    if request.password_key:
+        return f"pw:{request.password_key}{client}", True
+    return f"{request.network or ''}{client}", False
+
+
+@lru_cache(maxsize=65536)
 def client_network(remote: str) -> tuple[str | None, str | None]:
     """(network key, address) of a client: IPv6 counts per /64, what one subscriber holds.
 
@@ -225,6 +250,7 @@ class LoginLimits:
 
     check_interval: int = 300
     check_burst: int = 6
+    program_check_burst: int = 2
     check_window: int = 60
     connections_per_check: int = 10
     max_delay: int = 15
@@ -241,6 +267,7 @@ class LoginLimits:
         return cls(
             check_interval=settings.AUTH_POLICY_CHECK_INTERVAL,
             check_burst=settings.AUTH_POLICY_CHECK_BURST,
+            program_check_burst=settings.AUTH_POLICY_PROGRAM_CHECK_BURST,
             check_window=settings.AUTH_POLICY_CHECK_WINDOW,
             connections_per_check=settings.AUTH_POLICY_CONNECTIONS_PER_CHECK,
             max_delay=settings.AUTH_POLICY_MAX_DELAY,

@@ -8,7 +8,8 @@ go in one round trip; on a cluster they go to two nodes at once.
 Keys of a mailbox (``mp:{address}:...``):
 - ``state``, ``gen``: the cached database state and its invalidation counter (``state.py``
   loads it from the database and invalidates it; its encoding is below);
-- ``check:<protocol>:<network>``: a program's check bucket (tokens, when, current check);
+- ``check:<protocol>:<program>``: a program's check bucket (tokens, when, current check); the
+  program is ``auth_policy.check_program``'s, its burst the script's ARGV 7;
 - ``conns``: successful IMAP/POP3 connections, a leaky bucket draining at the hourly limit;
 - ``fails``: the distinct wrong passwords (Dovecot's truncated ``pwhash``), by when;
 - ``nets``: networks that logged in successfully, by last time (the owner's usual places);
@@ -37,6 +38,7 @@ from mailaccess.mailserver.auth_policy import (
     LoginRequest,
     MailboxState,
     PasswordScope,
+    check_program,
 )
 from mailaccess.mailserver.redis_pipeline import (
     RedisPipeline,
@@ -69,7 +71,8 @@ MAILBOX_SCRIPT = (
     + """
 -- KEYS: 1 state, 2 gen, 3 check, 4 fails, 5 nets, 6 conns, 7 used
 -- ARGV: 1 mode (allow|success|failure), 2 now, 3 network or '', 4 failure member,
---       5 checking (1 for IMAP/POP3), 6 check interval, 7 burst, 8 check window,
+--       5 checking (1 for IMAP/POP3), 6 check interval, 7 burst (the program's or the
+--       network's, see auth_policy.check_program), 8 check window,
 --       9 connections per check, 10 faulty connections per hour, 11 mailbox failure limit,
 --       12 failure window, 13 known-network seconds, 14 use record interval
 local state = redis.call('HGETALL', KEYS[1])
@@ -297,17 +300,22 @@ class PolicyStore:
             "mailbox": pack_parts("EVALSHA", self.sha["mailbox"], 7),
             "network": pack_parts("EVALSHA", self.sha["network"], 1),
         }
-        self._mailbox_limits = pack_parts(
-            limits.check_interval,
-            limits.check_burst,
-            limits.check_window,
-            limits.connections_per_check,
-            limits.faulty_connections_per_hour,
-            limits.mailbox_failures,
-            limits.failure_window,
-            limits.known_ip_days * 86400,
-            limits.use_record_interval,
-        )
+        # Two sets, by whether the check bucket is one program's or a network's (its burst):
+        # picking one costs the hot path nothing, where another argument would cost encoding.
+        self._mailbox_limits = {
+            by_program: pack_parts(
+                limits.check_interval,
+                limits.program_check_burst if by_program else limits.check_burst,
+                limits.check_window,
+                limits.connections_per_check,
+                limits.faulty_connections_per_hour,
+                limits.mailbox_failures,
+                limits.failure_window,
+                limits.known_ip_days * 86400,
+                limits.use_record_interval,
+            )
+            for by_program in (True, False)
+        }
         self._key_cache: dict[str, tuple[str, str, str, str, str]] = {}
 
     async def load_scripts(self) -> None:
@@ -352,11 +360,12 @@ class PolicyStore:
         network = request.network or ""
         state, generation, fails, nets, conns = self._keys(login)
         password = request.app_password_id or request.password_key
+        program, by_program = check_program(request)
         variable = pack_parts(
             # KEYS
             state,
             generation,
-            counters.check_key(login, protocol, network),
+            counters.check_key(login, protocol, program),
             fails,
             nets,
             conns,
@@ -368,7 +377,9 @@ class PolicyStore:
             request.pwhash or request.session_id or repr(now),
             "1" if request.protocol in CHECKING_PROTOCOLS else "0",
         )
-        return join_command(24, self._evalsha["mailbox"], variable, self._mailbox_limits)
+        return join_command(
+            24, self._evalsha["mailbox"], variable, self._mailbox_limits[by_program]
+        )
 
     def _network_key(self, request: LoginRequest) -> str | None:
         return None if request.network is None else counters.network_failures_key(request.network)

@@ -9,6 +9,7 @@ or lookup key. Read-only: it changes nothing, not even the counters it reads.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -189,21 +190,32 @@ class Command(BaseCommand):
         )
         for network, seen in networks:
             self.line(f"known network {network}", f"last success {when(unix(seen))}")
-            for protocol in (Protocol.IMAP, Protocol.POP3):
-                check = client.hmget(
-                    counters.check_key(login, protocol.value, network), "tokens", "ts"
-                )
-                if check[0]:
-                    interval = settings.AUTH_POLICY_CHECK_INTERVAL
-                    tokens = min(
-                        settings.AUTH_POLICY_CHECK_BURST,
-                        float(check[0]) + (now - float(check[1] or now)) / interval,
-                    )
-                    self.line(f"  {protocol.label} checks left", f"{tokens:.1f}")
         if not networks:
             self.line(
                 "known networks", f"none in the last {settings.AUTH_POLICY_KNOWN_IP_DAYS} days"
             )
+        self._checks(client, login, now)
+
+    def _checks(self, client: redis.Redis, login: str, now: float) -> None:
+        """Each program's check bucket (auth_policy.check_program): by its password's key
+        ("pw:9c4e|Thunderbird 115"), or by its network where the request named no password.
+        A mailbox has a few: SCAN within its own keys is cheap."""
+        prefix = counters.check_key(login, "", "")[:-1]
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        interval = settings.AUTH_POLICY_CHECK_INTERVAL
+        for key in sorted(cast(list[str], list(client.scan_iter(match=pattern, count=1000)))):
+            check = cast(list[str | None], client.hmget(key, "tokens", "ts"))
+            if not check[0]:
+                continue
+            protocol, _sep, program = key[len(prefix) :].partition(":")
+            burst = (
+                settings.AUTH_POLICY_PROGRAM_CHECK_BURST
+                if program.startswith("pw:")
+                else settings.AUTH_POLICY_CHECK_BURST
+            )
+            tokens = min(burst, float(check[0]) + (now - float(check[1] or now)) / interval)
+            label = Protocol(protocol).label if protocol in Protocol.values else protocol
+            self.line(f"{label} checks left, {program}", f"{tokens:.1f} of {burst}")
 
     def audit(self, mailbox: Mailbox, limit: int) -> None:
         self.section(f"Audit trail (latest {limit}: switches, blocks, passwords, sign-ins)")
