@@ -44,7 +44,7 @@ run: install messages
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	DEBUG=1 $(BIN)/mypy common accounts audit mailaccess mailportal
+	DEBUG=1 $(BIN)/mypy common accounts audit mailaccess mailportal tests
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 	DEBUG=1 $(PY) manage.py check
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -39,7 +39,10 @@ BOB_PASSWORD = "bob-web-password-1"
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    # pluggy sends the outcome back in (its Result); the hook's own types know nothing of it.
     outcome = yield
     report = outcome.get_result()
     if os.environ.get("REQUIRE_E2E") == "1" and report.skipped:
@@ -157,7 +160,7 @@ def bob_client(bob: Mailbox) -> Client:
 
 
 def csrf_post(
-    client: Client, url: str, data: dict[str, str] | None = None, **extra: Any
+    client: Client, url: str, data: dict[str, Any] | None = None, **extra: Any
 ) -> TestResponse:
     """POST like a browser: fetch the page for its CSRF cookie, then send the token back."""
     client.get(url)

@@ -672,6 +672,12 @@ def policy_servers(
     return reached_by_actions(mail_servers_factory(policy=policy_server), settings)
 
 
+def smtp_error_text(error: smtplib.SMTPResponseException) -> str:
+    """The server's reply text of a refusal (smtplib gives bytes; its stubs allow str too)."""
+    reply = error.smtp_error
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 # --- clients that pick their source address --------------------------------------------------
 # Dovecot delays repeated failed logins from one IP (up to 15 s) and the auth policy counts
 # failures per network: a client that fails on purpose binds its own 127.0.0.x.
@@ -705,7 +711,7 @@ class POP3SSLFrom(poplib.POP3_SSL):
 
 def imap_login(
     servers: MailServers, user: str, password: str, source: str = "127.0.0.1"
-) -> list[bytes]:
+) -> list[Any]:
     """Log in over IMAPS and list the folders; raises imaplib.IMAP4.error on refusal."""
     with IMAP4SSLFrom(
         "127.0.0.1", servers.imaps_port, source=source, ssl_context=servers.tls.client_context()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -91,10 +91,10 @@ def login(
                 request(
                     redis_url, "POST", "/auth-policy?command=report", body=report, headers=headers
                 )
-                return second
+                return cast(dict[str, Any], second)
         report = {**body, "success": right, "policy_reject": False}
     request(redis_url, "POST", "/auth-policy?command=report", body=report, headers=headers)
-    return first
+    return cast(dict[str, Any], first)
 
 
 class Dovecot:
@@ -140,7 +140,7 @@ class Dovecot:
         }
         response = self.post("allow", body)
         assert response.status_code == 200
-        return response.json()
+        return cast(dict[str, Any], response.json())
 
     def login(
         self,
@@ -160,7 +160,7 @@ class Dovecot:
             "session_id": "s",
             "device_id": "",
         }
-        first = self.post("allow", body).json()
+        first: dict[str, Any] = self.post("allow", body).json()
         if first["status"] < 0:
             self.post("report", {**body, "success": False, "policy_reject": True})
             return first

@@ -78,7 +78,7 @@ def bulk(client: Client, action: str, mailboxes: list[Mailbox], **data: str):  #
         CHANGELIST,
         {
             "action": action,
-            ACTION_CHECKBOX_NAME: [str(m.pk) for m in mailboxes],  # type: ignore[dict-item]
+            ACTION_CHECKBOX_NAME: [str(m.pk) for m in mailboxes],
             "justification": WHY,
             **data,
         },

@@ -31,6 +31,7 @@ from tests.mailservers import (
     imap_login,
     pop3_login,
     reached_by_actions,
+    smtp_error_text,
     smtp_send,
 )
 from tests.test_mail_servers_e2e import lookup, new_mailbox
@@ -129,7 +130,7 @@ def test_each_device_has_its_own_password_scoped_revocable_and_with_its_last_use
         with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
             smtp_send(servers, address, phone_text, implicit_tls=implicit_tls, source=source)
         assert refused.value.smtp_code == 535
-        assert reason in refused.value.smtp_error.decode(), servers.logs()
+        assert reason in smtp_error_text(refused.value), servers.logs()
     with pytest.raises(poplib.error_proto) as pop3_refused:
         pop3_login(servers, address, phone_text, source="127.0.0.23")
     assert latvian_scope_message("POP3", "IMAP") in pop3_refused.value.args[0].decode()

@@ -179,7 +179,7 @@ def login(
         "password_key": passwords.policy_key(password),
         **extra,
     }
-    first = dovecot.post("allow", base).json()
+    first: dict[str, Any] = dovecot.post("allow", base).json()
     if first["status"] < 0 or app_password is None:
         dovecot.post("report", {**base, "success": False, "policy_reject": first["status"] < 0})
         return first

@@ -140,7 +140,7 @@ def post_autodiscover(client: Client, body: str, path: str = "/autodiscover/auto
 
 def error_code(response) -> str:  # type: ignore[no-untyped-def]
     root = SafeET.fromstring(response.content)
-    return root.findtext(f"{AD_NS}Response/{AD_NS}Error/{AD_NS}ErrorCode", "")
+    return str(root.findtext(f"{AD_NS}Response/{AD_NS}Error/{AD_NS}ErrorCode", ""))
 
 
 @pytest.mark.parametrize(("domain", "host"), DOMAINS)

@@ -46,7 +46,7 @@ def mail_account(response) -> dict:  # type: ignore[no-untyped-def, type-arg]
     assert profile["PayloadType"] == "Configuration"
     (account,) = profile["PayloadContent"]
     assert account["PayloadType"] == "com.apple.mail.managed"
-    return account
+    return dict(account)
 
 
 @pytest.mark.parametrize(

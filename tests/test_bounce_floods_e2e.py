@@ -37,7 +37,7 @@ def servers(
     policy_server: Any,
     policy_redis: None,
     smtp_policy_daemon: Any,
-    mail_servers_factory: Any,
+    mail_servers_factory: Callable[..., MailServers],
 ) -> MailServers:
     return mail_servers_factory(policy=policy_server, smtp_policy=smtp_policy_daemon)
 

@@ -43,6 +43,7 @@ from tests.mailservers import (
     imap_login,
     pop3_login,
     reached_by_actions,
+    smtp_error_text,
     smtp_send,
 )
 
@@ -456,7 +457,7 @@ def test_it_lets_mail_programs_in_only_while_the_switch_is_on(
     with pytest.raises(smtplib.SMTPAuthenticationError) as smtp_refused:
         smtp_send(servers, address, app_password, implicit_tls=False, source="127.0.0.17")
     assert smtp_refused.value.smtp_code == 535
-    assert off_reason_lv() in smtp_refused.value.smtp_error.decode(), servers.logs()
+    assert off_reason_lv() in smtp_error_text(smtp_refused.value), servers.logs()
 
     # Switched on again: a new password works, the old one no longer does.
     new_password = panel_switch(client, on=True)

@@ -33,6 +33,7 @@ from tests.mailservers import (
     POP3SSLFrom,
     imap_login,
     send_message,
+    smtp_error_text,
     smtp_session,
 )
 from tests.test_mail_servers_e2e import new_mailbox, switch_on
@@ -48,7 +49,7 @@ def servers(
     policy_server: Any,
     policy_redis: None,
     smtp_policy_daemon: Any,
-    mail_servers_factory: Any,
+    mail_servers_factory: Callable[..., MailServers],
     settings: Any,
 ) -> MailServers:
     """Dovecot and Postfix with both policies; the actions of this process kick through the
@@ -173,12 +174,15 @@ def test_an_open_smtp_session_sends_no_more_mail_once_the_mailbox_is_blocked(
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send_message(client, mailbox.address, subject="after the block")
     assert refused.value.smtp_code == 554, servers.logs()
-    assert reason in refused.value.smtp_error.decode(), servers.logs()
+    assert reason in smtp_error_text(refused.value), servers.logs()
 
 
 @pytest.fixture
 def servers_without_auth_policy(
-    transactional_db: None, smtp_policy_daemon: Any, mail_servers_factory: Any, settings: Any
+    transactional_db: None,
+    smtp_policy_daemon: Any,
+    mail_servers_factory: Callable[..., MailServers],
+    settings: Any,
 ) -> MailServers:
     settings.DOVEADM_API_URL = []
     return mail_servers_factory(policy=None, smtp_policy=smtp_policy_daemon)
@@ -202,7 +206,7 @@ def test_without_the_auth_policy_the_just_ended_password_sends_nothing(
         send_message(client, mailbox.address)
 
     assert refused.value.smtp_code == 554, servers.logs()
-    assert latvian(BlockReason.COMPROMISED.server_message) in refused.value.smtp_error.decode()
+    assert latvian(BlockReason.COMPROMISED.server_message) in smtp_error_text(refused.value)
 
 
 # --- Dovecot away: the block does not wait for it ---------------------------------------------

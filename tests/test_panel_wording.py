@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polib  # type: ignore[import-untyped]  # polib ships no type hints
+import polib  # type: ignore[import-untyped, unused-ignore]  # no type hints; reported at one import only
 import pytest
 import time_machine
 from django.conf import settings

@@ -69,7 +69,8 @@ def dovecot_answer(user: str, password: str, service: str) -> list[tuple[Any, ..
     )
     with connection.cursor() as cursor:
         cursor.execute(text.replace("%", "%%"))
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def view_answer(user: str, password: str, service: str) -> list[tuple[Any, ...]]:
@@ -79,7 +80,8 @@ def view_answer(user: str, password: str, service: str) -> list[tuple[Any, ...]]
             ' WHERE "user" = %s AND lookup_key = %s AND service = %s',
             [user, hashlib.sha256(password.encode()).hexdigest(), service],
         )
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def assert_same_answers(mailbox: Mailbox, passwords: list[str]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -79,7 +80,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def read_everything(request: PostfixRequest, names: list[str]) -> None:
     """Every accessor the daemon and its log use: only ProtocolError may come out."""
-    for read in (
+    readers: tuple[Callable[[], object], ...] = (
         lambda: request.request,
         lambda: request.protocol_state,
         lambda: request.sasl_username,
@@ -89,7 +90,8 @@ def read_everything(request: PostfixRequest, names: list[str]) -> None:
         lambda: request.policy_context,
         lambda: request.attributes,
         *(lambda name=name: request.get(name) for name in names),
-    ):
+    )
+    for read in readers:
         with contextlib.suppress(ProtocolError):
             read()
     for name in ("client_address", "recipient_count", *names):

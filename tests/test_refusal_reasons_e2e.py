@@ -25,7 +25,14 @@ from accounts.models import Mailbox
 from audit.models import Actor
 from mailaccess import actions
 from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, BlockReason
-from tests.mailservers import MailServers, imap_error_text, imap_login, pop3_login, smtp_send
+from tests.mailservers import (
+    MailServers,
+    imap_error_text,
+    imap_login,
+    pop3_login,
+    smtp_error_text,
+    smtp_send,
+)
 from tests.test_mail_servers_e2e import new_mailbox, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -75,7 +82,7 @@ def pop3_refusal(servers: MailServers, user: str, password: str) -> str:
 def smtp_refusal(servers: MailServers, user: str, password: str) -> str:
     with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
         smtp_send(servers, user, password, implicit_tls=True, source=source())
-    return f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}"
+    return f"{refused.value.smtp_code} {smtp_error_text(refused.value)}"
 
 
 REFUSALS: dict[str, Callable[[MailServers, str, str], str]] = {

@@ -35,6 +35,7 @@ from tests.mailservers import (
     SmtpPolicyDaemon,
     free_port,
     send_message,
+    smtp_error_text,
     smtp_session,
     switch_on,
 )
@@ -53,7 +54,7 @@ def servers(
     policy_server: Any,
     policy_redis: None,
     smtp_policy_daemon: Any,
-    mail_servers_factory: Any,
+    mail_servers_factory: Callable[..., MailServers],
 ) -> MailServers:
     return mail_servers_factory(policy=policy_server, smtp_policy=smtp_policy_daemon)
 
@@ -108,7 +109,7 @@ def test_it_defers_the_sixth_message_within_a_minute_and_says_when_to_retry(
 
     # Refused at DATA, before the body is sent, temporarily, in the mailbox's language.
     assert deferred.value.smtp_code == 450, servers.logs()
-    text = deferred.value.smtp_error.decode()
+    text = smtp_error_text(deferred.value)
     assert text.startswith("4.7.1 "), text
     retry = MINUTE_DEFERRAL.search(text)
     assert retry, text
@@ -141,7 +142,7 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
 
     assert refused.value.smtp_code == 554, servers.logs()
     reason = latvian(BlockReason.HOURLY_LIMIT.server_message)
-    assert reply_text(reason) in refused.value.smtp_error.decode()
+    assert reply_text(reason) in smtp_error_text(refused.value)
 
     # External access is switched off for the hourly limit: the password ends, the owner
     # gets a notice.
@@ -158,7 +159,7 @@ def test_it_blocks_the_sixteenth_message_within_an_hour_and_then_refuses_smtp_au
     ):
         pass
     assert auth_refused.value.smtp_code == 535
-    assert reason in auth_refused.value.smtp_error.decode(), servers.logs()
+    assert reason in smtp_error_text(auth_refused.value), servers.logs()
 
 
 def test_it_lets_a_mail_plus_mailbox_send_thirty_messages_in_a_row(
@@ -184,7 +185,7 @@ def test_it_lets_mail_through_while_the_policy_daemon_does_not_answer(
     policy_server: Any,
     policy_redis: None,
     smtp_policy_daemon: SmtpPolicyDaemon,
-    mail_servers_factory: Any,
+    mail_servers_factory: Callable[..., MailServers],
     new_sender: Callable[[Plan], Mailbox],
 ) -> None:
     """main.cf's deliberate default (DUNNO): an outage of the daemon holds nobody's mail."""

@@ -122,7 +122,7 @@ def test_a_bulk_action_asks_why_and_records_it_for_each_mailbox(
         CHANGELIST,
         {
             "action": "support_block",
-            ACTION_CHECKBOX_NAME: [str(alice.pk), str(bob.pk)],  # type: ignore[dict-item]
+            ACTION_CHECKBOX_NAME: [str(alice.pk), str(bob.pk)],
             "reason": "support",
             "confirm": "yes",
             "justification": WHY,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-import polib  # type: ignore[import-untyped]  # polib ships no type hints
+import polib  # type: ignore[import-untyped, unused-ignore]  # no type hints; reported at one import only
 import pytest
 from django.conf import settings
 

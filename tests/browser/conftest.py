@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, ViewportSize, sync_playwright
 from pytest_django.live_server_helper import LiveServer
 
 from tests.browser.browsing import CHROMIUM, VIEWPORTS, Browsing
@@ -77,7 +77,7 @@ def browse(
     def open_context(viewport: str = "desktop", *, javascript: bool = True) -> Browsing:
         size = VIEWPORTS[viewport]
         context = chromium.new_context(
-            viewport=size,
+            viewport=ViewportSize(width=size["width"], height=size["height"]),
             is_mobile=viewport == "phone",
             has_touch=viewport == "phone",
             java_script_enabled=javascript,
