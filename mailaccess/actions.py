@@ -227,7 +227,8 @@ def create_app_password(
             "app_password": app_password.pk,
             "label": label,
             "protocols": sorted(protocols),
-            "networks": list(fence),
+            # Only a fenced password says so: the record of an unfenced one is as before.
+            **({"networks": list(fence)} if fence else {}),
         },
     )
     _access_changed(mailbox.pk)

@@ -156,9 +156,8 @@ def test_the_cached_state_keeps_each_passwords_fence() -> None:
 # --- the panel's form and the action ---------------------------------------------------------
 
 
-@pytest.mark.django_db
 def test_a_password_is_added_with_its_fence_normalized_and_audited(
-    alice: Mailbox, alice_client: Client
+    transactional_db: None, alice: Mailbox, alice_client: Client
 ) -> None:
     switch_on(alice)
 
@@ -192,7 +191,7 @@ def test_a_malformed_fence_is_refused_with_a_clear_error_and_nothing_is_made(
             "“%(value)s” is not an IP address or network range. Write them like 192.0.2.10, "
             "198.51.100.0/24 or 2001:db8::/64."
         ) % {"value": "192.0.2.300"}
-    assert error.startswith("“192.0.2.300” nav IP adrese")
+    assert error.startswith("„192.0.2.300” nav IP adrese")
     assert escape(error) in response.content.decode()
     assert live(alice) == before
 
