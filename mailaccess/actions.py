@@ -26,7 +26,7 @@ from audit import actions as audit
 from audit.models import Actor, AuditAction, AuditEvent
 from common import metrics
 from common.logging import Event
-from mailaccess import passdb, passwords
+from mailaccess import fences, passdb, passwords
 from mailaccess.models import (
     IDLE_EXPIRY,
     AppPassword,
@@ -88,7 +88,11 @@ def _revoke_live_passwords(mailbox: Mailbox, now: datetime) -> int:
 
 
 def _create_password(
-    mailbox: Mailbox, *, label: str = "", protocols: set[str] | None = None
+    mailbox: Mailbox,
+    *,
+    label: str = "",
+    protocols: set[str] | None = None,
+    networks: tuple[str, ...] = (),
 ) -> tuple[AppPassword, str]:
     protocols = {p.value for p in Protocol} if protocols is None else protocols
     # The auth policy tells a mailbox's live passwords apart by a short prefix of their
@@ -108,6 +112,7 @@ def _create_password(
         allow_imap=Protocol.IMAP in protocols,
         allow_pop3=Protocol.POP3 in protocols,
         allow_smtp=Protocol.SMTP in protocols,
+        allowed_networks=list(networks),
         password_hash=passwords.dovecot_hash(text),
         lookup_key=passwords.lookup_key(text),
     )
@@ -153,20 +158,40 @@ def enable_access(mailbox: Mailbox, *, actor: Actor, ip: str | None = None) -> s
     return text
 
 
+def fence_error_message(error: fences.FenceError) -> str:
+    """What the owner is told about a fence that is not a list of networks."""
+    if not error.value:
+        return ngettext_lazy(
+            "List at most %(count)d network.",
+            "List at most %(count)d networks.",
+            fences.MAX_NETWORKS,
+        ) % {"count": fences.MAX_NETWORKS}
+    return _(
+        "“%(value)s” is not an IP address or network range. Write them like 192.0.2.10, "
+        "198.51.100.0/24 or 2001:db8::/64."
+    ) % {"value": error.value}
+
+
 @transaction.atomic
 def create_app_password(
     mailbox: Mailbox,
     *,
     label: str,
     protocols: set[str],
+    networks: Sequence[str] = (),
     actor: Actor,
     ip: str | None = None,
 ) -> tuple[AppPassword, str]:
     """Another password while access is on (one per device); returns it and its text, shown once.
 
     Up to ``APP_PASSWORDS_PER_MAILBOX`` live ones, the first included. Switching access off
-    or a block still ends them all.
+    or a block still ends them all. ``networks``: the fence (addresses or CIDR ranges it may
+    be used from; empty, anywhere), stored normalized.
     """
+    try:
+        fence = fences.parse_networks(networks)
+    except fences.FenceError as error:
+        raise AccessError(fence_error_message(error), code="networks") from None
     access = _locked_access(mailbox)
     if not access.enabled:
         raise AccessError(
@@ -192,7 +217,7 @@ def create_app_password(
             % {"cap": cap},
             code="cap",
         )
-    app_password, text = _create_password(mailbox, label=label, protocols=protocols)
+    app_password, text = _create_password(mailbox, label=label, protocols=protocols, networks=fence)
     audit.record(
         mailbox,
         AuditAction.PASSWORD_CREATED,
@@ -202,6 +227,8 @@ def create_app_password(
             "app_password": app_password.pk,
             "label": label,
             "protocols": sorted(protocols),
+            # Only a fenced password says so: the record of an unfenced one is as before.
+            **({"networks": list(fence)} if fence else {}),
         },
     )
     _access_changed(mailbox.pk)

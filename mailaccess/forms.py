@@ -3,6 +3,8 @@ from typing import Any
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from mailaccess import fences
+from mailaccess.actions import fence_error_message
 from mailaccess.models import Protocol
 
 
@@ -42,6 +44,15 @@ class DevicePasswordForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
         error_messages={"required": _("Choose at least one protocol.")},
     )
+    networks = forms.CharField(
+        label=_("May be used only from these networks"),
+        required=False,
+        max_length=2000,
+        help_text=_(
+            "Optional. IP addresses or ranges, separated by commas or spaces, e.g. "
+            "192.0.2.10, 198.51.100.0/24, 2001:db8::/64. Empty: from anywhere."
+        ),
+    )
 
     def clean_label(self) -> str:
         # Shown in lists and the admin: one line of printable text.
@@ -49,3 +60,9 @@ class DevicePasswordForm(forms.Form):
         if not label.isprintable():
             raise forms.ValidationError(_("Use letters, digits and spaces."), code="label")
         return label
+
+    def clean_networks(self) -> tuple[str, ...]:
+        try:
+            return fences.parse_networks(str(self.cleaned_data["networks"]))
+        except fences.FenceError as error:
+            raise forms.ValidationError(fence_error_message(error), code="networks") from None

@@ -256,6 +256,9 @@ class AppPassword(models.Model):
     allow_imap = models.BooleanField("IMAP", default=True)
     allow_pop3 = models.BooleanField("POP3", default=True)
     allow_smtp = models.BooleanField("SMTP", default=True)
+    # The fence: normalized CIDR ranges it may be used from (mailaccess/fences.py); empty
+    # means anywhere. Checked by the auth policy for IMAP, POP3 and SMTP AUTH.
+    allowed_networks = models.JSONField(_("may be used from"), default=list, blank=True)
     # Dovecot verifies this one ({SSHA512}); see mailaccess/passwords.py.
     password_hash = models.CharField(max_length=128)
     # Hex SHA-256, equal to Dovecot's %{sha256:password}: picks the row among several.
@@ -430,6 +433,7 @@ class RefusalReason(models.TextChoices):
     WRONG_PROTOCOL = "wrong_protocol", _("this password is not for this protocol")
     ACCESS_OFF = "access_off", _("external access is off")
     BLOCKED = "blocked", _("external access is blocked")
+    FENCED = "fenced", _("this password may not be used from this network")
 
 
 class PasswordActivity(models.Model):

@@ -215,6 +215,7 @@ def add_app_password(request: HttpRequest) -> HttpResponse:
             mailbox,
             label=form.cleaned_data["label"],
             protocols=set(form.cleaned_data["protocols"]),
+            networks=form.cleaned_data["networks"],
             actor=Actor.user(mailbox),
             ip=client_ip(request),
         )

@@ -71,6 +71,7 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext, ngettext
 
+from mailaccess import fences
 from mailaccess.models import ACCESS_OFF_SERVER_MESSAGE, BlockReason, Protocol
 
 # Dovecot sends %s, the service name. Postfix's SMTP AUTH arrives through Dovecot SASL as
@@ -283,11 +284,13 @@ class LoginLimits:
 
 @dataclass(frozen=True)
 class PasswordScope:
-    """A live password as the policy knows it: its id, key prefix and allowed protocols."""
+    """A live password as the policy knows it: its id, key prefix, allowed protocols and
+    the networks it may be used from (normalized CIDR ranges; empty: anywhere)."""
 
     id: int
     key: str
     protocols: frozenset[Protocol]
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,7 @@ class Outcome(StrEnum):
     DELAYED = "delayed"
     GUESSING = "guessing"
     WRONG_PROTOCOL = "wrong_protocol"
+    FENCED = "fenced"
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,7 @@ class Verdict:
     block_reason: str = ""
     protocol: str = ""  # WRONG_PROTOCOL: the protocol refused ...
     allowed: tuple[str, ...] = ()  # ... and those the password may use
+    address: str = ""  # FENCED: the client's address, outside the password's networks
 
 
 def decide_allow(
@@ -400,6 +405,16 @@ def decide_allow(
             protocol=request.protocol.label,
             allowed=tuple(p.label for p in Protocol if p in password.protocols),
         )
+    if (
+        password is not None
+        and password.networks
+        and request.app_password_id is not None
+        and not fences.allows(password.networks, request.remote)
+    ):
+        # Only once the passdb verified the password (``app_password_id``): a guess, even
+        # one sharing the key prefix, must not learn that the password is fenced, or where.
+        # Covers SMTP AUTH too, which Postfix asks of Dovecot with the client's address.
+        return Verdict(Outcome.FENCED, -1, address=request.remote or "")
     checking = request.protocol in CHECKING_PROTOCOLS and not counters.check_open
     if checking and counters.check_tokens < 1:
         wait = (1 - counters.check_tokens) * limits.check_interval
@@ -414,7 +429,13 @@ def decide_allow(
 # guessing lock) may reach a stranger and is told in the site's language: the mailbox's
 # language would tell that the address exists, and what language its owner reads.
 _OWNER_OUTCOMES = frozenset(
-    {Outcome.BLOCKED, Outcome.ACCESS_OFF, Outcome.TOO_OFTEN, Outcome.WRONG_PROTOCOL}
+    {
+        Outcome.BLOCKED,
+        Outcome.ACCESS_OFF,
+        Outcome.TOO_OFTEN,
+        Outcome.WRONG_PROTOCOL,
+        Outcome.FENCED,
+    }
 )
 
 
@@ -454,6 +475,10 @@ def verdict_message(verdict: Verdict, language: str, limits: LoginLimits) -> str
                 "This password is not for %(protocol)s, only for %(allowed)s. Add a password "
                 "that allows %(protocol)s in Settings."
             ) % {"protocol": verdict.protocol, "allowed": ", ".join(verdict.allowed)}
+        if verdict.outcome == Outcome.FENCED:
+            return gettext("This password may not be used from this network (%(address)s).") % {
+                "address": verdict.address or "?"
+            }
         if verdict.outcome == Outcome.GUESSING and verdict.retry_at is not None:
             return gettext("Too many failed logins. Try again after %(time)s.") % {
                 "time": _clock_time(verdict.retry_at)

@@ -216,7 +216,10 @@ def encode_state(state: MailboxState | None) -> list[str]:
             for password in state.passwords
             for field in (
                 f"pw:{password.id}",
-                f"{password.key}:{','.join(sorted(p.value for p in password.protocols))}",
+                # key:protocols[:networks]: a key and protocols hold no colon, so the rest
+                # (IPv6 ranges do) is the fence, space-separated.
+                f"{password.key}:{','.join(sorted(p.value for p in password.protocols))}"
+                + (f":{' '.join(password.networks)}" if password.networks else ""),
             )
         ],
     ]
@@ -227,12 +230,14 @@ def _decode_passwords(values: dict[str, str]) -> tuple[PasswordScope, ...]:
     for name, value in values.items():
         if not name.startswith("pw:"):
             continue
-        key, _sep, protocols = value.partition(":")
+        key, _sep, rest = value.partition(":")
+        protocols, _sep, networks = rest.partition(":")
         scopes.append(
             PasswordScope(
                 id=int(name[3:]),
                 key=key,
                 protocols=frozenset(Protocol(p) for p in protocols.split(",") if p),
+                networks=tuple(networks.split()),
             )
         )
     return tuple(sorted(scopes, key=lambda scope: scope.id))

@@ -66,9 +66,10 @@ def load(login: str) -> MailboxState | None:
                 id=password.pk,
                 key=password.lookup_key[: passwords.POLICY_KEY_HEX],
                 protocols=frozenset(p for p in Protocol if getattr(password, f"allow_{p.value}")),
+                networks=tuple(password.allowed_networks or ()),
             )
             for password in live.order_by("pk").only(
-                "pk", "lookup_key", "allow_imap", "allow_pop3", "allow_smtp"
+                "pk", "lookup_key", "allow_imap", "allow_pop3", "allow_smtp", "allowed_networks"
             )
         ),
     )
