@@ -238,7 +238,8 @@ def test_a_fenced_password_is_refused_from_outside_its_networks_with_the_reason(
             "app_password": str(phone.pk),
             "password_key": passwords.policy_key(text),
         }
-        return dovecot.post("allow", body).json()
+        answer: dict[str, Any] = dovecot.post("allow", body).json()
+        return answer
 
     inside = second_allow("192.0.2.2")
     outside = second_allow("192.0.2.9")

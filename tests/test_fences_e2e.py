@@ -17,7 +17,14 @@ from django.utils.translation import gettext
 
 from audit.models import Actor
 from mailaccess import actions
-from tests.mailservers import MailServers, imap_error_text, imap_login, pop3_login, smtp_send
+from tests.mailservers import (
+    MailServers,
+    imap_error_text,
+    imap_login,
+    pop3_login,
+    smtp_error_text,
+    smtp_send,
+)
 from tests.test_mail_servers_e2e import new_mailbox, switch_on
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -57,8 +64,6 @@ def test_a_fenced_password_is_refused_from_outside_its_networks_with_the_fences_
     with pytest.raises(smtplib.SMTPAuthenticationError) as smtp_refused:
         smtp_send(policy_servers, address, text, implicit_tls=True, source="127.0.0.11")
     assert smtp_refused.value.smtp_code == 535
-    assert fence_reason("127.0.0.11") in smtp_refused.value.smtp_error.decode(), (
-        policy_servers.logs()
-    )
+    assert fence_reason("127.0.0.11") in smtp_error_text(smtp_refused.value), policy_servers.logs()
     # From inside the fence it sends too.
     smtp_send(policy_servers, address, text, implicit_tls=True, source="127.0.0.2")
