@@ -49,6 +49,7 @@ from mailaccess.mailserver.auth_policy import (
 )
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
+from mailaccess.mailserver.readiness import policy_server_readiness
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.models import BlockReason
 
@@ -317,20 +318,13 @@ class AuthPolicyApp:
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Redis (the connection decisions use) and PostgreSQL (cache misses, blocks)."""
-        timeout = settings.HEALTH_CHECK_TIMEOUT
-        checks = {"redis": "ok", "database": "ok"}
-        try:
-            await asyncio.wait_for(self.store.client.execute("PING"), timeout)
-        except (redis.RedisError, TimeoutError) as error:
-            metrics.REDIS_ERRORS.labels(service="auth_policy").inc()
-            checks["redis"] = type(error).__name__
-        try:
-            checks["database"] = await self.database.call(
-                health.check_database, timeout, wait=timeout + 0.5
-            )
-        except TimeoutError:
-            checks["database"] = "TimeoutError"
-        return all(value == "ok" for value in checks.values()), checks
+
+        async def check_database(timeout: float) -> str:
+            return await self.database.call(health.check_database, timeout, wait=timeout + 0.5)
+
+        return await policy_server_readiness(
+            self.store.client, check_database, service="auth_policy"
+        )
 
     # -- the decisions: parse -> decide (pure) -> store -> answer, never back ------------
 

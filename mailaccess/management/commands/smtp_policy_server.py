@@ -11,12 +11,12 @@ from typing import Any
 import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from redis import RedisError
 
-from common import health, health_http, metrics
+from common import health, health_http
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
+from mailaccess.mailserver.readiness import policy_server_readiness
 from mailaccess.mailserver.redis_pipeline import RedisPipeline, parse_url
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
@@ -25,22 +25,15 @@ async def readiness(
     client: RedisPipeline, executor: ThreadPoolExecutor
 ) -> tuple[bool, dict[str, str]]:
     """Redis (the counters, through the daemon's own connection) and PostgreSQL (plans,
-    blocks)."""
-    timeout = settings.HEALTH_CHECK_TIMEOUT
-    checks = {"redis": "ok", "database": "ok"}
-    try:
-        await asyncio.wait_for(client.execute(b"PING"), timeout)
-    except (RedisError, OSError, TimeoutError) as error:
-        metrics.REDIS_ERRORS.labels(service="smtp_policy").inc()
-        checks["redis"] = type(error).__name__
+    blocks), through the daemon's own threads."""
     loop = asyncio.get_running_loop()
-    try:
-        checks["database"] = await asyncio.wait_for(
+
+    async def check_database(timeout: float) -> str:
+        return await asyncio.wait_for(
             loop.run_in_executor(executor, health.check_database, timeout), timeout + 0.5
         )
-    except TimeoutError:
-        checks["database"] = "TimeoutError"
-    return all(value == "ok" for value in checks.values()), checks
+
+    return await policy_server_readiness(client, check_database, service="smtp_policy")
 
 
 class Command(BaseCommand):
