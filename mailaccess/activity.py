@@ -36,9 +36,10 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
+from redis.exceptions import RedisError
 
 from accounts.models import Mailbox
-from common.logging import log_event
+from common.logging import Throttle, log_event
 from mailaccess import actions
 from mailaccess.models import (
     ActivityKind,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from mailaccess.mailserver.redis_pipeline import RedisPipeline
 
 logger = logging.getLogger(__name__)
+_RECORD_ERROR_LOG = Throttle()
 
 # One stream for all mailboxes (its own Redis Cluster slot): the job reads it in order.
 STREAM_KEY = "mp:{activity}:events"
@@ -188,9 +190,22 @@ async def record(client: RedisPipeline, event: Event | None) -> None:
     """Buffer one event (the auth policy's event loop): one Redis command, no database."""
     if event is None:
         return
-    await client.execute(
-        "XADD", STREAM_KEY, "MAXLEN", "~", STREAM_MAX_LENGTH, "*", "e", event.encode()
-    )
+    try:
+        await client.execute(
+            "XADD", STREAM_KEY, "MAXLEN", "~", STREAM_MAX_LENGTH, "*", "e", event.encode()
+        )
+    except (RedisError, OSError, TimeoutError) as error:
+        # The history is a courtesy to the owner; the decision it records stands. Raised, the
+        # error would fail the request, and Dovecot's answer to a failed policy request lets
+        # the login in (auth_policy_reject_on_fail = no): a refusal must never become that.
+        if (left_out := _RECORD_ERROR_LOG.due()) is not None:
+            log_event(
+                logger,
+                "activity.record_failed",
+                logging.WARNING,
+                error=type(error).__name__,
+                left_out=left_out,
+            )
 
 
 # -- pure rules --------------------------------------------------------------------------------

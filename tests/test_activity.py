@@ -286,6 +286,26 @@ def test_the_policy_buffers_sign_ins_and_refusals_and_the_job_takes_them_in(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_refusal_stands_when_the_history_cannot_be_written(
+    redis_db: redis.Redis, alice: Mailbox, settings: Any
+) -> None:
+    """A failed history write must not fail the request: Dovecot lets a login in when its
+    policy request fails, which would turn the refusal into a way in."""
+    settings.AUTH_POLICY_CHECK_BURST = 1
+    settings.AUTH_POLICY_PROGRAM_CHECK_BURST = 1
+    switch_on(alice)
+    password = AppPassword.objects.get(mailbox=alice)
+    redis_db.set(activity.STREAM_KEY, "not a stream")  # every XADD now fails (WRONGTYPE)
+    dovecot = Dovecot(redis_url_for_tests())
+    body = {"app_password": str(password.pk)}
+    assert dovecot.allow(alice.address, **body)["status"] == 0
+    report = {"login": alice.address, "protocol": "imap", "remote": "192.0.2.10", "success": True}
+    assert dovecot.post("report", {**report, **body}).status_code == 200
+    dovecot.now += 120
+    assert dovecot.allow(alice.address, **body)["status"] == -1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_unknown_address_records_nothing(redis_db: redis.Redis) -> None:
     dovecot = Dovecot(redis_url_for_tests())
     for _ in range(12):
