@@ -8,7 +8,7 @@ jobs take only rows still due, and a notice is e-mailed only while ``emailed_at`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from smtplib import SMTPRecipientsRefused
 from typing import Any, TypedDict
 
@@ -135,6 +135,13 @@ def queue_notices(notice_ids: Sequence[int]) -> None:
             )
 
 
+def _address_chunks(mailbox_ids: Sequence[int]) -> Iterator[list[str]]:
+    """The mailboxes' addresses, as many per doveadm call as one call takes."""
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    for start in range(0, len(addresses), sessions.ADDRESSES_PER_CALL):
+        yield addresses[start : start + sessions.ADDRESSES_PER_CALL]
+
+
 @shared_task(
     acks_late=True,
     autoretry_for=TRANSIENT_ERRORS,
@@ -154,9 +161,7 @@ def queue_end_sessions(mailbox_ids: Sequence[int]) -> None:
     urls = settings.DOVEADM_API_URL
     if not urls or not mailbox_ids:
         return
-    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
-    for start in range(0, len(addresses), sessions.ADDRESSES_PER_CALL):
-        chunk = addresses[start : start + sessions.ADDRESSES_PER_CALL]
+    for chunk in _address_chunks(mailbox_ids):
         for url in urls:
             try:
                 if settings.CELERY_TASK_ALWAYS_EAGER:
@@ -211,9 +216,7 @@ def queue_flush_auth_cache(mailbox_ids: Sequence[int]) -> None:
     urls = settings.DOVEADM_API_URL
     if not urls or not mailbox_ids:
         return
-    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
-    for start in range(0, len(addresses), sessions.ADDRESSES_PER_CALL):
-        chunk = addresses[start : start + sessions.ADDRESSES_PER_CALL]
+    for chunk in _address_chunks(mailbox_ids):
         for url in urls:
             try:
                 sessions.flush_auth_cache(url, chunk, timeout=FLUSH_TIMEOUT)
