@@ -62,9 +62,9 @@ SEED_SQL = [
        FROM accounts_mailbox WHERE id % 10 < 4""",
     """INSERT INTO mailaccess_apppassword (mailbox_id, label, allow_imap, allow_pop3, allow_smtp,
            password_hash, lookup_key, created_at, last_used_protocol, last_used_client,
-           revoked_at)
+           revoked_at, allowed_networks)
        SELECT mailbox_id, '', true, true, true, '{SSHA512}x', md5(mailbox_id::text) || 'k',
-              now(), '', '', CASE WHEN enabled THEN NULL ELSE now() END
+              now(), '', '', CASE WHEN enabled THEN NULL ELSE now() END, '[]'
        FROM mailaccess_externalaccess""",
     """INSERT INTO mailaccess_auditevent (mailbox_id, address, action, reason, actor_kind,
            actor_label, justification, detail, created_at)
