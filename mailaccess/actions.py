@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -490,6 +491,18 @@ def change_status(mailbox: Mailbox, status: Status, *, actor: Actor) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Use:
+    """One successful login of a mail program, as the activity stream carries it."""
+
+    mailbox_id: int
+    protocol: Protocol
+    ip: str | None
+    when: datetime
+    app_password_id: int | None = None
+    client: str = ""
+
+
 def record_use(
     mailbox_id: int,
     protocol: Protocol,
@@ -499,20 +512,88 @@ def record_use(
     app_password_id: int | None = None,
     client: str = "",
 ) -> None:
-    """A mail program logged in successfully: what the panel and the expiry jobs read.
+    """One login's use (``record_uses``)."""
+    record_uses([Use(mailbox_id, protocol, ip, when or timezone.now(), app_password_id, client)])
 
-    Not audited (a use is not a change) and not locked: two reports racing each other both
-    write "now", and the later one winning is what we want.
+
+@transaction.atomic
+def record_uses(uses: Sequence[Use]) -> None:
+    """Mail programs logged in successfully: what the panel and the expiry jobs read.
+
+    Not audited (a use is not a change). The auth policy never calls this on a login: it
+    buffers the sign-in in the activity stream, and the ``compact_activity`` job applies a
+    page of them here in two UPDATEs, so a provider's periodic checks do not cost PostgreSQL
+    a write each. Pages may arrive out of order (a page retried after a crash), so only a use
+    newer than the stored one moves a field; the rows are locked, in id order, so an access
+    action changing the same row meanwhile (switching on sets ``last_activity_at``) is not
+    overwritten with an older time.
     """
-    when = when or timezone.now()
-    ExternalAccess.objects.filter(mailbox_id=mailbox_id).update(
-        **{f"{protocol.value}_last_used_at": when, f"{protocol.value}_last_ip": ip},
-        last_activity_at=when,
+    if not uses:
+        return
+    latest: dict[tuple[int, Protocol], Use] = {}
+    by_password: dict[int, Use] = {}
+    for use in uses:
+        key = (use.mailbox_id, use.protocol)
+        if key not in latest or latest[key].when < use.when:
+            latest[key] = use
+        if use.app_password_id is not None:
+            known = by_password.get(use.app_password_id)
+            if known is None or known.when < use.when:
+                by_password[use.app_password_id] = use
+
+    accesses = list(
+        ExternalAccess.objects.select_for_update()
+        .filter(mailbox_id__in={mailbox_id for mailbox_id, _protocol in latest})
+        .order_by("pk")
     )
-    if app_password_id is not None:
-        AppPassword.objects.filter(pk=app_password_id, mailbox_id=mailbox_id).update(
-            last_used_at=when, last_used_protocol=protocol, last_used_ip=ip, last_used_client=client
-        )
+    changed_accesses: list[ExternalAccess] = []
+    for access in accesses:
+        changed = False
+        for protocol in Protocol:
+            newest = latest.get((access.mailbox_id, protocol))
+            if newest is None:
+                continue
+            stored = getattr(access, f"{protocol.value}_last_used_at")
+            if stored is None or stored < newest.when:
+                setattr(access, f"{protocol.value}_last_used_at", newest.when)
+                setattr(access, f"{protocol.value}_last_ip", newest.ip)
+                changed = True
+            if access.last_activity_at is None or access.last_activity_at < newest.when:
+                access.last_activity_at = newest.when
+                changed = True
+        if changed:
+            changed_accesses.append(access)
+    ExternalAccess.objects.bulk_update(
+        changed_accesses,
+        [
+            *(f"{protocol.value}_last_used_at" for protocol in Protocol),
+            *(f"{protocol.value}_last_ip" for protocol in Protocol),
+            "last_activity_at",
+        ],
+    )
+
+    passwords_used = list(
+        AppPassword.objects.select_for_update()
+        .filter(pk__in=by_password)
+        .order_by("pk")
+        .only("pk", "mailbox_id", "last_used_at")
+    )
+    changed_passwords: list[AppPassword] = []
+    for password in passwords_used:
+        use = by_password[password.pk]
+        # A password id from another mailbox's event changes nothing.
+        if use.mailbox_id != password.mailbox_id:
+            continue
+        if password.last_used_at is None or password.last_used_at < use.when:
+            password.last_used_at = use.when
+            password.last_used_protocol = use.protocol
+            password.last_used_ip = use.ip
+            password.last_used_client = use.client
+            changed_passwords.append(password)
+    AppPassword.objects.bulk_update(
+        changed_passwords,
+        ["last_used_at", "last_used_protocol", "last_used_ip", "last_used_client"],
+    )
 
 
 # Bulk variants for the jobs. Each takes a bounded page of rows as a QuerySet (the caller

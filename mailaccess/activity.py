@@ -2,9 +2,11 @@
 
 The auth policy answers thousands of logins a second and must not write the database for
 each. So it only *buffers* (``record``): one ``XADD`` to a Redis stream for a refusal, and
-for a successful login only when it records the password's last use anyway (once a minute
-per password, protocol and network, ``AUTH_POLICY_USE_RECORD_INTERVAL``): the policy's
-own Redis script already folds a program's many connections into that one event.
+for a successful login at most once a minute per password, protocol and network
+(``AUTH_POLICY_USE_RECORD_INTERVAL``): the policy's own Redis script already folds a
+program's many connections into that one event. The stream is also how a login's *last use*
+reaches the database (``actions.record_uses``): the panel's "last used" and the idle-expiry
+job read it after the next compaction, a minute later at most.
 
 The ``compact_activity`` job (every minute, ``compact``) reads the stream in pages, folds
 the events into ``PasswordActivity`` rows (one row per password, protocol, network, program
@@ -64,8 +66,11 @@ _RECORD_ERROR_LOG = Throttle()
 # One stream for all mailboxes (its own Redis Cluster slot): the job reads it in order.
 STREAM_KEY = "mp:{activity}:events"
 LOCK_KEY = "mp:{activity}:lock"
-# A flood of refused guesses must not grow Redis without end: past this, the oldest go.
-STREAM_MAX_LENGTH = 100_000
+# A flood of refused guesses must not grow Redis without end: past this, the oldest go. The
+# sign-ins in it are also the last uses the expiry jobs read, so it must hold what arrives
+# between two runs of the job with room to spare: a million mailboxes checking every five
+# minutes add about 200,000 a minute; a million entries take about 120 MB of Redis.
+STREAM_MAX_LENGTH = 1_000_000
 PAGE_SIZE = 1000
 LOCK_SECONDS = 300
 
@@ -145,13 +150,16 @@ class Event:
 
 
 def sign_in_event(state: MailboxState, request: LoginRequest, now: float) -> Event | None:
-    password = state.password_for(request)
-    if request.protocol is None or password is None:
+    """A successful login's event. One whose password the policy cannot name (a Dovecot not
+    configured to send it, deploy/dovecot) still carries the mailbox's last use, which the
+    expiry jobs must see; it just makes no row in the password's history."""
+    if request.protocol is None:
         return None
+    password = state.password_for(request)
     return Event(
         ActivityKind.SIGN_IN,
         state.mailbox_id,
-        password.id,
+        password.id if password else None,
         request.protocol.value,
         request.network or "",
         request.remote,
@@ -353,6 +361,8 @@ def _store(page: _Page, now: datetime) -> None:
     alerts: list[_Alert] = []
     for folded in sorted(folds, key=lambda item: item.first.when):
         first, last = folded.first, folded.last
+        if first.kind == ActivityKind.SIGN_IN and first.app_password_id is None:
+            continue  # a last use only (``sign_in_event``), recorded below
         if first.kind == ActivityKind.SIGN_IN and first.app_password_id is not None:
             password_seen = seen.setdefault(first.app_password_id, set())
             when = _time(first.when)
@@ -401,6 +411,22 @@ def _store(page: _Page, now: datetime) -> None:
         [row for row in changed if row.pk is not None], ["last_at", "count", "ip", "retry_at"]
     )
     PasswordActivity.objects.bulk_create(created)
+    # Each sign-in is also the password's and the protocol's last use: the auth policy writes
+    # no database row per login, this page's newest use per key lands here in two UPDATEs.
+    actions.record_uses(
+        [
+            actions.Use(
+                folded.last.mailbox_id,
+                Protocol(folded.last.protocol),
+                folded.last.ip,
+                _time(folded.last.when),
+                folded.last.app_password_id,
+                folded.last.client,
+            )
+            for folded in folds
+            if folded.first.kind == ActivityKind.SIGN_IN
+        ]
+    )
     _prune(mailbox_ids, now)
     if alerts:
         actions.alert_new_programs(

@@ -20,6 +20,8 @@ class MailaccessConfig(AppConfig):
         # ... and Dovecot's auth cache holds that reason: flush it (and after every access
         # change, below, before the sessions are kicked).
         post_save.connect(tasks.flush_after_language_change, sender=Mailbox)
+        # ... and the auth policy's cached state holds the language of its messages.
+        post_save.connect(state.language_changed, sender=Mailbox)
 
         # The auth policy's cached state must follow every access change at once.
         if state.invalidate not in actions.access_changed_hooks:

@@ -385,8 +385,12 @@ AUTH_POLICY_FAILURE_WINDOW = envint("AUTH_POLICY_FAILURE_WINDOW", 900)
 AUTH_POLICY_KNOWN_IP_DAYS = envint("AUTH_POLICY_KNOWN_IP_DAYS", 30)
 # Last use is written to the database at most this often per password, protocol and network.
 AUTH_POLICY_USE_RECORD_INTERVAL = envint("AUTH_POLICY_USE_RECORD_INTERVAL", 60)
-# Seconds the cached database state lives; access changes invalidate it at once anyway.
-AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 300)
+# Seconds the cached database state lives; access changes (and a new language or plan)
+# invalidate it at once anyway, so this only bounds what no change announces. It must be well
+# over the five minutes at which programs check: at 300 s nearly every periodic check found
+# its state expired and paid a database query (benchmarks/README.md, issue 23). About 300
+# bytes of Redis per mailbox that checked within the hour.
+AUTH_POLICY_STATE_TTL = envint("AUTH_POLICY_STATE_TTL", 3600)
 
 # The SMTP policy daemon (`manage.py smtp_policy_server`, see deploy/postfix-policy.md).
 # Where it listens: host:port or unix:/path, comma separated.

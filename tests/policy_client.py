@@ -9,7 +9,9 @@ import time
 from typing import Any, cast
 
 import httpx
+import redis
 
+from mailaccess import activity
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 
@@ -125,6 +127,14 @@ class Dovecot:
             return response
 
         return asyncio.run(send())
+
+    def compact_activity(self) -> int:
+        """The minutely job: the buffered sign-ins become history rows and last uses."""
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            return activity.compact(client)
+        finally:
+            client.close()
 
     def allow(
         self, login: str, protocol: str = "imap", remote: str = "192.0.2.10", **extra: Any

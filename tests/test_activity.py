@@ -21,6 +21,7 @@ from mailaccess.activity import Event, alert_due, is_new_program
 from mailaccess.models import (
     ActivityKind,
     AppPassword,
+    ExternalAccess,
     NewProgramAlert,
     Notice,
     NoticeKind,
@@ -422,3 +423,39 @@ def test_support_sees_the_same_list_in_the_admin(
     assert "Thunderbird 115" in page and "192.0.2.10" in page
     assert "Thunderbird 115" in listing
     assert password.password_hash not in page + listing
+
+
+@pytest.mark.django_db
+def test_the_newest_use_wins_whatever_order_the_pages_come_in(alice: Mailbox) -> None:
+    """A page retried after a crash brings older sign-ins after newer ones: they must not
+    move the panel's "last used" (or the idle-expiry clock) back."""
+    actions.enable_access(alice, actor=Actor.user(alice))
+    [password] = AppPassword.objects.filter(mailbox=alice)
+    activity.fold([sign_in(password, "203.0.113.7", START + 600, "K-9 Mail")], now=NOW)
+    activity.fold([sign_in(password, "192.0.2.10", START, "Thunderbird 115")], now=NOW)
+
+    access = ExternalAccess.objects.get(mailbox=alice)
+    password.refresh_from_db()
+    assert access.imap_last_used_at is not None
+    assert access.imap_last_used_at.timestamp() == START + 600
+    assert access.imap_last_ip == "203.0.113.7"
+    assert access.last_activity_at == access.imap_last_used_at
+    assert password.last_used_at == access.imap_last_used_at
+    assert password.last_used_client == "K-9 Mail"
+
+
+@pytest.mark.django_db
+def test_a_sign_in_the_policy_could_not_name_a_password_for_still_counts_as_a_use(
+    alice: Mailbox,
+) -> None:
+    """A Dovecot that does not send the password's id: the mailbox was used all the same, and
+    the idle-expiry job must see it; the history shows no row without a password."""
+    actions.enable_access(alice, actor=Actor.user(alice))
+    event = activity.Event(
+        ActivityKind.SIGN_IN, alice.pk, None, "pop3", "192.0.2.10", "192.0.2.10", "", START
+    )
+    activity.fold([("1-0", event)], now=NOW)
+
+    access = ExternalAccess.objects.get(mailbox=alice)
+    assert access.pop3_last_used_at is not None and access.pop3_last_used_at.timestamp() == START
+    assert not PasswordActivity.objects.filter(mailbox=alice).exists()

@@ -12,7 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from django.utils import translation
+from django.utils.translation import gettext
 
 from accounts.models import Mailbox
 from audit.models import Actor
@@ -206,6 +209,7 @@ def test_each_login_is_recorded_against_the_password_that_matched(
     dovecot.now += 5
     # The same network, a second later: another device, so recorded too.
     assert login(dovecot, "smtp", first_text, first, remote="192.0.2.10")["status"] == 0
+    assert dovecot.compact_activity() == 2
 
     phone.refresh_from_db()
     first.refresh_from_db()
@@ -234,8 +238,39 @@ def test_a_password_scoped_to_imap_is_refused_smtp_auth_with_the_reason(
     assert reply["status"] == -1
     assert reply["msg"].startswith("This password is not for SMTP, only for IMAP.")
     assert login(dovecot, "imap", phone_text, phone, **bob_login)["status"] == 0
+    dovecot.compact_activity()
     phone.refresh_from_db()
     assert phone.last_used_protocol == "imap"
+
+
+@with_redis[0]
+@with_redis[1]
+def test_a_new_language_reaches_the_mail_servers_messages_at_once(
+    dovecot: Dovecot, bob: Mailbox
+) -> None:
+    """The policy caches a mailbox's state for an hour; the language its refusals are written
+    in is part of it, and switching language in the page header must not wait for that."""
+    actions.enable_access(bob, actor=Actor.user(bob))
+    _phone, phone_text = actions.create_app_password(
+        bob, label="iPhone", protocols={"imap"}, actor=Actor.user(bob)
+    )
+    bob_login = {"login": "bob@mail.ee"}
+    english = login(dovecot, "smtp", phone_text, None, **bob_login)["msg"]
+    assert english.startswith("This password is not for SMTP")
+
+    client = Client()
+    client.force_login(bob)
+    client.post(reverse("set_language"), {"language": "lv", "next": "/"})
+    bob.refresh_from_db()
+    assert bob.language == "lv"
+
+    latvian = login(dovecot, "smtp", phone_text, None, **bob_login)["msg"]
+    with translation.override("lv"):
+        expected = gettext(
+            "This password is not for %(protocol)s, only for %(allowed)s. Add a password "
+            "that allows %(protocol)s in Settings."
+        ) % {"protocol": "SMTP", "allowed": "IMAP"}
+    assert latvian == expected != english
 
 
 @with_redis[0]

@@ -16,7 +16,7 @@ import redis
 
 from accounts.models import Mailbox
 from audit.models import Actor
-from mailaccess import actions, counters
+from mailaccess import actions, activity, counters
 from mailaccess.mailserver import state
 from mailaccess.mailserver.asgi import AuthPolicyApp
 from mailaccess.mailserver.auth_policy import Command
@@ -100,12 +100,16 @@ def test_a_mailbox_with_access_off_hears_why_in_its_language_once_the_password_w
 
 
 def test_access_on_lets_every_protocol_in_and_the_panel_shows_each_last_use(
-    dovecot: Dovecot, alice: Mailbox
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
 ) -> None:
     switch_on(alice)
     assert dovecot.login("alice@inbox.lv", "imap", "192.0.2.10") == {"status": 0, "msg": ""}
     assert dovecot.login("alice@inbox.lv", "pop3", "192.0.2.11")["status"] == 0
     assert dovecot.login("alice@inbox.lv", "submission", "2001:db8::5")["status"] == 0
+    # The logins wrote no row: their uses wait in the activity stream for the minutely job.
+    assert access(alice).imap_last_used_at is None
+    assert redis_db.xlen(activity.STREAM_KEY) == 3
+    assert dovecot.compact_activity() == 3
     state = access(alice)
     assert state.imap_last_ip == "192.0.2.10"
     assert state.pop3_last_ip == "192.0.2.11"
@@ -134,10 +138,13 @@ def test_a_blocked_mailbox_hears_why(dovecot: Dovecot, bob: Mailbox) -> None:
     assert "a 16th message within one hour was refused" in reply["msg"]
 
 
-def test_failed_and_refused_logins_record_no_use(dovecot: Dovecot, alice: Mailbox) -> None:
+def test_failed_and_refused_logins_record_no_use(
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
+) -> None:
     dovecot.login("alice@inbox.lv")  # access off: refused before auth
     switch_on(alice)
     dovecot.login("alice@inbox.lv", right=False)
+    dovecot.compact_activity()
     assert access(alice).imap_last_used_at is None
 
 
@@ -251,15 +258,19 @@ def test_guessing_from_one_network_across_mailboxes_locks_that_network(
     assert dovecot.allow("bob@mail.ee", "smtp", remote="2001:db8:bad:2::1")["status"] == 0
 
 
-def test_last_use_is_written_at_most_once_a_minute(dovecot: Dovecot, alice: Mailbox) -> None:
+def test_last_use_is_recorded_at_most_once_a_minute(
+    dovecot: Dovecot, alice: Mailbox, redis_db: redis.Redis
+) -> None:
     switch_on(alice)
     dovecot.login("alice@inbox.lv", "smtp")
     dovecot.now += 30
     dovecot.login("alice@inbox.lv", "smtp")
+    assert dovecot.compact_activity() == 1
     used = access(alice).smtp_last_used_at
     assert used is not None and used.timestamp() == START
     dovecot.now += 31
     dovecot.login("alice@inbox.lv", "smtp")
+    assert dovecot.compact_activity() == 1
     used = access(alice).smtp_last_used_at
     assert used is not None and used.timestamp() == START + 61
 
@@ -297,11 +308,11 @@ def test_every_key_of_a_mailbox_shares_its_cluster_hash_tag(
     dovecot.login("alice@inbox.lv")
     dovecot.login("alice@inbox.lv", "pop3", right=False)
     keys = {str(key) for key in redis_db.keys("*")}
-    # The client network's failures count across mailboxes: a tag of their own.
-    assert keys - {"mp:{net:192.0.2.10}:fails"}
-    assert all(
-        key.startswith("mp:{alice@inbox.lv}:") for key in keys - {"mp:{net:192.0.2.10}:fails"}
-    )
+    # The client network's failures count across mailboxes, and the activity stream holds
+    # every mailbox's sign-ins for the job: a tag of their own each.
+    shared = {"mp:{net:192.0.2.10}:fails", activity.STREAM_KEY}
+    assert keys - shared
+    assert all(key.startswith("mp:{alice@inbox.lv}:") for key in keys - shared)
 
 
 def test_without_redis_the_answer_is_an_error_dovecot_can_act_on(

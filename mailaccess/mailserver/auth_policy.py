@@ -261,7 +261,7 @@ class LoginLimits:
     failure_window: int = 900
     known_ip_days: int = 30
     use_record_interval: int = 60
-    state_ttl: int = 300
+    state_ttl: int = 3600
 
     @classmethod
     def from_settings(cls) -> LoginLimits:

@@ -14,8 +14,8 @@ still checks the password). When Redis or PostgreSQL is down the answer is a 503
 path, so they cost the hot path nothing.
 
 A request is a header check, a JSON parse and one Redis round trip (``auth_policy_store.py``).
-The ORM runs only on a cache miss, a throttled last-use write or a block, each in one of a few
-threads of the app's own pool, whose database connections ``aclose`` closes.
+The ORM runs only on a cache miss or a block, each in one of a few threads of the app's own
+pool, whose database connections ``aclose`` closes; a login's use goes to the activity stream.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
@@ -68,7 +67,7 @@ _DATABASE_ERROR_LOG = Throttle()
 PATH = b"/auth-policy"
 JSON = b"application/json"
 ALLOWED = json.dumps({"status": 0, "msg": ""}).encode()
-# The ORM's threads: a cache miss, a last-use write or a block at a time is the common case;
+# The ORM's threads: a cache miss or a block at a time is the common case;
 # four let a burst of misses (a restart of Redis) proceed without one slow query holding all.
 DB_THREADS = 4
 
@@ -77,20 +76,6 @@ T = TypeVar("T")
 Response = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
 OK_ALLOWED: Response = (200, ALLOWED, JSON, ())
 UNAVAILABLE: Response = (503, ALLOWED, JSON, ())
-
-
-def _record_use(state: MailboxState, request: LoginRequest, when: float) -> None:
-    close_old_connections()
-    assert request.protocol is not None
-    password = state.password_for(request)
-    actions.record_use(
-        state.mailbox_id,
-        request.protocol,
-        request.remote,
-        when=datetime.fromtimestamp(when, UTC),
-        app_password_id=password.id if password else None,
-        client=request.client,
-    )
 
 
 def _block_faulty(state: MailboxState, request: LoginRequest, limit: int) -> None:
@@ -368,15 +353,15 @@ class AuthPolicyApp:
         if isinstance(result, Miss) or result.state is None:
             # Unknown login, or invalidated twice meanwhile: one report less is harmless.
             return effect
-        # Last use is written at most once a minute per password, protocol and network
-        # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check,
-        # and an UPDATE per login would make PostgreSQL the bottleneck at thousands of
-        # logins a second, for a figure the panel shows to the minute and expiry counts in
-        # months. A login without a client address is no mail program's: it is the operator's
-        # `doveadm auth test` (deploy/README.md, "Check it"), which must not show up in the
-        # panel as the owner's last use.
+        # A use is recorded at most once a minute per password, protocol and network
+        # (AUTH_POLICY_USE_RECORD_INTERVAL): a program opens several connections per check.
+        # Recorded means buffered in the activity stream, not written: the compaction job
+        # writes the last uses of a page of them at once (activity.py), so a provider's
+        # periodic checks cost PostgreSQL nothing per login. A login without a client
+        # address is no mail program's: it is the operator's `doveadm auth test`
+        # (deploy/README.md, "Check it"), which must not show up in the panel as the
+        # owner's last use.
         if result.record_use and request.protocol is not None and request.remote is not None:
-            await self._in_thread(_record_use, result.state, request, now)
             await activity.record(
                 self.store.client, activity.sign_in_event(result.state, request, now)
             )

@@ -4,8 +4,9 @@ The cache holds what a decision needs (mailbox id, access on/off, block reason, 
 language, and each live password's id, key prefix and protocols) as a hash under the
 mailbox's hash tag, read by the decision's Lua script in the same round trip as the counters.
 The access actions invalidate it after commit (``MailaccessConfig.ready`` registers
-``invalidate``), so a switch-off is obeyed at once, not after a TTL; the TTL only bounds what
-no action announces (a deleted mailbox, a changed language).
+``invalidate``), and so does a change of the mailbox's language (``language_changed``), so a
+switch-off is obeyed at once, not after a TTL; the TTL (an hour) only bounds what nothing
+announces (a deleted mailbox, an invalidation lost to a Redis outage).
 
 A reader that misses loads the row and writes it back only if no invalidation came in between:
 each invalidation bumps a generation counter, and the write compares it
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import redis
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from accounts.models import Mailbox, normalize_address
 from common import metrics
@@ -89,6 +91,16 @@ def invalidate_addresses(addresses: Sequence[str], client: redis.Redis | None = 
         pipe.delete(state_key(login))
         pipe.publish(ACCESS_CHANNEL, login)
     pipe.execute()
+
+
+def language_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    """post_save receiver of Mailbox: the cached state holds the language the mail servers'
+    messages are written in, and lives an hour; a new language must not wait for that."""
+    if kwargs.get("created"):
+        return
+    if update_fields is None or "language" in update_fields:
+        mailbox_id = instance.pk
+        transaction.on_commit(lambda: invalidate([mailbox_id]))
 
 
 def invalidate(mailbox_ids: Sequence[int]) -> None:
