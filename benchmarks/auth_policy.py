@@ -632,8 +632,9 @@ def delta(before: Sample, after: Sample) -> dict[str, float]:
     }
 
 
-# The compact_activity job's work in a process of its own, printing the events it took in and
-# its PostgreSQL backend's CPU seconds: activity.compact's loop (a page of the stream folded,
+# The compact_activity job's work in a process of its own, printing the events it took in,
+# its own CPU seconds (Django's start left out) and its PostgreSQL backend's: activity.compact's
+# loop (a page of the stream folded,
 # then deleted), but from a given stream id and for at most a given number of events, so that
 # a sample of a run's events can be timed without taking them all in (minutes at 10,000
 # mailboxes).
@@ -643,7 +644,7 @@ django.setup()
 try:
     from mailaccess import activity
 except ImportError:
-    print(0, 0.0)
+    print(0, 0.0, 0.0)
     sys.exit()
 from django.db import connection
 from mailaccess.counters import sync_client
@@ -653,7 +654,7 @@ with connection.cursor() as cursor:
 def backend():
     fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-before = backend()
+before, own = backend(), os.times()
 start, limit = sys.argv[1], int(sys.argv[2])
 done, client = 0, sync_client()
 while done < limit:
@@ -666,7 +667,8 @@ while done < limit:
     client.xdel(activity.STREAM_KEY, *[i for i, _f in entries])
     done += len(entries)
     start = "(" + entries[-1][0]
-print(done, backend() - before)
+now = os.times()
+print(done, backend() - before, now.user + now.system - own.user - own.system)
 """
 
 
@@ -684,10 +686,7 @@ def compaction(
 ) -> tuple[int, float, float, float]:
     """The compaction job's work on at most ``limit`` events from stream id ``start``:
     (events, CPU seconds of the job's process, of its PostgreSQL backend, of Redis)."""
-    import resource
-
     redis_before = cpu_seconds(redis_process)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = subprocess.run(
         [sys.executable, "-c", COMPACT, start, str(limit)],
         cwd=ROOT,
@@ -695,13 +694,11 @@ def compaction(
         capture_output=True,
         text=True,
     )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if output.returncode:
         print(output.stderr[-2000:], file=sys.stderr)
         return 0, 0.0, 0.0, 0.0
-    events, backend = output.stdout.split()[-2:]
-    job = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return int(events), job, float(backend), cpu_seconds(redis_process) - redis_before
+    events, backend, job = output.stdout.split()[-3:]
+    return int(events), float(job), float(backend), cpu_seconds(redis_process) - redis_before
 
 
 def periodic_run(
@@ -720,7 +717,7 @@ def periodic_run(
     mailboxes, period = args.mailboxes, periodic.period
     spacing = period + CHECK_SECONDS / periodic.factor
     samples: list[Sample] = []
-    warm_end = ""
+    marks: list[str] = []  # the stream's end after the warm-up, after the first period
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -732,6 +729,7 @@ def periodic_run(
             f"warm-up: every mailbox once in {time.perf_counter() - began:.0f} s; {spread:,} "
             f"cached states given a remaining life spread over (0, {ttl}] s"
         )
+        marks.append(await loop.run_in_executor(None, stream_end, env))
         start = time.perf_counter() + 0.5
         checks = [
             asyncio.ensure_future(
@@ -742,8 +740,7 @@ def periodic_run(
         # One whole period unmeasured: every mailbox logged in once (states loaded, uses
         # recorded), as if last seen a period ago.
         await asyncio.sleep(start + spacing - time.perf_counter())
-        nonlocal warm_end
-        warm_end = await loop.run_in_executor(None, stream_end, env)
+        marks.append(await loop.run_in_executor(None, stream_end, env))
         samples.append(await loop.run_in_executor(None, meter.sample))
         window.start = time.perf_counter()
         window.stop = window.start + args.measured_periods * spacing
@@ -757,14 +754,15 @@ def periodic_run(
     # ended, over the logins that ended then (a few due before the start among them).
     logins = window.completed
     # The job after the load, not during it (it would compete for the two cores), on a
-    # sample: first the first period's events of the sample's mailboxes (the history rows
-    # production has), then theirs of the measured periods. The figure is per event, times
-    # the events a login made.
+    # sample: first the first period's events of the sample's mailboxes (the first in the
+    # schedule), so they have the history rows production has, then theirs of the measured
+    # periods. The figure is per event, times the events a login made.
     sample = args.compaction_events
-    warm = compaction(env, redis_process, "-", sample) if warm_end else (0, 0, 0.0, 0.0)
-    events, job, backend, redis_seconds = (
-        compaction(env, redis_process, "(" + warm_end, sample) if warm_end else (0, 0, 0.0, 0.0)
-    )
+    warm, measured = (0, 0.0, 0.0, 0.0), (0, 0.0, 0.0, 0.0)
+    if all(marks):
+        warm = compaction(env, redis_process, "(" + marks[0], sample)
+        measured = compaction(env, redis_process, "(" + marks[1], sample)
+    events, job, backend, redis_seconds = measured
 
     def ms(value: float, per: float) -> float:
         return value * 1000 / max(per, 1)
