@@ -62,6 +62,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -581,32 +582,52 @@ class Sample:
 
 class Meter:
     """CPU seconds from /proc of the server's processes, the benchmark database's
-    PostgreSQL backends and the private Redis, and Redis's command counts."""
+    PostgreSQL backends and the private Redis, and Redis's command counts.
+
+    The server's database connections live ``DATABASE_CONN_MAX_AGE`` (a minute), so backends
+    end and start within a run: they are polled twice a second, each counted from its first
+    sight (from its start if it started in the run) to its last."""
 
     def __init__(self, server: int, redis_process: int, redis_url: str, database_url: str) -> None:
+        import psycopg
         import redis
 
         self.server, self.redis_process = server, redis_process
         self.redis = redis.Redis.from_url(redis_url)
-        self.database_url = database_url
         self.database = urlparse(database_url).path.lstrip("/")
+        self.connection = psycopg.connect(database_url, autocommit=True)
+        self.seen: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.poller: threading.Thread | None = None
 
-    def backends(self) -> list[int]:
-        import psycopg
+    def poll(self) -> dict[int, float]:
+        rows = self.connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [self.database],
+        ).fetchall()
+        for (pid,) in rows:
+            self.seen[pid] = max(self.seen.get(pid, 0.0), cpu_seconds(pid))
+        return {pid: self.seen[pid] for (pid,) in rows}
 
-        with psycopg.connect(self.database_url, autocommit=True) as connection:
-            rows = connection.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                [self.database],
-            ).fetchall()
-        return [row[0] for row in rows]
+    def polling(self) -> None:
+        while not self.stop.wait(0.5):
+            self.poll()
 
     def sample(self) -> Sample:
         stats = self.redis.info("commandstats")
         times = os.times()
+        if self.poller is None:
+            backends = self.poll()
+            self.poller = threading.Thread(target=self.polling, daemon=True)
+            self.poller.start()
+        else:
+            self.stop.set()
+            self.poller.join()
+            self.poll()
+            backends = dict(self.seen)
         return Sample(
             server=sum(cpu_seconds(pid) for pid in process_tree(self.server)),
-            backends={pid: cpu_seconds(pid) for pid in self.backends()},
+            backends=backends,
             redis=cpu_seconds(self.redis_process),
             client=times.user + times.system,
             calls={name: int(value["calls"]) for name, value in stats.items()},
