@@ -65,13 +65,14 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+import redis as redis_client  # noqa: E402
 
 from tests import mailservers  # noqa: E402
 
@@ -266,7 +267,16 @@ def load_client_cpu() -> float:
 class Services:
     database_url: str
     redis: subprocess.Popen[bytes]
+    redis_url: str = ""
     policy: subprocess.Popen[bytes] | None = None
+
+    def redis_commands(self) -> int:
+        """Commands the private Redis has processed (``INFO stats``)."""
+        client = redis_client.Redis.from_url(self.redis_url)
+        try:
+            return int(cast(dict[str, Any], client.info("stats"))["total_commands_processed"])
+        finally:
+            client.close()
 
     def backends(self) -> list[int]:
         name = urlparse(self.database_url).path.lstrip("/")
@@ -285,6 +295,7 @@ class Sample:
     policy: float
     redis: float
     client: float
+    redis_commands: int
 
 
 def sample(dovecot: subprocess.Popen[bytes], services: Services) -> Sample:
@@ -294,6 +305,7 @@ def sample(dovecot: subprocess.Popen[bytes], services: Services) -> Sample:
         policy=tree_cpu(services.policy.pid) if services.policy else 0.0,
         redis=cpu_of(services.redis.pid),
         client=load_client_cpu(),
+        redis_commands=services.redis_commands(),
     )
 
 
@@ -557,6 +569,7 @@ class Row:
     p99: float
     failures: int
     cpu_ms: dict[str, float]
+    redis_commands: float = 0.0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -588,6 +601,8 @@ def measure(
         percentile(result.latencies, 0.99),
         result.failures,
         {name: seconds * 1000 / max(logins, 1) for name, seconds in split.items()},
+        # The two INFO calls of the samples are the benchmark's own.
+        (after.redis_commands - before.redis_commands - 2) / max(logins, 1),
     )
 
 
@@ -597,14 +612,16 @@ def print_row(row: Row, reference: float | None = None) -> None:
     print(
         f"{row.config:<10} {row.rate:9,.0f} {share} {row.p50:7.2f} {row.p99:7.2f} "
         f"{cpu['dovecot']:8.2f} {cpu['postgres']:8.2f} {cpu['policy']:8.2f} "
-        f"{cpu['redis']:6.2f} {cpu['client']:7.2f} {row.failures:6}"
+        f"{cpu['redis']:6.2f} {cpu['client']:7.2f} {row.failures:6} {row.redis_commands:8.1f}"
     )
 
 
 HEADER = (
     f"{'config':<10} {'logins/s':>9} {'of A':>5} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'Dovecot':>8} {'Postgres':>8} {'policy':>8} {'Redis':>6} {'client':>7} {'failed':>6}\n"
-    f"{'':<10} {'':>9} {'':>5} {'':>7} {'':>7} {'(CPU ms per login)':^41}"
+    f"{'Dovecot':>8} {'Postgres':>8} {'policy':>8} {'Redis':>6} {'client':>7} {'failed':>6} "
+    f"{'Redis':>8}\n"
+    f"{'':<10} {'':>9} {'':>5} {'':>7} {'':>7} {'(CPU ms per login)':^41} {'':>6} "
+    f"{'cmds/login':>8}"
 )
 
 
@@ -708,36 +725,33 @@ def policy_intervals(database_url: str, redis_url: str) -> tuple[int, int, int]:
     return check, ttl, record
 
 
-def compaction_cost(database_url: str, redis_url: str) -> tuple[float, int]:
-    """CPU seconds (the job's process and its PostgreSQL backend) of the ``compact_activity``
-    job taking in what the run buffered, and the events it took; (0, 0) where the code has
-    no such job."""
+def compaction_cost(database_url: str, redis_url: str) -> tuple[float, float, int]:
+    """CPU seconds of the ``compact_activity`` job taking in what the run buffered: its own
+    (the job only, not the interpreter's start) and its PostgreSQL backend's; and the events
+    it took. (0, 0, 0) where the code has no such job."""
     env = portal_env(database_url, redis_url)
     code = (
-        "import django, os, sys; django.setup()\n"
+        "import django, os, resource, sys; django.setup()\n"
         "try:\n    from mailaccess import activity\n"
-        "except ImportError:\n    print(0); sys.exit()\n"
+        "except ImportError:\n    print(0, 0, 0); sys.exit()\n"
         "from django.db import connection\n"
         "with connection.cursor() as c:\n"
         "    c.execute('SELECT pg_backend_pid()'); pid = c.fetchone()[0]\n"
         "def backend():\n"
         "    f = open(f'/proc/{pid}/stat').read().rpartition(')')[2].split()\n"
         "    return (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')\n"
-        "before = backend(); done = activity.compact()\n"
-        "print(done, backend() - before)\n"
+        "def own():\n"
+        "    u = resource.getrusage(resource.RUSAGE_SELF); return u.ru_utime + u.ru_stime\n"
+        "b, o = backend(), own(); done = activity.compact()\n"
+        "print(done, own() - o, backend() - b)\n"
     )
-    started = os.times()
     output = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    ended = os.times()
-    words = (output.stdout.split() or ["0"])[-2:]
-    if len(words) < 2:
-        return 0.0, 0
-    job = (ended.children_user + ended.children_system) - (
-        started.children_user + started.children_system
-    )
-    return job + float(words[1]), int(words[0])
+    words = output.stdout.split()[-3:]
+    if len(words) < 3:
+        return 0.0, 0.0, 0
+    return float(words[1]), float(words[2]), int(words[0])
 
 
 @contextlib.contextmanager
@@ -829,12 +843,12 @@ def main() -> int:
     cold_first = periodic_first + working if periodic_first else working
     cold_slice = max(1, (args.mailboxes - cold_first) // max(args.rounds, 1))
     periodic: Periodic | None = None
-    compaction: list[tuple[float, int]] = []
+    compaction: list[tuple[float, float, int]] = []
     rows_by_config: dict[str, list[Row]] = {name: [] for name in configs}
     paced_row: Row | None = None
     try:
         with private_redis(work / "redis.log") as (redis, redis_url):
-            services = Services(args.database, redis)
+            services = Services(args.database, redis, redis_url)
             policy_url = api_key = ""
             policies: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
             if any(name in ("C", "Ccold", "Ccache") for name in configs):
@@ -910,8 +924,14 @@ def main() -> int:
                         row = measure(config, dovecot, services, load)
                         if config == "Cperiodic":
                             logins = row.rate * args.period
-                            seconds, events = compaction_cost(args.database, redis_url)
-                            compaction.append((seconds * 1000 / max(logins, 1), events))
+                            job, backend, events = compaction_cost(args.database, redis_url)
+                            compaction.append(
+                                (
+                                    job * 1000 / max(logins, 1),
+                                    backend * 1000 / max(logins, 1),
+                                    events,
+                                )
+                            )
                         rows_by_config[config].append(row)
                         print_row(row)
                     finally:
@@ -951,6 +971,7 @@ def main() -> int:
                 name: statistics.mean(row.cpu_ms[name] for row in config_rows)
                 for name in config_rows[0].cpu_ms
             },
+            statistics.mean(row.redis_commands for row in config_rows),
         )
     reference = means["A"].rate if "A" in means else None
     for row in means.values():
@@ -959,11 +980,13 @@ def main() -> int:
         print(f"\nC paced at {paced_row.rate:,.0f} logins/s (70% of C's saturation rate):")
         print_row(paced_row, reference)
     if compaction:
-        per_login = statistics.mean(cost for cost, _events in compaction)
-        events = sum(count for _cost, count in compaction)
+        job = statistics.mean(cost for cost, _backend, _events in compaction)
+        backend = statistics.mean(cost for _job, cost, _events in compaction)
+        events = sum(count for _job, _backend, count in compaction)
         print(
-            f"\nCperiodic: the compaction job then took in {events:,} buffered events, "
-            f"{per_login:.3f} ms of CPU (job + PostgreSQL) per login of the run"
+            f"\nCperiodic: the compaction job then took in {events:,} buffered events (warm-up "
+            f"included), CPU per login of the measured runs: job {job:.3f} ms + PostgreSQL "
+            f"{backend:.3f} ms"
         )
 
     print("\nVerdict (targets of issue 23):")
