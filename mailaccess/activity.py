@@ -407,9 +407,7 @@ def _store(page: _Page, now: datetime) -> None:
         )
         existing[_key(first)] = row
         created.append(row)
-    PasswordActivity.objects.bulk_update(
-        [row for row in changed if row.pk is not None], ["last_at", "count", "ip", "retry_at"]
-    )
+    _update_rows([row for row in changed if row.pk is not None])
     PasswordActivity.objects.bulk_create(created)
     # Each sign-in is also the password's and the protocol's last use: the auth policy writes
     # no database row per login, this page's newest use per key lands here in two UPDATEs.
@@ -442,6 +440,32 @@ def _store(page: _Page, now: datetime) -> None:
                 }
                 for alert in alerts
             ]
+        )
+
+
+def _update_rows(rows: list[PasswordActivity]) -> None:
+    """The page's changed history rows. On PostgreSQL one UPDATE from arrays: the CASE
+    expressions of ``bulk_update`` cost more Python than the rest of the page together at a
+    thousand rows (benchmarks/README.md, issue 23); elsewhere ``bulk_update``."""
+    if connection.vendor != "postgresql":
+        PasswordActivity.objects.bulk_update(rows, ["last_at", "count", "ip", "retry_at"])
+        return
+    if not rows:
+        return
+    unique = {row.pk: row for row in rows}  # a row folded twice in a page: its last state
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {PasswordActivity._meta.db_table} AS r SET last_at = u.last_at, "  # noqa: S608
+            "count = u.count, ip = u.ip::inet, retry_at = u.retry_at "
+            "FROM unnest(%s::bigint[], %s::timestamptz[], %s::integer[], %s::text[], "
+            "%s::timestamptz[]) AS u(id, last_at, count, ip, retry_at) WHERE r.id = u.id",
+            [
+                list(unique),
+                [row.last_at for row in unique.values()],
+                [row.count for row in unique.values()],
+                [row.ip for row in unique.values()],
+                [row.retry_at for row in unique.values()],
+            ],
         )
 
 
