@@ -316,6 +316,11 @@ def redis_cpu_seconds(client) -> float:  # type: ignore[no-untyped-def]
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_commands(client) -> int:  # type: ignore[no-untyped-def]
+    """Commands Redis has processed so far, this INFO not counted."""
+    return int(client.info("stats")["total_commands_processed"])
+
+
 @dataclass
 class Figures:
     rate: float
@@ -340,13 +345,21 @@ def measure(
     for duration in (1.0, seconds):
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         redis_before = redis_cpu_seconds(redis_client) if redis_client else 0.0
+        commands_before = redis_commands(redis_client) if redis_client else 0
         total, latencies = run_clients(port, connections, duration, clients, addresses, 0)
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     redis_cpu = redis_cpu_seconds(redis_client) - redis_before if redis_client else 0.0
+    # Less the two INFO calls between the readings (the first reading's own, the CPU one).
+    commands = redis_commands(redis_client) - commands_before - 2 if redis_client else 0
     p99 = percentile(latencies, 0.99)
     rate = total / seconds
     cpu_per_check = cpu / total
-    redis_part = f"   Redis CPU {redis_cpu / total * 1e6:.1f} µs/check" if redis_client else ""
+    redis_part = (
+        f"   Redis CPU {redis_cpu / total * 1e6:.1f} µs/check,"
+        f" {commands / total:.2f} commands/check"
+        if redis_client
+        else ""
+    )
     print(
         f"{name:13} {rate:8,.0f} checks/s   p50 {percentile(latencies, 0.5):.2f} ms"
         f"   p99 {p99:.2f} ms   server CPU {cpu_per_check * 1e6:.0f} µs/check{redis_part}"
