@@ -30,10 +30,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from mailaccess.mailserver.redis_cluster import key_slot
-from tests.mailservers import tail
+from tests.mailservers import _taken, tail
 
 NODE_TIMEOUT_MS = 1000
-_taken: set[int] = set()
 
 
 def command(client: redis.Redis, *parts: Any) -> Any:
@@ -42,7 +41,8 @@ def command(client: redis.Redis, *parts: Any) -> Any:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports of REDIS_CLUSTER_PORT_RANGE (else E2E_PORT_RANGE) that nothing listens on."""
+    """Ports of REDIS_CLUSTER_PORT_RANGE (else E2E_PORT_RANGE) that nothing listens on and
+    this session has not handed out (``tests.mailservers.free_port`` shares the record)."""
     spec = os.environ.get("REDIS_CLUSTER_PORT_RANGE") or os.environ.get(
         "E2E_PORT_RANGE", "20000-20499"
     )

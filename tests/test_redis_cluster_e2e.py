@@ -195,6 +195,69 @@ def test_the_subscription_urls_name_each_node_of_the_cluster() -> None:
     assert subscription_urls("redis://127.0.0.1:6379/3") == ["redis://127.0.0.1:6379/3"]
 
 
+# -- the portal's side: redis-py's RedisCluster ---------------------------------------------
+
+
+def test_the_portal_s_cache_and_sign_in_throttling_work_on_the_cluster(
+    redis_cluster: Cluster, cluster_url: str, settings: Any
+) -> None:
+    from django.core.cache import cache
+
+    from accounts import throttling
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "common.cache.RedisClusterCache",
+            "LOCATION": cluster_url,
+            "KEY_PREFIX": "mp",
+        }
+    }
+    data = {f"key{n}": {"n": n} for n in range(30)}
+    cache.set_many(data, 60)
+    assert cache.get_many(list(data)) == data
+    assert cache.get("key7") == {"n": 7}
+    # The keys are spread over every master: each answers only for its own.
+    holders = {node.name for node in redis_cluster.masters() if node.client().dbsize() > 0}
+    assert len(holders) == 3
+    cache.delete_many(list(data)[:20])
+    assert cache.get_many(list(data)) == {k: v for k, v in data.items() if k not in list(data)[:20]}
+    assert cache.add("counter", 1, 60) and not cache.add("counter", 5, 60)
+    assert cache.incr("counter", 2) == 3
+    cache.set_many({"gone": 1}, 0)
+    assert cache.get("gone") is None
+    cache.clear()
+    assert sum(node.client().dbsize() for node in redis_cluster.masters()) == 0
+
+    # Sign-in throttling counts in that cache: the mailbox's limit refuses on the cluster.
+    limit = settings.SIGN_IN_FAILURES_PER_MAILBOX
+    attempts = [
+        throttling.attempt("alice@inbox.lv", f"198.51.100.{n}", None) for n in range(limit + 1)
+    ]
+    assert [a.refused for a in attempts] == [False] * limit + [True]
+
+
+def test_usage_activity_and_readiness_read_the_cluster(
+    redis_cluster: Cluster, cluster_url: str
+) -> None:
+    from common import health
+    from mailaccess import activity
+
+    addresses = addresses_on_each_master(redis_cluster, "usage-")
+    now = int(MONDAY.timestamp() * 1000)
+    client = counters.sync_client()
+    for n, address in enumerate(addresses):
+        for message in range(n + 1):
+            client.zadd(counters.sent_key(address), {f"m{message}": now - message * 1000})
+    usages = [counters.read_usage(address, now) for address in addresses]
+    assert [(u.last_minute, u.last_hour) for u in usages] == [(1, 1), (2, 2), (3, 3)]
+    # The auth policy's buffered events: written by the pipelined client, taken in by the
+    # job through RedisCluster (one stream, its own slot, and the job's lock beside it).
+    client.xadd(activity.STREAM_KEY, {"e": "not an event"})
+    assert activity.compact() == 1
+    assert client.xlen(activity.STREAM_KEY) == 0
+    assert health.check_redis(cluster_url, 1.0, "web") == "ok"
+
+
 # -- a slot migrated under the client --------------------------------------------------------
 
 
