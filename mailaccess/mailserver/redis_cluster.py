@@ -48,6 +48,7 @@ from mailaccess.mailserver.redis_pipeline import (
     Callback,
     RedisPipeline,
     _deliver,
+    _noscript_errors,
     _Retry,
     _settle,
     join_command,
@@ -114,14 +115,19 @@ def key_slot(key: bytes) -> int:
     return binascii.crc_hqx(key, 0) % SLOTS
 
 
-def split_command(data: bytes, offset: int = 0) -> tuple[int, bytes, bytes | None]:
-    """One packed command at ``offset``: where it ends, its name (upper case) and its key
-    (None for a command without one)."""
+def split_command(
+    data: bytes, offset: int = 0, *, whole: bool = True
+) -> tuple[int, bytes, bytes | None]:
+    """One packed command at ``offset``: where it ends (with ``whole``; else where its key
+    ends), its name (upper case) and its key (None for a command without one)."""
     line_end = data.index(b"\r\n", offset)
     count = int(data[offset + 1 : line_end])
     position = line_end + 2
+    # A key is the second part, or an EVAL's fourth: the parts after it are read only to
+    # find where the command ends.
+    wanted = count if whole else min(count, 4)
     first: list[bytes] = []
-    for index in range(count):
+    for index in range(wanted):
         line_end = data.index(b"\r\n", position)
         length = int(data[position + 1 : line_end])
         start = line_end + 2
@@ -195,13 +201,35 @@ class ClusterPipeline(RedisPipeline):
         if count:
             self._send_batch(command, count, callback)
             return
-        _, _, key = split_command(command)
+        _, _, key = split_command(command, whole=False)
         self._route(None if key is None else key_slot(key), command, callback, retry)
 
+    async def send_commands(self, commands: list[bytes]) -> list[Any]:
+        """``send_packed`` of commands packed one by one: each goes to its own slot's
+        master without the batch being parsed to find where each command ends."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            raise RedisConnectionError("the Redis client is closed")
+        self._route_batch(commands, lambda reply: _settle(future, reply))
+        return _noscript_errors(await future)
+
     def _send_batch(self, data: bytes, count: int, callback: Callback) -> None:
-        """Commands packed together, each to its own slot's master; the replies in order
-        (a refused command's error in its place), or the first connection error or timeout
-        of any of them, as one Redis would fail the whole batch."""
+        commands = []
+        offset = 0
+        for _ in range(count):
+            end, _, _ = split_command(data, offset)
+            commands.append(data[offset:end])
+            offset = end
+        self._route_batch(commands, callback)
+
+    def _route_batch(self, commands: list[bytes], callback: Callback) -> None:
+        """Each command to its own slot's master; the replies in order (a refused command's
+        error in its place), or the first connection error or timeout of any of them, as
+        one Redis would fail the whole batch."""
+        count = len(commands)
         replies: list[Any] = [None] * count
         left = [count]
 
@@ -211,23 +239,14 @@ class ClusterPipeline(RedisPipeline):
                 left[0] -= 1
                 if left[0]:
                     return
-                lost = next(
-                    (
-                        r
-                        for r in replies
-                        if isinstance(r, (RedisConnectionError, RedisTimeoutError))
-                    ),
-                    None,
-                )
+                lost = next((r for r in replies if isinstance(r, _LOST)), None)
                 callback(lost if lost is not None else replies)
 
             return replied
 
-        offset = 0
-        for index in range(count):
-            end, _, key = split_command(data, offset)
-            self._route(None if key is None else key_slot(key), data[offset:end], part(index), None)
-            offset = end
+        for index, command in enumerate(commands):
+            _, _, key = split_command(command, whole=False)
+            self._route(None if key is None else key_slot(key), command, part(index), None)
 
     def _route(
         self,

@@ -232,6 +232,13 @@ class _Connection(asyncio.Protocol):
         self.owner._lost(self, RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
 
 
+def _noscript_errors(replies: list[Any]) -> list[Any]:
+    """A batch's replies, NOSCRIPT as ``NoScriptError`` (the caller loads its scripts)."""
+    if any(_is_noscript(reply) for reply in replies):
+        return [NoScriptError(str(reply)) if _is_noscript(reply) else reply for reply in replies]
+    return replies
+
+
 def _deliver(callback: Callback, reply: Any) -> None:
     try:
         callback(reply)
@@ -308,12 +315,15 @@ class RedisPipeline:
         not raised. Raises when Redis is unreachable or late."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._send(data, lambda reply: _settle(future, reply), None, count)
-        replies: list[Any] = await future
-        if any(_is_noscript(reply) for reply in replies):
-            return [
-                NoScriptError(str(reply)) if _is_noscript(reply) else reply for reply in replies
-            ]
-        return replies
+        return _noscript_errors(await future)
+
+    async def send_commands(self, commands: list[bytes]) -> list[Any]:
+        """``send_packed`` of commands packed one by one (``pack_command``, ``join_command``);
+        on a cluster each goes to its own slot's master (``redis_cluster.py``)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        data = b"".join(commands) if len(commands) > 1 else commands[0]
+        self._send(data, lambda reply: _settle(future, reply), None, len(commands))
+        return _noscript_errors(await future)
 
     async def script_load(self, script: str) -> str:
         return str(await self.execute("SCRIPT", "LOAD", script))
