@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ import httpx
 import pytest
 import time_machine
 from django.utils import translation
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from accounts.models import Mailbox, Plan
 from audit.models import Actor
@@ -357,6 +359,54 @@ def test_the_sending_limit_keeps_counting_while_its_slot_migrates(
         daemon.finish_blocks()
     assert redis_cluster.master_of(key).client().zcard(key) == 15
     redis_cluster.wait_healthy()
+
+
+# -- a master that stops answering ---------------------------------------------------------
+
+
+def test_a_hung_master_costs_its_commands_one_timeout_and_the_others_nothing(
+    fresh_redis_cluster: Cluster,
+) -> None:
+    """The single-Redis timeout policy, per master: a command its master does not answer
+    within the timeout fails, with whatever was queued behind it on that connection; the
+    other masters' commands are answered meanwhile."""
+    cluster = fresh_redis_cluster
+    addresses = addresses_on_each_master(cluster, "hung-")
+    keys = [counters.sent_key(address) for address in addresses]
+    hung = cluster.master_of(keys[0])
+    timeout = 0.5
+
+    async def scenario() -> list[tuple[Any, float]]:
+        client = open_pipeline(cluster.url, timeout=timeout)
+        await client.execute("PING")  # the map is read, a connection per master open
+
+        async def timed_get(key: str) -> tuple[Any, float]:
+            started = time.monotonic()
+            try:
+                result: Any = await client.execute("GET", key)
+            except Exception as error:
+                result = error
+            return result, time.monotonic() - started
+
+        assert hung.process is not None
+        os.kill(hung.process.pid, signal.SIGSTOP)
+        try:
+            results = await asyncio.gather(*(timed_get(key) for key in [keys[0], *keys]))
+        finally:
+            # Before cluster-node-timeout (1 s): the cluster does not fail it over.
+            os.kill(hung.process.pid, signal.SIGCONT)
+        again = await client.execute("SET", keys[0], "back")
+        await client.aclose()
+        return [*results, (again, 0.0)]
+
+    first, second, *others, again = asyncio.run(scenario())
+    for result, seconds in (first, second):
+        assert isinstance(result, RedisTimeoutError), result
+        assert timeout <= seconds < timeout + 0.4
+    for result, seconds in others:
+        assert result is None  # answered (no such key), not held up by the hung master
+        assert seconds < timeout
+    assert again[0] == b"OK"
 
 
 # -- a master killed ----------------------------------------------------------------------------
