@@ -306,11 +306,27 @@ def main() -> None:
         help="what serves the endpoint: production's manage.py auth_policy_server (default) "
         "or the same app as ASGI under uvicorn, for comparison",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a throwaway Redis Cluster (three masters, a replica each) and use it",
+    )
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_ceiling:
         serve_ceiling(args.serve_ceiling)
         return
+    if args.cluster:
+        from cluster import throwaway_cluster
+
+        with throwaway_cluster() as url:
+            args.redis_url = url
+            run(args)
+        return
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
 
     env = {
         **os.environ,

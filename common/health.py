@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 
 from common import metrics
+from common.redis_urls import client_from_url
 
 Checks = dict[str, str]
 
@@ -44,7 +45,7 @@ def check_database(timeout: float) -> str:
 
 
 def check_redis(url: str, timeout: float, service: str) -> str:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = client_from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         client.ping()
     except redis.RedisError as error:

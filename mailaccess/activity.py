@@ -55,8 +55,7 @@ from mailaccess.models import (
 )
 
 if TYPE_CHECKING:
-    import redis
-
+    from common.redis_urls import Client
     from mailaccess.mailserver.auth_policy import LoginRequest, MailboxState, Verdict
     from mailaccess.mailserver.redis_pipeline import RedisPipeline
 
@@ -499,7 +498,7 @@ def _prune(mailbox_ids: Iterable[int], now: datetime) -> None:
         )
 
 
-def compact(client: redis.Redis | None = None, *, page_size: int = PAGE_SIZE) -> int:
+def compact(client: Client | None = None, *, page_size: int = PAGE_SIZE) -> int:
     """The job: take in what the auth policy buffered, page by page. Returns events taken.
 
     One run at a time (a Redis lock): two would both read the same page.

@@ -50,6 +50,7 @@ from mailaccess.mailserver.auth_policy import (
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.readiness import policy_server_readiness
+from mailaccess.mailserver.redis_cluster import open_pipeline
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.state_reader import StateReader
 from mailaccess.models import BlockReason
@@ -121,7 +122,7 @@ class AuthPolicyApp:
     @property
     def store(self) -> PolicyStore:
         if self._store is None:
-            client = self._client or RedisPipeline(
+            client = self._client or open_pipeline(
                 settings.MAILSERVER_REDIS_URL,
                 timeout=settings.MAILSERVER_REDIS_TIMEOUT,
                 decode=True,

@@ -69,6 +69,7 @@ from accounts.models import Mailbox
 from audit.models import Actor
 from common import metrics
 from common.logging import Throttle, log_event
+from common.redis_urls import subscription_urls
 from mailaccess import actions
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import PostfixRequest
@@ -570,8 +571,13 @@ class SmtpPolicy:
         Runs until cancelled; a lost subscription is opened again after ``retry_seconds``.
         """
         failing = False
+        # On a cluster, any node hears every PUBLISH: subscribe on one of the URL's nodes,
+        # and on the next one when it is lost (its node down or failed over).
+        urls = subscription_urls(url)
+        attempt = 0
         while True:
-            client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+            client = aioredis.Redis.from_url(urls[attempt % len(urls)], socket_connect_timeout=2)
+            attempt += 1
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(ACCESS_CHANNEL)

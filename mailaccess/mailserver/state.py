@@ -26,10 +26,12 @@ from typing import Any
 
 import redis
 from django.db import close_old_connections, transaction
+from redis.cluster import RedisCluster
 
 from accounts.models import Mailbox, normalize_address
 from common import metrics
 from common.logging import log_event
+from common.redis_urls import Client
 from mailaccess import passwords
 from mailaccess.counters import generation_key, state_key, sync_client
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
@@ -77,15 +79,30 @@ def load(login: str) -> MailboxState | None:
     )
 
 
-def invalidate_address(address: str, client: redis.Redis | None = None) -> None:
+def invalidate_address(address: str, client: Client | None = None) -> None:
     invalidate_addresses([address], client)
 
 
-def invalidate_addresses(addresses: Sequence[str], client: redis.Redis | None = None) -> None:
+def invalidate_addresses(addresses: Sequence[str], client: Client | None = None) -> None:
     client = client or sync_client()
+    logins = [normalize_address(address) for address in addresses]
+    if isinstance(client, RedisCluster):
+        # A transaction cannot span slots (each address is a slot of its own), nor does
+        # redis-py pipeline PUBLISH on a cluster. Each node runs its addresses' commands in
+        # order, and the order suffices, the generation first: a load stored between the two
+        # commands fails the generation check, and one stored before is deleted. The news
+        # goes out after, once the cache is gone: any node forwards it to every node.
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for login in logins:
+            pipe.incr(generation_key(login))
+            pipe.expire(generation_key(login), GENERATION_TTL)
+            pipe.delete(state_key(login))
+        pipe.execute()
+        for login in logins:
+            client.publish(ACCESS_CHANNEL, login)
+        return
     pipe = client.pipeline(transaction=True)
-    for address in addresses:
-        login = normalize_address(address)
+    for login in logins:
         pipe.incr(generation_key(login))
         pipe.expire(generation_key(login), GENERATION_TTL)
         pipe.delete(state_key(login))
