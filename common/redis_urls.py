@@ -22,11 +22,16 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 # What the portal's code holds: a client of one Redis or of a cluster (same commands).
 Client = redis.Redis | RedisCluster
+# What a failed Redis raises: redis-py's cluster client raises RedisClusterException, which is
+# no RedisError, when it cannot reach any node to read the slot map (at its first command, or
+# again after a failover). Callers that carry on without Redis catch both.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
 def is_cluster_url(url: str | None) -> bool:

@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from accounts.models import Mailbox
 from common.logging import log_event
 from mailaccess import jobs, notices, sessions
+from mailaccess.mailserver import state
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ TRANSIENT_ERRORS = (
     OSError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Redis Cluster none of whose nodes answered (common/redis_urls.py).
+    redis.exceptions.RedisClusterException,
 )
 
 
@@ -208,6 +211,34 @@ def flush_auth_cache(url: str, addresses: list[str]) -> None:
     """Remove these mailboxes' entries from one Dovecot's auth cache; retried until it answers.
     A flush twice removes nothing more: safe to run again."""
     sessions.flush_auth_cache(url, addresses)
+
+
+@shared_task(**RETRIED)
+def invalidate_states(mailbox_ids: list[int]) -> None:
+    """Forget the auth policy's cached states of these mailboxes; retried while Redis fails."""
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    if addresses:
+        state.invalidate_addresses(addresses)
+
+
+def queue_invalidate_states(mailbox_ids: Sequence[int]) -> None:
+    """After an access change's commit: forget the cached states now, and by a retried task
+    where Redis failed, so a switch-off reaches the policy before the state's hour is up.
+    Never raises."""
+    if not mailbox_ids or state.invalidate(mailbox_ids):
+        return
+    if settings.CELERY_TASK_ALWAYS_EAGER:  # no worker: nothing would retry it
+        return
+    try:
+        invalidate_states.delay(list(mailbox_ids))
+    except Exception as error:
+        log_event(
+            logger,
+            "auth_policy.invalidation_not_queued",
+            logging.ERROR,
+            mailboxes=len(mailbox_ids),
+            error=type(error).__name__,
+        )
 
 
 def queue_flush_auth_cache(mailbox_ids: Sequence[int]) -> None:

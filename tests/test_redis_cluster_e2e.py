@@ -444,11 +444,13 @@ def auth_policy(cluster: Cluster, folder: Path) -> tuple[Any, int]:
 
 
 def test_a_master_killed_costs_fallback_answers_for_seconds_then_its_replica_answers(
-    fresh_redis_cluster: Cluster, settings: Any, tmp_path: Path
+    fresh_redis_cluster: Cluster, settings: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     cluster = fresh_redis_cluster
     settings.MAILSERVER_REDIS_URL = cluster.url
     counters.sync_client.cache_clear()
+    # This cluster is stopped after the test: no later test may get its cached client.
+    request.addfinalizer(counters.sync_client.cache_clear)
     # The mailbox on the master the URL names first: the SMTP daemon subscribes to access
     # changes there, so the kill takes its subscription too, which must move to the next node.
     owners = mailboxes(cluster, "failover")

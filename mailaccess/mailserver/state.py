@@ -24,14 +24,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from django.db import close_old_connections, transaction
 from redis.cluster import RedisCluster
 
 from accounts.models import Mailbox, normalize_address
 from common import metrics
 from common.logging import log_event
-from common.redis_urls import Client
+from common.redis_urls import REDIS_ERRORS, Client
 from mailaccess import passwords
 from mailaccess.counters import generation_key, state_key, sync_client
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
@@ -120,18 +119,20 @@ def language_changed(sender: Any, instance: Any, update_fields: Any = None, **kw
         transaction.on_commit(lambda: invalidate([mailbox_id]))
 
 
-def invalidate(mailbox_ids: Sequence[int]) -> None:
-    """An ``access_changed_hooks`` hook: runs after the action's commit, in its process.
+def invalidate(mailbox_ids: Sequence[int]) -> bool:
+    """Forget these mailboxes' cached states (after an access change's commit); False, and
+    logged, when Redis failed: the caller queues a retry (``tasks.queue_invalidate_states``).
 
-    A Redis failure must not undo a committed switch-off in the panel: it is logged, and the
-    state's TTL bounds how long the policy can lag behind.
+    A Redis failure must not undo a committed switch-off in the panel. Until the retry
+    succeeds the policy may answer from the old state for up to its TTL (an hour); the passdb
+    table, which the same transaction changed, still refuses IMAP and POP3 at once.
     """
     addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
     if not addresses:
-        return
+        return True
     try:
         invalidate_addresses(addresses)
-    except redis.RedisError as error:
+    except REDIS_ERRORS as error:
         metrics.REDIS_ERRORS.labels(service="invalidation").inc()
         log_event(
             logger,
@@ -140,3 +141,5 @@ def invalidate(mailbox_ids: Sequence[int]) -> None:
             mailbox=",".join(addresses[:5]),
             error=type(error).__name__,
         )
+        return False
+    return True

@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import redis
 from django.conf import settings
 from django.core.management.base import (
     BaseCommand,
@@ -25,7 +24,7 @@ from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
 from audit.models import AuditEvent
-from common.redis_urls import Client
+from common.redis_urls import REDIS_ERRORS, Client
 from mailaccess import counters
 from mailaccess.models import AppPassword, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
@@ -141,7 +140,7 @@ class Command(BaseCommand):
         try:
             self._counters(counters.sync_client(), mailbox.address)
             self._sending(counters.sync_client(), mailbox)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self.line("Redis", f"not reachable ({type(error).__name__}): counters unknown")
 
     def _sending(self, client: Client, mailbox: Mailbox) -> None:
