@@ -224,7 +224,7 @@ UPDATE mailaccess_externalaccess SET enabled = true, block_reason = '', blocked_
     disabled_at = NULL
 WHERE mailbox_id % 10 = 0 AND NOT enabled;
 UPDATE mailaccess_apppassword SET revoked_at = NULL WHERE revoked_at IS NOT NULL;
-TRUNCATE mailaccess_notice, mailaccess_auditevent;
+TRUNCATE mailaccess_newprogramalert, mailaccess_notice, mailaccess_auditevent;
 VACUUM ANALYZE;
 """
 
@@ -282,12 +282,13 @@ def main() -> None:
         admin_sql(args.pg_url, f'CREATE DATABASE "{args.database}"')
     try:
         start = time.perf_counter()
+        # A kept database gets the migrations added since it was filled.
+        migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
+        subprocess.run(migrate, env=env, cwd=ROOT, check=True)
         if args.reuse:
             run_script(url, RESET_ALL_SQL)
             passdb = child("passdb", env, "--scope", "due")
         else:
-            migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
-            subprocess.run(migrate, env=env, cwd=ROOT, check=True)
             run_script(url, FILL_SQL % {"mailboxes": args.mailboxes})
             passdb = child("passdb", env, "--scope", "all")
         print(f"{args.mailboxes:,} mailboxes ready in {time.perf_counter() - start:.1f} s")

@@ -272,7 +272,7 @@ def test_every_mailbox_of_a_batch_gets_its_own_audit_row_notice_and_ended_passwo
     assert run_at(T0 + relativedelta(months=3), "block_idle_access", batch_size=5) == 7
 
     events = {
-        event.mailbox_id: event
+        event.mailbox_id or 0: event
         for event in AuditEvent.objects.filter(action=AuditAction.ACCESS_BLOCKED)
     }
     assert sorted(events) == sorted(ids)
