@@ -304,10 +304,10 @@ def test_every_mailbox_of_a_batch_gets_its_own_audit_row_notice_and_ended_passwo
 # One SELECT ... FOR UPDATE, one UPDATE each for passwords and access, one INSERT each for
 # audit rows and notices, and the savepoint around them (the test runs inside a transaction).
 # On SQLite the password counts are one more SELECT; on PostgreSQL the passwords' UPDATE ...
-# RETURNING counts them, and the passdb table Dovecot reads is rewritten for the batch: one
-# DELETE and one INSERT ... SELECT (mailaccess/passdb.py). The run ends with a page that comes
-# back empty.
-QUERIES_PER_BATCH = 9 if connection.vendor == "postgresql" else 8
+# RETURNING counts them, the passdb table Dovecot reads is rewritten for the batch (one DELETE
+# and one INSERT ... SELECT, mailaccess/passdb.py) and a SET LOCAL lets the page's COMMIT not
+# wait for the disk. The run ends with a page that comes back empty.
+QUERIES_PER_BATCH = 10 if connection.vendor == "postgresql" else 8
 QUERIES_FOR_THE_EMPTY_PAGE = 3
 
 
@@ -380,3 +380,28 @@ def test_the_run_job_command_runs_a_job_once(alice: Mailbox) -> None:
         call_command("run_job", "all", stdout=out)
     assert "block_idle_access: 1" in out.getvalue()
     assert access_of(alice).block == BlockReason.IDLE
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_page_commits_without_waiting_for_the_disk_and_only_the_page() -> None:
+    """The job's pages commit asynchronously (actions._commit_without_waiting_for_the_disk):
+    a SET LOCAL, so the connection, which a worker's next task reuses, is as before."""
+    make_due_mailboxes(3, T0)
+    settings_seen: list[str] = []
+
+    def seen(done: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            settings_seen.append(cursor.fetchone()[0])
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        before = cursor.fetchone()[0]
+    with CaptureQueriesContext(connection) as queries:
+        assert (
+            run_at(T0 + relativedelta(months=3), "block_idle_access", batch_size=2, on_batch=seen)
+            == 3
+        )
+    assert [q["sql"] for q in queries].count("SET LOCAL synchronous_commit TO OFF") == 2
+    assert settings_seen == [before, before]
