@@ -33,9 +33,9 @@ A blocked or switched-off mailbox is refused at DATA and at END-OF-MESSAGE, with
 a session that authenticated before the block (or while the auth policy was down) must not
 send another message. The cached mailbox carries its access state, so the common path pays
 one attribute test and no Redis command. An access change must not wait for the cache to
-expire: the access actions publish the address on ``ACCESS_CHANNEL`` after commit (in the
+expire: the access actions publish the addresses on ``ACCESS_CHANNEL`` after commit (in the
 same Redis pipeline that invalidates the auth policy's state, ``state.invalidate_addresses``)
-and every daemon process, subscribed (``follow_access_changes``), forgets that mailbox at
+and every daemon process, subscribed (``follow_access_changes``), forgets those mailboxes at
 once. While the subscription is down nothing is forgotten, so on (re)subscribing the whole
 cache is dropped, and the cache's TTL bounds the rest.
 
@@ -88,7 +88,7 @@ from mailaccess.mailserver.smtp_decision import (
     refusal_reason,
     what_to_check,
 )
-from mailaccess.mailserver.state import ACCESS_CHANNEL
+from mailaccess.mailserver.state import ACCESS_CHANNEL, changed_logins
 from mailaccess.models import BlockReason
 from mailaccess.sending_limits import Limits, plan_limits
 
@@ -586,7 +586,8 @@ class SmtpPolicy:
                     failing = False
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self._directory.forget(bytes(message["data"]).decode())
+                            for login in changed_logins(bytes(message["data"]).decode()):
+                                self._directory.forget(login)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

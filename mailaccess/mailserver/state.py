@@ -40,9 +40,24 @@ logger = logging.getLogger(__name__)
 
 # A day is far longer than any load-and-store takes; the counter only has to outlive that.
 GENERATION_TTL = 86400
-# Every access change publishes the address here, after commit, with the invalidation: the
-# SMTP policy daemon's processes forget their cached copy of that mailbox at once.
+# Every access change publishes the addresses here, after commit, with the invalidation: the
+# SMTP policy daemon's processes forget their cached copy of those mailboxes at once. One
+# message per change, the addresses one per line (``access_message``): a job's batch of
+# thousands of blocks is one PUBLISH, which every subscribed process handles once, instead of
+# one each. A single change's message is its address alone, as before batching.
 ACCESS_CHANNEL = "mp:access-changed"
+ACCESS_SEPARATOR = "\n"
+
+
+def access_message(logins: Sequence[str]) -> str:
+    """What ``invalidate_addresses`` publishes: the normalized addresses, one per line
+    (an address has no line break: ``accounts.models.normalize_address``)."""
+    return ACCESS_SEPARATOR.join(logins)
+
+
+def changed_logins(message: str) -> list[str]:
+    """The addresses of one ``ACCESS_CHANNEL`` message (the subscriber's side)."""
+    return [login for login in message.split(ACCESS_SEPARATOR) if login]
 
 
 def load(login: str) -> MailboxState | None:
@@ -97,15 +112,14 @@ def invalidate_addresses(addresses: Sequence[str], client: Client | None = None)
             pipe.expire(generation_key(login), GENERATION_TTL)
             pipe.delete(state_key(login))
         pipe.execute()
-        for login in logins:
-            client.publish(ACCESS_CHANNEL, login)
+        client.publish(ACCESS_CHANNEL, access_message(logins))
         return
     pipe = client.pipeline(transaction=True)
     for login in logins:
         pipe.incr(generation_key(login))
         pipe.expire(generation_key(login), GENERATION_TTL)
         pipe.delete(state_key(login))
-        pipe.publish(ACCESS_CHANNEL, login)
+    pipe.publish(ACCESS_CHANNEL, access_message(logins))
     pipe.execute()
 
 
