@@ -16,6 +16,7 @@ from django.db import transaction
 
 from accounts.models import Mailbox
 from audit.models import Actor, ActorKind, AuditAction, AuditEvent, is_justification
+from common.bulk import insert_rows
 from common.logging import Event
 
 logger = logging.getLogger("audit")
@@ -61,8 +62,8 @@ def record_many(
     *,
     reason: str = "",
     details: Sequence[dict[str, Any]],
-) -> list[AuditEvent]:
-    """The rows of a batch of changes, written in one insert."""
+) -> list[int]:
+    """The rows of a batch of changes, written in one insert; returns their ids in order."""
 
     def log() -> None:
         for (_mailbox_id, address), detail in zip(rows, details, strict=True):
@@ -71,19 +72,21 @@ def record_many(
 
     # One line per mailbox, as for a single action: support looks a mailbox up by its address.
     transaction.on_commit(log)
-    return AuditEvent.objects.bulk_create(
-        AuditEvent(
-            mailbox_id=mailbox_id,
-            address=address,
-            action=action,
-            reason=reason,
-            actor_kind=actor.kind,
-            actor=actor.mailbox,
-            actor_label=actor.label,
-            detail=detail,
-            created_at=now,
-        )
-        for (mailbox_id, address), detail in zip(rows, details, strict=True)
+    return insert_rows(
+        AuditEvent,
+        per_row={
+            "mailbox_id": [mailbox_id for mailbox_id, _address in rows],
+            "address": [address for _mailbox_id, address in rows],
+            "detail": details,
+        },
+        same={
+            "action": action,
+            "reason": reason,
+            "actor_kind": actor.kind,
+            "actor_id": actor.mailbox.pk if actor.mailbox is not None else None,
+            "actor_label": actor.label,
+            "created_at": now,
+        },
     )
 
 

@@ -945,6 +945,11 @@ def main() -> None:
         default=5000,
         help="with --periodic: events the compaction job is timed on after the run",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a throwaway Redis Cluster (three masters, a replica each) and use it",
+    )
     parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--fill", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -956,7 +961,17 @@ def main() -> None:
         return
     if args.mailboxes is None:
         args.mailboxes = 10_000 if args.periodic else 500
+    if args.cluster:
+        from cluster import throwaway_cluster
 
+        with throwaway_cluster() as url:
+            args.redis_url = url
+            run(args)
+        return
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "mailportal.settings",

@@ -15,7 +15,15 @@ Configurations, each run ``--rounds`` times, alternating, every run on a fresh D
 - C cold: as C, over mailboxes no run has logged in before (state loaded from PostgreSQL,
   last use written);
 - Ccache (``--configs A,B,C,Ccold,Ccache``): C with Dovecot's auth cache as deploy/dovecot ships
-  it (the other configs switch it off, to show what each part costs).
+  it (the other configs switch it off, to show what each part costs);
+- Cnull: C with a policy server that answers "allow" at once and does nothing else: what
+  Dovecot's side of the policy requests costs, whatever the policy server does;
+- Cperiodic: real traffic, time-compressed. Another working set's mailboxes each log in once
+  every ``--period`` seconds (open loop), standing for a program checking every five minutes;
+  the policy server's state TTL and use-record interval are divided by the same factor, so
+  the share of logins that find their state cached, or record a use, is production's. The
+  compaction job (which writes the recorded uses) is run after each run and its CPU per login
+  printed.
 
 Then C once more, paced at 70% of its saturation rate, for the latency a provider runs at.
 
@@ -57,13 +65,14 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+import redis as redis_client  # noqa: E402
 
 from tests import mailservers  # noqa: E402
 
@@ -115,14 +124,14 @@ INSERT INTO mailaccess_externalaccess (mailbox_id, enabled, enabled_at, block_re
 SELECT g + 1, true, now(), '', false FROM generate_series(0, {count} - 1) g;
 INSERT INTO mailaccess_apppassword (mailbox_id, label, allow_imap, allow_pop3, allow_smtp,
                                     password_hash, lookup_key, created_at, last_used_protocol,
-                                    last_used_client)
+                                    last_used_client, allowed_networks)
 SELECT g + 1, '', true, true, true,
        '{{SSHA512}}' || replace(encode(sha512(convert_to('bench-app-password-' || g, 'UTF8')
                                              || substring(decode(md5(g::text), 'hex') for 8))
                                       || substring(decode(md5(g::text), 'hex') for 8), 'base64'),
                                 E'\\n', ''),
        encode(sha256(convert_to('bench-app-password-' || g, 'UTF8')), 'hex'),
-       now(), '', ''
+       now(), '', '', '[]'
 FROM generate_series(0, {count} - 1) g;
 SELECT setval(pg_get_serial_sequence('accounts_mailbox', 'id'), {count});
 """
@@ -258,7 +267,16 @@ def load_client_cpu() -> float:
 class Services:
     database_url: str
     redis: subprocess.Popen[bytes]
+    redis_url: str = ""
     policy: subprocess.Popen[bytes] | None = None
+
+    def redis_commands(self) -> int:
+        """Commands the private Redis has processed (``INFO stats``)."""
+        client = redis_client.Redis.from_url(self.redis_url)
+        try:
+            return int(cast(dict[str, Any], client.info("stats"))["total_commands_processed"])
+        finally:
+            client.close()
 
     def backends(self) -> list[int]:
         name = urlparse(self.database_url).path.lstrip("/")
@@ -277,6 +295,7 @@ class Sample:
     policy: float
     redis: float
     client: float
+    redis_commands: int
 
 
 def sample(dovecot: subprocess.Popen[bytes], services: Services) -> Sample:
@@ -286,6 +305,7 @@ def sample(dovecot: subprocess.Popen[bytes], services: Services) -> Sample:
         policy=tree_cpu(services.policy.pid) if services.policy else 0.0,
         redis=cpu_of(services.redis.pid),
         client=load_client_cpu(),
+        redis_commands=services.redis_commands(),
     )
 
 
@@ -549,6 +569,7 @@ class Row:
     p99: float
     failures: int
     cpu_ms: dict[str, float]
+    redis_commands: float = 0.0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -580,6 +601,8 @@ def measure(
         percentile(result.latencies, 0.99),
         result.failures,
         {name: seconds * 1000 / max(logins, 1) for name, seconds in split.items()},
+        # Less the first sample's INFO, counted once it was answered.
+        (after.redis_commands - before.redis_commands - 1) / max(logins, 1),
     )
 
 
@@ -589,27 +612,24 @@ def print_row(row: Row, reference: float | None = None) -> None:
     print(
         f"{row.config:<10} {row.rate:9,.0f} {share} {row.p50:7.2f} {row.p99:7.2f} "
         f"{cpu['dovecot']:8.2f} {cpu['postgres']:8.2f} {cpu['policy']:8.2f} "
-        f"{cpu['redis']:6.2f} {cpu['client']:7.2f} {row.failures:6}"
+        f"{cpu['redis']:6.2f} {cpu['client']:7.2f} {row.failures:6} {row.redis_commands:8.1f}"
     )
 
 
 HEADER = (
     f"{'config':<10} {'logins/s':>9} {'of A':>5} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'Dovecot':>8} {'Postgres':>8} {'policy':>8} {'Redis':>6} {'client':>7} {'failed':>6}\n"
-    f"{'':<10} {'':>9} {'':>5} {'':>7} {'':>7} {'(CPU ms per login)':^41}"
+    f"{'Dovecot':>8} {'Postgres':>8} {'policy':>8} {'Redis':>6} {'client':>7} {'failed':>6} "
+    f"{'Redis':>8}\n"
+    f"{'':<10} {'':>9} {'':>5} {'':>7} {'':>7} {'(CPU ms per login)':^41} {'':>6} "
+    f"{'cmds/login':>8}"
 )
 
 
-def start_policy(
-    database_url: str, redis_url: str, processes: int, log: Path
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = mailservers.free_port()
-    api_key = secrets.token_urlsafe(24)
-    env = {
+def portal_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "MAILSERVER_REDIS_URL": redis_url,
-        "AUTH_POLICY_API_KEY": api_key,
         "DJANGO_SETTINGS_MODULE": "mailportal.settings",
         "SECRET_KEY": "benchmark-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         "DEBUG": "0",
@@ -619,11 +639,119 @@ def start_policy(
         "AUTH_POLICY_CHECK_BURST": "1000000",
         "AUTH_POLICY_PROGRAM_CHECK_BURST": "1000000",
         "AUTH_POLICY_FAULTY_CONNECTIONS_PER_HOUR": "1000000",
+        **extra,
     }
+
+
+def start_policy(
+    database_url: str, redis_url: str, processes: int, log: Path, **extra: str
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    port = mailservers.free_port()
+    api_key = secrets.token_urlsafe(24)
+    env = portal_env(database_url, redis_url, AUTH_POLICY_API_KEY=api_key, **extra)
     process = mailservers.start_command(
         "auth_policy_server", port, env, log, "--processes", str(processes)
     )
     return process, f"http://127.0.0.1:{port}/auth-policy", api_key
+
+
+def start_null_policy(processes: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A policy server that answers every request "allow" at once, with no logic at all
+    (benchmarks/auth_policy.py's ceiling server, uvloop): what Dovecot's side of the three
+    policy requests costs a login, whatever a policy server does."""
+    port = mailservers.free_port()
+    script = Path(__file__).resolve().parent / "auth_policy.py"
+    # One process group holding every server process, so stop_process ends them all.
+    process = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            " & ".join(
+                f"{sys.executable} {script} --serve-ceiling {port}" for _ in range(processes)
+            )
+            + "; wait",
+        ],
+        start_new_session=True,
+    )
+    mailservers.wait_for_port(port, process, lambda: "")
+    return process, f"http://127.0.0.1:{port}/auth-policy", "unused"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """Real traffic, time-compressed: every mailbox of the working set logs in once every
+    ``period`` seconds (a mail program checking every ``check_interval``), and each of the
+    policy's intervals is divided by the same factor, so the share of logins that find
+    their state cached or write a last use is production's."""
+
+    period: float
+    check_interval: int
+    state_ttl: int
+    use_record_interval: int
+
+    @property
+    def factor(self) -> float:
+        return self.check_interval / self.period
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AUTH_POLICY_STATE_TTL": str(max(1, round(self.state_ttl / self.factor))),
+            "AUTH_POLICY_USE_RECORD_INTERVAL": str(
+                max(1, round(self.use_record_interval / self.factor))
+            ),
+        }
+
+
+def policy_intervals(database_url: str, redis_url: str) -> tuple[int, int, int]:
+    """The code's own defaults (check interval, state TTL, use-record interval)."""
+    env = portal_env(database_url, redis_url)
+    for name in ("AUTH_POLICY_STATE_TTL", "AUTH_POLICY_USE_RECORD_INTERVAL"):
+        env.pop(name, None)
+    output = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.AUTH_POLICY_CHECK_INTERVAL, s.AUTH_POLICY_STATE_TTL, "
+            "s.AUTH_POLICY_USE_RECORD_INTERVAL)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    check, ttl, record = (int(value) for value in output[-3:])
+    return check, ttl, record
+
+
+def compaction_cost(database_url: str, redis_url: str) -> tuple[float, float, int]:
+    """CPU seconds of the ``compact_activity`` job taking in what the run buffered: its own
+    (the job only, not the interpreter's start) and its PostgreSQL backend's; and the events
+    it took. (0, 0, 0) where the code has no such job."""
+    env = portal_env(database_url, redis_url)
+    code = (
+        "import django, os, resource, sys; django.setup()\n"
+        "try:\n    from mailaccess import activity\n"
+        "except ImportError:\n    print(0, 0, 0); sys.exit()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    c.execute('SELECT pg_backend_pid()'); pid = c.fetchone()[0]\n"
+        "def backend():\n"
+        "    f = open(f'/proc/{pid}/stat').read().rpartition(')')[2].split()\n"
+        "    return (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')\n"
+        "def own():\n"
+        "    u = resource.getrusage(resource.RUSAGE_SELF); return u.ru_utime + u.ru_stime\n"
+        "b, o = backend(), own(); done = activity.compact()\n"
+        "print(done, own() - o, backend() - b)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    words = output.stdout.split()[-3:]
+    if len(words) < 3:
+        return 0.0, 0.0, 0
+    return float(words[1]), float(words[2]), int(words[0])
 
 
 @contextlib.contextmanager
@@ -656,6 +784,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--policy-processes", type=int, default=2)
     parser.add_argument("--configs", default="A,B,C,Ccold")
+    parser.add_argument(
+        "--period",
+        type=float,
+        default=20.0,
+        help="Cperiodic: seconds between two logins of one mailbox (time-compressed checks)",
+    )
     parser.add_argument(
         "--imap-per-login",
         action="store_true",
@@ -703,25 +837,55 @@ def main() -> int:
     passwd_file.write_text("".join(f"{address}:{hashed}::::::\n" for address, hashed in rows))
     passwd_file.chmod(0o644)
 
-    # Cold runs take fresh mailboxes past the working set, a slice per run.
-    cold_slice = max(1, (args.mailboxes - working) // max(args.rounds, 1))
+    # Cperiodic takes the next working set's worth of mailboxes (C's warm states must not
+    # help it); cold runs take fresh mailboxes past those, a slice per run.
+    periodic_first = working if "Cperiodic" in configs else 0
+    cold_first = periodic_first + working if periodic_first else working
+    cold_slice = max(1, (args.mailboxes - cold_first) // max(args.rounds, 1))
+    periodic: Periodic | None = None
+    compaction: list[tuple[float, float, int]] = []
     rows_by_config: dict[str, list[Row]] = {name: [] for name in configs}
     paced_row: Row | None = None
     try:
         with private_redis(work / "redis.log") as (redis, redis_url):
-            services = Services(args.database, redis)
+            services = Services(args.database, redis, redis_url)
             policy_url = api_key = ""
-            if any(name.startswith("C") for name in configs):
-                services.policy, policy_url, api_key = start_policy(
+            policies: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
+            if any(name in ("C", "Ccold", "Ccache") for name in configs):
+                policies["C"] = start_policy(
                     args.database, redis_url, args.policy_processes, work / "policy.log"
+                )
+                _process, policy_url, api_key = policies["C"]
+            if "Cnull" in configs:
+                policies["Cnull"] = start_null_policy(args.policy_processes)
+            if "Cperiodic" in configs:
+                check, ttl, record = policy_intervals(args.database, redis_url)
+                periodic = Periodic(args.period, check, ttl, record)
+                policies["Cperiodic"] = start_policy(
+                    args.database,
+                    redis_url,
+                    args.policy_processes,
+                    work / "policy-periodic.log",
+                    **periodic.env(),
+                )
+                print(
+                    f"Cperiodic: each of {working:,} mailboxes logs in every {args.period:g} s "
+                    f"({working / args.period:,.0f} logins/s, open loop), standing for a check "
+                    f"every {check} s: time {periodic.factor:g}x faster, so the policy runs with "
+                    f"{periodic.env()} (its defaults: state TTL {ttl} s, last use recorded "
+                    f"every {record} s); the compaction job's cost is measured after each run"
                 )
             warmed = False
             print(f"\n{HEADER}")
             for round_number in range(args.rounds):
                 for config in configs:
-                    policy = (policy_url, api_key) if config.startswith("C") else None
+                    process, url, key = policies.get(
+                        "C" if config in ("C", "Ccold", "Ccache") else config, (None, "", "")
+                    )
+                    services.policy = process
+                    policy = (url, key) if config.startswith("C") else None
                     dovecot = start_dovecot(
-                        config.removesuffix("cold") if config != "Ccache" else config,
+                        config if config in ("A", "B", "Ccache") else "C",
                         tls,
                         args.database,
                         policy,
@@ -733,29 +897,46 @@ def main() -> int:
                             run_load(warm_up(dovecot.imap_port, working, args.connections))
                             warmed = True
                         if config == "Ccold":
-                            first = working + round_number * cold_slice
+                            first = cold_first + round_number * cold_slice
                             numbers = rotation(first, cold_slice)
+                        elif config == "Cperiodic":
+                            numbers = rotation(periodic_first, working)
                         else:
                             numbers = rotation(0, working)
-                        # A second of load first: login processes and connections started.
-                        run_load(
-                            saturate(
-                                dovecot.imap_port,
-                                numbers if config != "Ccold" else rotation(0, working),
-                                args.connections,
-                                1.0,
+                        if config == "Cperiodic":
+                            # One whole period first: every mailbox last seen a period ago.
+                            rate = working / args.period
+                            run_load(paced(dovecot.imap_port, numbers, rate, args.period))
+                            load = paced(dovecot.imap_port, numbers, rate, args.period)
+                        else:
+                            # A second of load first: login processes and connections started.
+                            run_load(
+                                saturate(
+                                    dovecot.imap_port,
+                                    numbers if config != "Ccold" else rotation(0, working),
+                                    args.connections,
+                                    1.0,
+                                )
                             )
-                        )
-                        row = measure(
-                            config,
-                            dovecot,
-                            services,
-                            saturate(dovecot.imap_port, numbers, args.connections, args.seconds),
-                        )
+                            load = saturate(
+                                dovecot.imap_port, numbers, args.connections, args.seconds
+                            )
+                        row = measure(config, dovecot, services, load)
+                        if config == "Cperiodic":
+                            logins = row.rate * args.period
+                            job, backend, events = compaction_cost(args.database, redis_url)
+                            compaction.append(
+                                (
+                                    job * 1000 / max(logins, 1),
+                                    backend * 1000 / max(logins, 1),
+                                    events,
+                                )
+                            )
                         rows_by_config[config].append(row)
                         print_row(row)
                     finally:
                         stop_dovecot(dovecot)
+            services.policy = policies["C"][0] if "C" in policies else None
             if "C" in configs:
                 rate = 0.7 * statistics.mean(row.rate for row in rows_by_config["C"])
                 dovecot = start_dovecot("C", tls, args.database, (policy_url, api_key), passwd_file)
@@ -769,8 +950,8 @@ def main() -> int:
                     )
                 finally:
                     stop_dovecot(dovecot)
-            if services.policy:
-                mailservers.stop_process(services.policy)
+            for process, _url, _key in policies.values():
+                mailservers.stop_process(process)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -790,6 +971,7 @@ def main() -> int:
                 name: statistics.mean(row.cpu_ms[name] for row in config_rows)
                 for name in config_rows[0].cpu_ms
             },
+            statistics.mean(row.redis_commands for row in config_rows),
         )
     reference = means["A"].rate if "A" in means else None
     for row in means.values():
@@ -797,6 +979,15 @@ def main() -> int:
     if paced_row:
         print(f"\nC paced at {paced_row.rate:,.0f} logins/s (70% of C's saturation rate):")
         print_row(paced_row, reference)
+    if compaction:
+        job = statistics.mean(cost for cost, _backend, _events in compaction)
+        backend = statistics.mean(cost for _job, cost, _events in compaction)
+        events = sum(count for _job, _backend, count in compaction)
+        print(
+            f"\nCperiodic: the compaction job then took in {events:,} buffered events (warm-up "
+            f"included), CPU per login of the measured runs: job {job:.3f} ms + PostgreSQL "
+            f"{backend:.3f} ms"
+        )
 
     print("\nVerdict (targets of issue 23):")
     met = True

@@ -312,8 +312,19 @@ def process_tree(pid: int) -> list[int]:
 
 
 def redis_cpu_seconds(client) -> float:  # type: ignore[no-untyped-def]
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        # Every node, replicas too: they apply every write the masters take.
+        infos = client.info("cpu", target_nodes=RedisCluster.ALL_NODES).values()
+    else:
+        infos = [client.info("cpu")]
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
+
+
+def redis_commands(client) -> int:  # type: ignore[no-untyped-def]
+    """Commands Redis has processed so far, this INFO not counted."""
+    return int(client.info("stats")["total_commands_processed"])
 
 
 @dataclass
@@ -340,13 +351,21 @@ def measure(
     for duration in (1.0, seconds):
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         redis_before = redis_cpu_seconds(redis_client) if redis_client else 0.0
+        commands_before = redis_commands(redis_client) if redis_client else 0
         total, latencies = run_clients(port, connections, duration, clients, addresses, 0)
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     redis_cpu = redis_cpu_seconds(redis_client) - redis_before if redis_client else 0.0
+    # Less the two INFO calls between the readings (the first reading's own, the CPU one).
+    commands = redis_commands(redis_client) - commands_before - 2 if redis_client else 0
     p99 = percentile(latencies, 0.99)
     rate = total / seconds
     cpu_per_check = cpu / total
-    redis_part = f"   Redis CPU {redis_cpu / total * 1e6:.1f} µs/check" if redis_client else ""
+    redis_part = (
+        f"   Redis CPU {redis_cpu / total * 1e6:.1f} µs/check,"
+        f" {commands / total:.2f} commands/check"
+        if redis_client
+        else ""
+    )
     print(
         f"{name:13} {rate:8,.0f} checks/s   p50 {percentile(latencies, 0.5):.2f} ms"
         f"   p99 {p99:.2f} ms   server CPU {cpu_per_check * 1e6:.0f} µs/check{redis_part}"
@@ -385,8 +404,23 @@ def main() -> None:
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("BENCH_PORT", "21501")), help="and +1"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a throwaway Redis Cluster (three masters, a replica each) and use it",
+    )
     options = parser.parse_args()
+    if options.cluster:
+        from cluster import throwaway_cluster
 
+        with throwaway_cluster() as url:
+            options.redis = url
+            run(options)
+        return
+    run(options)
+
+
+def run(options: argparse.Namespace) -> None:
     var_dir = tempfile.mkdtemp(prefix="bench-policy-")
     setup_django(var_dir, options.redis)
     addresses = create_mailboxes(options.mailboxes)
@@ -403,9 +437,9 @@ def main() -> None:
         f"{os.cpu_count()} cores; Redis {options.redis}; {options.mailboxes} free mailboxes; "
         f"{options.processes} server processes each; {options.clients} load process(es)"
     )
-    import redis
+    from common.redis_urls import client_from_url
 
-    client = redis.Redis.from_url(options.redis)
+    client = client_from_url(options.redis)
     try:
         wait_for_port(PORTS["ceiling"])
         ceiling = measure(

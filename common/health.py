@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 
 from common import metrics
+from common.redis_urls import REDIS_ERRORS, client_from_url
 
 Checks = dict[str, str]
 
@@ -44,10 +44,10 @@ def check_database(timeout: float) -> str:
 
 
 def check_redis(url: str, timeout: float, service: str) -> str:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = client_from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         client.ping()
-    except redis.RedisError as error:
+    except REDIS_ERRORS as error:
         metrics.REDIS_ERRORS.labels(service=service).inc()
         return type(error).__name__
     finally:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core import signing
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import formats, timezone
@@ -55,8 +55,7 @@ from mailaccess.models import (
 )
 
 if TYPE_CHECKING:
-    import redis
-
+    from common.redis_urls import Client
     from mailaccess.mailserver.auth_policy import LoginRequest, MailboxState, Verdict
     from mailaccess.mailserver.redis_pipeline import RedisPipeline
 
@@ -407,9 +406,7 @@ def _store(page: _Page, now: datetime) -> None:
         )
         existing[_key(first)] = row
         created.append(row)
-    PasswordActivity.objects.bulk_update(
-        [row for row in changed if row.pk is not None], ["last_at", "count", "ip", "retry_at"]
-    )
+    _update_rows([row for row in changed if row.pk is not None])
     PasswordActivity.objects.bulk_create(created)
     # Each sign-in is also the password's and the protocol's last use: the auth policy writes
     # no database row per login, this page's newest use per key lands here in two UPDATEs.
@@ -445,27 +442,63 @@ def _store(page: _Page, now: datetime) -> None:
         )
 
 
+def _update_rows(rows: list[PasswordActivity]) -> None:
+    """The page's changed history rows. On PostgreSQL one UPDATE from arrays: the CASE
+    expressions of ``bulk_update`` cost more Python than the rest of the page together at a
+    thousand rows (benchmarks/README.md, issue 23); elsewhere ``bulk_update``."""
+    if connection.vendor != "postgresql":
+        PasswordActivity.objects.bulk_update(rows, ["last_at", "count", "ip", "retry_at"])
+        return
+    if not rows:
+        return
+    unique = {row.pk: row for row in rows}  # a row folded twice in a page: its last state
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {PasswordActivity._meta.db_table} AS r SET last_at = u.last_at, "  # noqa: S608
+            "count = u.count, ip = u.ip::inet, retry_at = u.retry_at "
+            "FROM unnest(%s::bigint[], %s::timestamptz[], %s::integer[], %s::text[], "
+            "%s::timestamptz[]) AS u(id, last_at, count, ip, retry_at) WHERE r.id = u.id",
+            [
+                list(unique),
+                [row.last_at for row in unique.values()],
+                [row.count for row in unique.values()],
+                [row.ip for row in unique.values()],
+                [row.retry_at for row in unique.values()],
+            ],
+        )
+
+
 def _prune(mailbox_ids: Iterable[int], now: datetime) -> None:
     """Keep each mailbox's newest ``HISTORY_ROWS`` rows of the last ``HISTORY_DAYS``, and
-    its newest sign-in whatever its age: it tells that the mailbox has signed in before."""
-    cutoff = now - timedelta(days=HISTORY_DAYS)
-    doomed: list[int] = []
-    for mailbox_id in mailbox_ids:
-        rows = list(
-            PasswordActivity.objects.filter(mailbox_id=mailbox_id)
-            .order_by("-last_at", "-pk")
-            .values_list("pk", "kind", "last_at")
+    its newest sign-in whatever its age: it tells that the mailbox has signed in before.
+
+    One statement for the page's mailboxes (window functions, in PostgreSQL and SQLite
+    alike), not a query a mailbox: at a page of a thousand mailboxes those were a fifth of
+    the job's time (benchmarks/README.md, issue 23).
+    """
+    ids = list(mailbox_ids)
+    if not ids:
+        return
+    table = PasswordActivity._meta.db_table
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN ("  # noqa: S608 (names from _meta, values bound)
+            "SELECT id FROM (SELECT id, kind, last_at, "
+            "row_number() OVER (PARTITION BY mailbox_id ORDER BY last_at DESC, id DESC) AS n, "
+            "row_number() OVER (PARTITION BY mailbox_id, kind ORDER BY last_at DESC, id DESC) "
+            f"AS k FROM {table} WHERE mailbox_id IN ({marks})) AS ranked "
+            "WHERE NOT ((n <= %s AND last_at >= %s) OR (kind = %s AND k = 1)))",
+            [
+                *ids,
+                HISTORY_ROWS,
+                connection.ops.adapt_datetimefield_value(now - timedelta(days=HISTORY_DAYS)),
+                ActivityKind.SIGN_IN.value,
+            ],
         )
-        keep = {pk for pk, _kind, last_at in rows[:HISTORY_ROWS] if last_at >= cutoff}
-        newest_sign_in = next((pk for pk, kind, _at in rows if kind == ActivityKind.SIGN_IN), None)
-        if newest_sign_in is not None:
-            keep.add(newest_sign_in)
-        doomed.extend(pk for pk, _kind, _last in rows if pk not in keep)
-    if doomed:
-        PasswordActivity.objects.filter(pk__in=doomed).delete()
 
 
-def compact(client: redis.Redis | None = None, *, page_size: int = PAGE_SIZE) -> int:
+def compact(client: Client | None = None, *, page_size: int = PAGE_SIZE) -> int:
     """The job: take in what the auth policy buffered, page by page. Returns events taken.
 
     One run at a time (a Redis lock): two would both read the same page.

@@ -24,8 +24,8 @@ class MailaccessConfig(AppConfig):
         post_save.connect(state.language_changed, sender=Mailbox)
 
         # The auth policy's cached state must follow every access change at once.
-        if state.invalidate not in actions.access_changed_hooks:
-            actions.access_changed_hooks.append(state.invalidate)
+        if tasks.queue_invalidate_states not in actions.access_changed_hooks:
+            actions.access_changed_hooks.append(tasks.queue_invalidate_states)
         # Dovecot's auth cache must too: a cached passdb reply would let a switched-off
         # mailbox in while the auth policy is down (tasks.queue_flush_auth_cache).
         if tasks.queue_flush_auth_cache not in actions.access_changed_hooks:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-import redis
 from django.conf import settings
+
+from common import redis_urls
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -100,10 +101,11 @@ def used_key(login: str, protocol: str, network: str, password: int | str) -> st
 
 
 @cache
-def sync_client() -> redis.Redis:
-    """The portal's client (web, jobs, access-change hooks): one connection pool per process,
-    shared by every request, so a decision costs no TCP handshake. Replies decoded."""
-    return redis.Redis.from_url(
+def sync_client() -> redis_urls.Client:
+    """The portal's client (web, jobs, access-change hooks): one connection pool per process
+    (per node of a cluster), shared by every request, so a decision costs no TCP handshake.
+    Replies decoded."""
+    return redis_urls.client_from_url(
         settings.MAILSERVER_REDIS_URL,
         socket_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
         socket_connect_timeout=settings.MAILSERVER_REDIS_TIMEOUT,
@@ -117,7 +119,7 @@ class Usage:
     last_hour: int
 
 
-def read_usage(address: str, now_ms: int, client: redis.Redis | None = None) -> Usage:
+def read_usage(address: str, now_ms: int, client: redis_urls.Client | None = None) -> Usage:
     """Messages sent through SMTP in the last minute and hour (read-only)."""
     pipe = (client or sync_client()).pipeline(transaction=False)
     key = sent_key(address)
@@ -127,6 +129,6 @@ def read_usage(address: str, now_ms: int, client: redis.Redis | None = None) -> 
     return Usage(int(minute), int(hour))
 
 
-def bounces_last_hour(address: str, now_ms: int, client: redis.Redis | None = None) -> int:
+def bounces_last_hour(address: str, now_ms: int, client: redis_urls.Client | None = None) -> int:
     """Bounces of the mailbox's own messages in the last hour, each message once."""
     return int((client or sync_client()).zcount(bounces_key(address), now_ms - HOUR_MS, "+inf"))

@@ -13,13 +13,13 @@ from functools import cache
 from zoneinfo import ZoneInfo
 
 import holidays
-import redis
 from django.utils import timezone
 
 from accounts.models import Mailbox, Plan
 from audit.models import AuditAction, AuditEvent
 from common import metrics
 from common.logging import log_event
+from common.redis_urls import REDIS_ERRORS
 from mailaccess import counters
 from mailaccess.models import BlockReason, ExternalAccess, SendingLimit
 
@@ -155,7 +155,7 @@ def sending_panel(mailbox: Mailbox) -> SendingPanel | None:
     try:
         usage = counters.read_usage(mailbox.address, int(now.timestamp() * 1000))
         last_minute, last_hour = usage.last_minute, usage.last_hour
-    except redis.RedisError as error:
+    except REDIS_ERRORS as error:
         metrics.REDIS_ERRORS.labels(service="web").inc()
         log_event(
             log,

@@ -14,8 +14,10 @@ client address may not be the address of a session it opened elsewhere. The mail
 programs, whose passwords still work, reconnect by themselves (an IMAP client within seconds,
 as after any server restart); the one whose password ended cannot.
 
-The call runs in a thin Celery task (``tasks.end_sessions``) that retries with back-off while
-Dovecot does not answer, so the web request never waits for Dovecot. On the embedded default
+The call runs in a thin Celery task (``tasks.end_sessions_of``: one per Dovecot server and
+change, taking the mailbox ids, so a job's batch of a thousand blocks is one message per
+server) that retries with back-off while Dovecot does not answer, so the web request never
+waits for Dovecot. On the embedded default
 (no broker, eager tasks) it runs once, here and now, bounded by ``DOVEADM_API_TIMEOUT``, and a
 failure is logged, never raised: the committed block must not fail because a server is away.
 

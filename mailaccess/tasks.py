@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from accounts.models import Mailbox
 from common.logging import log_event
 from mailaccess import jobs, notices, sessions
+from mailaccess.mailserver import state
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ TRANSIENT_ERRORS = (
     OSError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Redis Cluster none of whose nodes answered (common/redis_urls.py).
+    redis.exceptions.RedisClusterException,
 )
 
 
@@ -142,43 +145,71 @@ def _address_chunks(mailbox_ids: Sequence[int]) -> Iterator[list[str]]:
         yield addresses[start : start + sessions.ADDRESSES_PER_CALL]
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=12,
-)
+KICK_RETRIES: RetryOptions = {
+    "acks_late": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 12,
+}
+
+
+@shared_task(**KICK_RETRIES)
+def end_sessions_of(url: str, mailbox_ids: list[int]) -> None:
+    """Kick these mailboxes' IMAP and POP3 sessions on one Dovecot, as many addresses per
+    request as one takes; retried until it answers (DoveadmError is an OSError). A kick twice
+    ends nothing more, so a retry simply runs the whole change again."""
+    for addresses in _address_chunks(mailbox_ids):
+        sessions.kick(url, addresses)
+
+
+@shared_task(**KICK_RETRIES)
 def end_sessions(url: str, addresses: list[str]) -> None:
-    """Kick these mailboxes' IMAP and POP3 sessions on one Dovecot; retried until it answers
-    (DoveadmError is an OSError). A kick twice ends nothing more: safe to run again."""
+    """``end_sessions_of`` by addresses: what was queued before it, still run after an upgrade."""
     sessions.kick(url, addresses)
 
 
 def queue_end_sessions(mailbox_ids: Sequence[int]) -> None:
-    """End these mailboxes' sessions on every Dovecot server (runs after commit). Never raises."""
+    """End these mailboxes' sessions on every Dovecot server (runs after commit). Never raises.
+
+    One task per server for the whole change, taking the ids: a job's batch of a thousand
+    blocks queues one message per server and reads no address in the job's process.
+    """
     urls = settings.DOVEADM_API_URL
     if not urls or not mailbox_ids:
         return
-    for chunk in _address_chunks(mailbox_ids):
-        for url in urls:
-            try:
-                if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # No worker: once, bounded by the timeout, instead of eager retries that
-                    # would hold the request for minutes.
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        # No worker: once, bounded by the timeout, instead of eager retries that would hold
+        # the request for minutes.
+        for chunk in _address_chunks(mailbox_ids):
+            for url in urls:
+                try:
                     sessions.kick(url, chunk)
-                else:
-                    end_sessions.delay(url, chunk)
-            except Exception as error:
-                log_event(
-                    logger,
-                    "sessions.not_ended",
-                    logging.ERROR,
-                    mailbox=",".join(chunk[:5]),
-                    server=url,
-                    error=type(error).__name__,
-                )
+                except Exception as error:
+                    _not_done("sessions.not_ended", url, ",".join(chunk[:5]), error)
+        return
+    for url in urls:
+        try:
+            end_sessions_of.delay(url, list(mailbox_ids))
+        except Exception as error:
+            _not_done("sessions.not_ended", url, _ids(mailbox_ids), error)
+
+
+def _ids(mailbox_ids: Sequence[int]) -> str:
+    """The first few ids of a change, for a log line (its addresses are not read here)."""
+    return ",".join(map(str, mailbox_ids[:5]))
+
+
+def _not_done(event: str, url: str, mailboxes: str, error: BaseException) -> None:
+    log_event(
+        logger,
+        event,
+        logging.ERROR,
+        mailbox=mailboxes,
+        server=url,
+        error=type(error).__name__,
+    )
 
 
 # --- Dovecot's auth cache (deploy/dovecot/dovecot.conf: auth_cache_*) ------------------------
@@ -192,29 +223,81 @@ def queue_end_sessions(mailbox_ids: Sequence[int]) -> None:
 # Seconds one direct flush may hold the commit's process: Dovecot answers on loopback or LAN in
 # about a millisecond, so a second means it is not answering, and the task takes over.
 FLUSH_TIMEOUT = 1.0
+# A change of more mailboxes than one flush request takes is a job's batch (an action changes
+# one mailbox): it is flushed by one task per server, taking the ids, so that the job does not
+# wait for doveadm's answers nor read the addresses once more per batch. Those mailboxes were
+# switched off by a job (idle, inactive), not because someone else has their password, and
+# the auth policy refuses them at once anyway; the auth cache only answers while it is down.
+DIRECT_FLUSH_MAX = sessions.ADDRESSES_PER_CALL
 
-
-@shared_task(
-    acks_late=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=1,
-    retry_backoff_max=60,
-    retry_jitter=False,
+FLUSH_RETRIES: RetryOptions = {
+    "acks_late": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": False,
     # 1+2+4+...+60 s: about ten minutes of tries, the auth cache's TTL; after it the entry has
     # expired by itself and there is nothing left to flush.
-    max_retries=14,
-)
+    "max_retries": 14,
+}
+
+
+@shared_task(**FLUSH_RETRIES)
 def flush_auth_cache(url: str, addresses: list[str]) -> None:
     """Remove these mailboxes' entries from one Dovecot's auth cache; retried until it answers.
     A flush twice removes nothing more: safe to run again."""
     sessions.flush_auth_cache(url, addresses)
 
 
+@shared_task(**FLUSH_RETRIES)
+def flush_auth_cache_of(url: str, mailbox_ids: list[int]) -> None:
+    """``flush_auth_cache`` for a job's batch, by ids: the addresses are read here, as many
+    per request as one takes; a retry flushes the whole batch again."""
+    for addresses in _address_chunks(mailbox_ids):
+        sessions.flush_auth_cache(url, addresses)
+
+
+@shared_task(**RETRIED)
+def invalidate_states(mailbox_ids: list[int]) -> None:
+    """Forget the auth policy's cached states of these mailboxes; retried while Redis fails."""
+    addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
+    if addresses:
+        state.invalidate_addresses(addresses)
+
+
+def queue_invalidate_states(mailbox_ids: Sequence[int]) -> None:
+    """After an access change's commit: forget the cached states now, and by a retried task
+    where Redis failed, so a switch-off reaches the policy before the state's hour is up.
+    Never raises."""
+    if not mailbox_ids or state.invalidate(mailbox_ids):
+        return
+    if settings.CELERY_TASK_ALWAYS_EAGER:  # no worker: nothing would retry it
+        return
+    try:
+        invalidate_states.delay(list(mailbox_ids))
+    except Exception as error:
+        log_event(
+            logger,
+            "auth_policy.invalidation_not_queued",
+            logging.ERROR,
+            mailboxes=len(mailbox_ids),
+            error=type(error).__name__,
+        )
+
+
 def queue_flush_auth_cache(mailbox_ids: Sequence[int]) -> None:
     """After an access change's commit: flush these mailboxes' auth-cache entries on every
-    Dovecot server, now, and by a retried task where that failed. Never raises."""
+    Dovecot server, now, and by a retried task where that failed; a job's batch by one task
+    per server (``DIRECT_FLUSH_MAX``). Never raises."""
     urls = settings.DOVEADM_API_URL
     if not urls or not mailbox_ids:
+        return
+    if len(mailbox_ids) > DIRECT_FLUSH_MAX and not settings.CELERY_TASK_ALWAYS_EAGER:
+        for url in urls:
+            try:
+                flush_auth_cache_of.delay(url, list(mailbox_ids))
+            except Exception as error:
+                _not_done("auth_cache.not_flushed", url, _ids(mailbox_ids), error)
         return
     for chunk in _address_chunks(mailbox_ids):
         for url in urls:

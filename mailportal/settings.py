@@ -13,6 +13,8 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
+from common.redis_urls import is_cluster_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -186,11 +188,15 @@ LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "mailaccess:settings"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
+# One Redis (redis://, rediss://, unix://) or a Redis Cluster (redis+cluster://host:port,...,
+# rediss+cluster://): common/redis_urls.py reads both forms, for the policy servers too.
 REDIS_URL = env_secret("REDIS_URL")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "common.cache.RedisClusterCache"
+            if is_cluster_url(REDIS_URL)
+            else "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mp",
         }
@@ -430,6 +436,15 @@ DOVEADM_API_TIMEOUT = float(os.environ.get("DOVEADM_API_TIMEOUT", "2"))
 # a block notice is e-mailed synchronously once the block commits, and the periodic jobs run
 # through `manage.py run_job` instead of beat. Nothing then needs a worker.
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or REDIS_URL
+if is_cluster_url(CELERY_BROKER_URL):
+    # Celery's Redis transport (kombu) speaks to one Redis: its queues are lists and its
+    # unacknowledged tasks a sorted set and a hash, moved together by multi-key commands that
+    # a cluster refuses across slots, and it has no cluster client at all.
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL cannot be a Redis Cluster (redis+cluster://): Celery's broker must "
+        "be one plain Redis (redis://, rediss://) or Sentinel (sentinel://). "
+        "With REDIS_URL naming a cluster, set CELERY_BROKER_URL to a separate Redis."
+    )
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not CELERY_BROKER_URL)
 # A task is acknowledged only once done, and requeued when its worker dies: every task is
 # idempotent, so running one twice is safe, and losing one is not.

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
     from tests.policy_client import Dovecot
 
-# Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py).
-pytest_plugins = ["tests.mailservers"]
+# Real Dovecot and Postfix for the end-to-end tests (fixtures: tests/mailservers.py), and a
+# real Redis Cluster (tests/redis_cluster.py).
+pytest_plugins = ["tests.mailservers", "tests.redis_cluster"]
 
 # The tests' Redis: a database number nothing else uses. Tests that need it skip without it
 # (and fail under REQUIRE_E2E=1). Every test reads it from here.
@@ -64,6 +65,8 @@ SERVER_FIXTURES = frozenset(
         "chromium",
         "celery",
         "durable_redis",
+        "redis_cluster",
+        "fresh_redis_cluster",
     }
 )
 

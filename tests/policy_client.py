@@ -13,7 +13,7 @@ import redis
 
 from mailaccess import activity
 from mailaccess.mailserver.asgi import AuthPolicyApp
-from mailaccess.mailserver.redis_pipeline import RedisPipeline
+from mailaccess.mailserver.redis_cluster import open_pipeline
 
 API_KEY = "policy-test-key-0123456789abcdef"
 # Dovecot's session ids look like this: base64 of a timestamp and a counter.
@@ -38,7 +38,7 @@ def request(
     now: float | None = None,
 ) -> httpx.Response:
     async def send() -> httpx.Response:
-        client = RedisPipeline(redis_url, timeout=2, decode=True)
+        client = open_pipeline(redis_url, timeout=2, decode=True)
         app = AuthPolicyApp(client=client, clock=(lambda: now) if now else time.time)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:
@@ -114,7 +114,7 @@ class Dovecot:
 
         async def send() -> httpx.Response:
             # A fresh app and pool per request: each asyncio.run is a new event loop.
-            client = RedisPipeline(self.url, timeout=2, decode=True)
+            client = open_pipeline(self.url, timeout=2, decode=True)
             app = AuthPolicyApp(client=client, clock=lambda: self.now)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://policy") as http:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer
-from mailaccess.mailserver.redis_pipeline import RedisPipeline
+from mailaccess.mailserver.redis_cluster import open_pipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
 
@@ -63,7 +63,7 @@ class RunningDaemon:
 
     async def _main(self) -> None:
         executor = DatabaseThreads(2, "smtp-policy-db")
-        client = RedisPipeline(self.redis_url, timeout=0.5)
+        client = open_pipeline(self.redis_url, timeout=0.5)
         self.policy = SmtpPolicy(client, executor, **self.policy_options)
         # As in production: forget a cached mailbox as soon as its access changes.
         self.policy.access_changes_url = self.redis_url

@@ -127,3 +127,91 @@ def test_an_access_change_flushes_directly_and_a_failure_is_logged_not_raised(
     tasks.queue_flush_auth_cache([mailbox.pk])
     assert doveadm.requests[-1][1] == [["authCacheFlush", {"user": ["carol@inbox.lv"]}, "0"]]
     assert len(doveadm.requests) == 2
+
+
+def test_the_tasks_by_ids_read_the_addresses_and_send_a_request_per_hundred(
+    doveadm: FakeDoveadm, django_user_model: Any
+) -> None:
+    from accounts.models import Mailbox
+
+    doveadm.failures = 0
+    mailboxes = Mailbox.objects.bulk_create(
+        Mailbox(address=f"m{n:03}@inbox.lv", password="!") for n in range(150)
+    )
+    ids = [mailbox.pk for mailbox in mailboxes]
+
+    assert tasks.end_sessions_of.apply(args=(doveadm.url, ids)).successful()
+    assert tasks.flush_auth_cache_of.apply(args=(doveadm.url, ids)).successful()
+
+    kicks, kicks_rest, flush, flush_rest = (body for _, body in doveadm.requests)
+    kicked = [command[1]["mask"][0] for command in kicks + kicks_rest]
+    assert (len(kicks), len(kicks_rest)) == (100, 50)
+    assert sorted(kicked) == sorted(mailbox.address for mailbox in mailboxes)
+    flushed = flush[0][1]["user"] + flush_rest[0][1]["user"]
+    assert (len(flush), len(flush_rest)) == (1, 1)
+    assert sorted(flushed) == sorted(kicked)
+
+
+def test_a_job_batch_is_flushed_and_kicked_by_one_task_per_server_taking_the_ids(
+    doveadm: FakeDoveadm,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_user_model: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """The idle-expiry job's page: every mailbox's auth-cache entries flushed and sessions
+    ended on every Dovecot, by one task of each per server, not by the job's process."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from mailaccess import jobs
+    from tests.test_jobs import make_due_mailboxes
+
+    doveadm.failures = 0
+    second = FakeDoveadm()
+    second.thread.start()
+    settings.DOVEADM_API_URL = [doveadm.url, second.url]
+    # As with a worker (the settings' switch is Celery's too, so no task could be queued
+    # here without a broker): what is queued is recorded, then run as a worker would.
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    queued: list[tuple[str, str, list[int]]] = []
+    for task in (tasks.end_sessions_of, tasks.flush_auth_cache_of):
+        monkeypatch.setattr(
+            task,
+            "delay",
+            lambda url, ids, name=task.name: queued.append((name, url, sorted(ids))),
+        )
+    try:
+        ids = make_due_mailboxes(150, timezone.now() - timedelta(days=90))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert jobs.block_idle_access(batch_size=1000) == 150
+        assert sorted(queued) == sorted(
+            (task.name, url, sorted(ids))
+            for task in (tasks.end_sessions_of, tasks.flush_auth_cache_of)
+            for url in (doveadm.url, second.url)
+        )
+        assert doveadm.requests == [] == second.requests  # nothing from the job's process
+        for name, url, task_ids in queued:
+            task = (
+                tasks.end_sessions_of
+                if name == tasks.end_sessions_of.name
+                else tasks.flush_auth_cache_of
+            )
+            assert task.apply(args=(url, task_ids)).successful()
+    finally:
+        second.server.shutdown()
+        second.server.server_close()
+
+    addresses = sorted(f"due{n}@inbox.lv" for n in range(150))
+    for server in (doveadm, second):
+        commands = [command for _, body in server.requests for command in body]
+        kicked = [command[1]["mask"][0] for command in commands if command[0] == "kick"]
+        flushed = [
+            user
+            for command in commands
+            if command[0] == "authCacheFlush"
+            for user in command[1]["user"]
+        ]
+        assert sorted(kicked) == addresses
+        assert sorted(flushed) == addresses

@@ -22,6 +22,7 @@ from mailaccess import actions, counters
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import reply_text
 from mailaccess.mailserver.smtp_policy import now_ms
+from mailaccess.mailserver.state import ACCESS_CHANNEL
 from mailaccess.models import (
     ACCESS_OFF_SERVER_MESSAGE,
     AppPassword,
@@ -591,3 +592,45 @@ def test_a_blocked_or_switched_off_sender_is_refused_at_once_though_the_daemon_c
 
     assert at_data.startswith("REJECT ") and reason in at_data, at_data
     assert at_end == at_data
+
+
+def test_every_sender_of_a_job_batch_is_refused_at_once_from_one_message(
+    alice: Mailbox, bob: Mailbox, test_redis: str
+) -> None:
+    """A job's batch publishes all its addresses in one message (mailserver/state.py): the
+    daemon still forgets each of those mailboxes, not the first one only."""
+    sub = redis.Redis.from_url(test_redis).pubsub()  # type: ignore[no-untyped-call]
+    sub.subscribe(ACCESS_CHANNEL)
+    with RunningDaemon(test_redis, cache_seconds=3600) as daemon, daemon.connect() as client:
+        for sender in (ALICE, BOB):
+            assert client.send_message(sender, "m1") == "DUNNO"  # both cached now
+
+        blocked = actions.block_access_many(
+            ExternalAccess.objects.filter(mailbox__in=[alice, bob]),
+            BlockReason.IDLE,
+            actor=Actor.system("job: idle two months"),
+        )
+        assert sorted(blocked) == sorted([alice.pk, bob.pk])
+
+        for sender in (ALICE, BOB):
+
+            def at_data(sender: str = sender) -> str:
+                return client.ask(
+                    protocol_state="DATA",
+                    instance="m2",
+                    sasl_username=sender,
+                    sender=sender,
+                    recipient_count="1",
+                )
+
+            reply = reply_within(5, at_data, "REJECT")
+            assert reply.startswith("REJECT "), (sender, reply)
+
+    messages = []
+    while (message := sub.get_message(timeout=1)) is not None:
+        if message["type"] == "message":
+            messages.append(message["data"].decode())
+    sub.close()
+    # Pub/sub ignores the database number: other tests' changes (of their own alice, too) may
+    # be on the channel as well.
+    assert f"{ALICE}\n{BOB}" in messages

@@ -14,8 +14,9 @@ still checks the password). When Redis or PostgreSQL is down the answer is a 503
 path, so they cost the hot path nothing.
 
 A request is a header check, a JSON parse and one Redis round trip (``auth_policy_store.py``).
-The ORM runs only on a cache miss or a block, each in one of a few threads of the app's own
-pool, whose database connections ``aclose`` closes; a login's use goes to the activity stream.
+A cache miss is one more query, on the event loop (``state_reader.py``; on SQLite the ORM in a
+thread); a block runs the ORM in one of a few threads of the app's own pool, whose database
+connections ``aclose`` closes; a login's use goes to the activity stream.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
 from django.conf import settings
@@ -38,7 +39,7 @@ from audit.models import Actor
 from common import health, metrics
 from common.logging import Throttle, log_event, short_id
 from mailaccess import actions, activity
-from mailaccess.mailserver import auth_policy
+from mailaccess.mailserver import auth_policy, state_reader
 from mailaccess.mailserver import state as state_cache
 from mailaccess.mailserver.auth_policy import (
     LoginLimits,
@@ -49,7 +50,9 @@ from mailaccess.mailserver.auth_policy import (
 from mailaccess.mailserver.auth_policy_store import Miss, PolicyStore
 from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.readiness import policy_server_readiness
+from mailaccess.mailserver.redis_cluster import open_pipeline
 from mailaccess.mailserver.redis_pipeline import RedisPipeline
+from mailaccess.mailserver.state_reader import StateReader
 from mailaccess.models import BlockReason
 
 logger = logging.getLogger("mailaccess.auth_policy")
@@ -108,6 +111,8 @@ class AuthPolicyApp:
         self._client = client
         self._store: PolicyStore | None = None
         self._executor: DatabaseThreads | None = None
+        # None: not decided yet; False: not PostgreSQL (the threads read instead).
+        self._reader: StateReader | Literal[False] | None = None
         self.clock = clock
         self.limits = limits or LoginLimits.from_settings()
         self.api_key = settings.AUTH_POLICY_API_KEY.encode()
@@ -117,7 +122,7 @@ class AuthPolicyApp:
     @property
     def store(self) -> PolicyStore:
         if self._store is None:
-            client = self._client or RedisPipeline(
+            client = self._client or open_pipeline(
                 settings.MAILSERVER_REDIS_URL,
                 timeout=settings.MAILSERVER_REDIS_TIMEOUT,
                 decode=True,
@@ -155,6 +160,9 @@ class AuthPolicyApp:
     async def aclose(self) -> None:
         """The Redis connection, and the pool's threads with their database connections."""
         await self.store.client.aclose()
+        reader, self._reader = self._reader, None
+        if reader:
+            await reader.aclose()
         executor, self._executor = self._executor, None
         if executor is not None:
             # Shutting down waits for the threads: not on the event loop.
@@ -314,7 +322,13 @@ class AuthPolicyApp:
     # -- the decisions: parse -> decide (pure) -> store -> answer, never back ------------
 
     async def _load(self, login: str) -> MailboxState | None:
-        """The database's state of a mailbox, for the store to cache after a miss."""
+        """The database's state of a mailbox, for the store to cache after a miss: on
+        PostgreSQL one query on the event loop (``state_reader.py`` says why), on SQLite the
+        ORM in the app's threads."""
+        if self._reader is None:
+            self._reader = StateReader(DB_THREADS) if state_reader.supported() else False
+        if self._reader:
+            return await self._reader.load(login)
         return await self._in_thread(state_cache.load, login)
 
     async def handle(self, request: LoginRequest, mode: str) -> tuple[dict[str, Any], str]:

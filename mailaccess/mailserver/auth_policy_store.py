@@ -332,9 +332,8 @@ class PolicyStore:
 
         After a Redis restart the scripts are gone: load them and go again.
         """
-        data = b"".join(commands)
         for attempt in range(2):
-            results = await self.client.send_packed(data, len(commands))
+            results = await self.client.send_commands(commands)
             if not any(isinstance(result, NoScriptError) for result in results) or attempt:
                 break
             await self.load_scripts()

@@ -132,7 +132,8 @@ def parse_url(url: str) -> Address:
             raise ValueError("Redis URL: the port is not a number") from error
     else:
         raise ValueError(
-            f"Redis URL with {parts.scheme}://: expected redis://, rediss:// or unix://"
+            f"Redis URL with {parts.scheme}://: expected redis://, rediss:// or unix:// "
+            "(or redis+cluster://, rediss+cluster:// for a cluster)"
         )
     if not db.isdigit():
         raise ValueError("Redis URL: the database must be a number")
@@ -148,7 +149,7 @@ def tls_context(url: str) -> ssl.SSLContext | None:
     ``optional`` means ``required``), ``ssl_certfile`` and ``ssl_keyfile`` (a client
     certificate, for a Redis with ``tls-auth-clients yes``)."""
     parts = urlsplit(url)
-    if parts.scheme != "rediss":
+    if parts.scheme not in ("rediss", "rediss+cluster"):
         return None
     # Errors name the parameter, not the URL: the URL may hold Redis's password.
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
@@ -231,6 +232,13 @@ class _Connection(asyncio.Protocol):
         self.owner._lost(self, RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
 
 
+def _noscript_errors(replies: list[Any]) -> list[Any]:
+    """A batch's replies, NOSCRIPT as ``NoScriptError`` (the caller loads its scripts)."""
+    if any(_is_noscript(reply) for reply in replies):
+        return [NoScriptError(str(reply)) if _is_noscript(reply) else reply for reply in replies]
+    return replies
+
+
 def _deliver(callback: Callback, reply: Any) -> None:
     try:
         callback(reply)
@@ -252,10 +260,10 @@ class RedisPipeline:
     """``call``/``evalsha`` with a callback (the SMTP daemon's fast path); ``execute`` and
     ``send_packed`` to await (the auth policy). ``decode``: replies as str, not bytes."""
 
-    def __init__(self, url: str, *, timeout: float, decode: bool = False) -> None:
+    def __init__(self, url: str | Address, *, timeout: float, decode: bool = False) -> None:
         self.timeout = timeout
         self.encoding = "utf-8" if decode else None
-        self.address = parse_url(url)
+        self.address = url if isinstance(url, Address) else parse_url(url)
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         # Commands sent and not answered (the first ``_sent``), then those not sent yet (the
@@ -307,12 +315,15 @@ class RedisPipeline:
         not raised. Raises when Redis is unreachable or late."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._send(data, lambda reply: _settle(future, reply), None, count)
-        replies: list[Any] = await future
-        if any(_is_noscript(reply) for reply in replies):
-            return [
-                NoScriptError(str(reply)) if _is_noscript(reply) else reply for reply in replies
-            ]
-        return replies
+        return _noscript_errors(await future)
+
+    async def send_commands(self, commands: list[bytes]) -> list[Any]:
+        """``send_packed`` of commands packed one by one (``pack_command``, ``join_command``);
+        on a cluster each goes to its own slot's master (``redis_cluster.py``)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        data = b"".join(commands) if len(commands) > 1 else commands[0]
+        self._send(data, lambda reply: _settle(future, reply), None, len(commands))
+        return _noscript_errors(await future)
 
     async def script_load(self, script: str) -> str:
         return str(await self.execute("SCRIPT", "LOAD", script))

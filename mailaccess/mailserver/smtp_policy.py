@@ -33,9 +33,9 @@ A blocked or switched-off mailbox is refused at DATA and at END-OF-MESSAGE, with
 a session that authenticated before the block (or while the auth policy was down) must not
 send another message. The cached mailbox carries its access state, so the common path pays
 one attribute test and no Redis command. An access change must not wait for the cache to
-expire: the access actions publish the address on ``ACCESS_CHANNEL`` after commit (in the
+expire: the access actions publish the addresses on ``ACCESS_CHANNEL`` after commit (in the
 same Redis pipeline that invalidates the auth policy's state, ``state.invalidate_addresses``)
-and every daemon process, subscribed (``follow_access_changes``), forgets that mailbox at
+and every daemon process, subscribed (``follow_access_changes``), forgets those mailboxes at
 once. While the subscription is down nothing is forgotten, so on (re)subscribing the whole
 cache is dropped, and the cache's TTL bounds the rest.
 
@@ -69,6 +69,7 @@ from accounts.models import Mailbox
 from audit.models import Actor
 from common import metrics
 from common.logging import Throttle, log_event
+from common.redis_urls import subscription_urls
 from mailaccess import actions
 from mailaccess.mailserver import bounce_tags, sending_counters
 from mailaccess.mailserver.postfix_policy import PostfixRequest
@@ -87,7 +88,7 @@ from mailaccess.mailserver.smtp_decision import (
     refusal_reason,
     what_to_check,
 )
-from mailaccess.mailserver.state import ACCESS_CHANNEL
+from mailaccess.mailserver.state import ACCESS_CHANNEL, changed_logins
 from mailaccess.models import BlockReason
 from mailaccess.sending_limits import Limits, plan_limits
 
@@ -570,8 +571,13 @@ class SmtpPolicy:
         Runs until cancelled; a lost subscription is opened again after ``retry_seconds``.
         """
         failing = False
+        # On a cluster, any node hears every PUBLISH: subscribe on one of the URL's nodes,
+        # and on the next one when it is lost (its node down or failed over).
+        urls = subscription_urls(url)
+        attempt = 0
         while True:
-            client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+            client = aioredis.Redis.from_url(urls[attempt % len(urls)], socket_connect_timeout=2)
+            attempt += 1
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(ACCESS_CHANNEL)
@@ -580,7 +586,8 @@ class SmtpPolicy:
                     failing = False
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self._directory.forget(bytes(message["data"]).decode())
+                            for login in changed_logins(bytes(message["data"]).decode()):
+                                self._directory.forget(login)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -24,12 +24,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from django.db import close_old_connections, transaction
+from redis.cluster import RedisCluster
 
 from accounts.models import Mailbox, normalize_address
 from common import metrics
 from common.logging import log_event
+from common.redis_urls import REDIS_ERRORS, Client
 from mailaccess import passwords
 from mailaccess.counters import generation_key, state_key, sync_client
 from mailaccess.mailserver.auth_policy import MailboxState, PasswordScope
@@ -39,9 +40,24 @@ logger = logging.getLogger(__name__)
 
 # A day is far longer than any load-and-store takes; the counter only has to outlive that.
 GENERATION_TTL = 86400
-# Every access change publishes the address here, after commit, with the invalidation: the
-# SMTP policy daemon's processes forget their cached copy of that mailbox at once.
+# Every access change publishes the addresses here, after commit, with the invalidation: the
+# SMTP policy daemon's processes forget their cached copy of those mailboxes at once. One
+# message per change, the addresses one per line (``access_message``): a job's batch of
+# thousands of blocks is one PUBLISH, which every subscribed process handles once, instead of
+# one each. A single change's message is its address alone, as before batching.
 ACCESS_CHANNEL = "mp:access-changed"
+ACCESS_SEPARATOR = "\n"
+
+
+def access_message(logins: Sequence[str]) -> str:
+    """What ``invalidate_addresses`` publishes: the normalized addresses, one per line
+    (an address has no line break: ``accounts.models.normalize_address``)."""
+    return ACCESS_SEPARATOR.join(logins)
+
+
+def changed_logins(message: str) -> list[str]:
+    """The addresses of one ``ACCESS_CHANNEL`` message (the subscriber's side)."""
+    return [login for login in message.split(ACCESS_SEPARATOR) if login]
 
 
 def load(login: str) -> MailboxState | None:
@@ -77,19 +93,33 @@ def load(login: str) -> MailboxState | None:
     )
 
 
-def invalidate_address(address: str, client: redis.Redis | None = None) -> None:
+def invalidate_address(address: str, client: Client | None = None) -> None:
     invalidate_addresses([address], client)
 
 
-def invalidate_addresses(addresses: Sequence[str], client: redis.Redis | None = None) -> None:
+def invalidate_addresses(addresses: Sequence[str], client: Client | None = None) -> None:
     client = client or sync_client()
+    logins = [normalize_address(address) for address in addresses]
+    if isinstance(client, RedisCluster):
+        # A transaction cannot span slots (each address is a slot of its own), nor does
+        # redis-py pipeline PUBLISH on a cluster. Each node runs its addresses' commands in
+        # order, and the order suffices, the generation first: a load stored between the two
+        # commands fails the generation check, and one stored before is deleted. The news
+        # goes out after, once the cache is gone: any node forwards it to every node.
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for login in logins:
+            pipe.incr(generation_key(login))
+            pipe.expire(generation_key(login), GENERATION_TTL)
+            pipe.delete(state_key(login))
+        pipe.execute()
+        client.publish(ACCESS_CHANNEL, access_message(logins))
+        return
     pipe = client.pipeline(transaction=True)
-    for address in addresses:
-        login = normalize_address(address)
+    for login in logins:
         pipe.incr(generation_key(login))
         pipe.expire(generation_key(login), GENERATION_TTL)
         pipe.delete(state_key(login))
-        pipe.publish(ACCESS_CHANNEL, login)
+    pipe.publish(ACCESS_CHANNEL, access_message(logins))
     pipe.execute()
 
 
@@ -103,18 +133,20 @@ def language_changed(sender: Any, instance: Any, update_fields: Any = None, **kw
         transaction.on_commit(lambda: invalidate([mailbox_id]))
 
 
-def invalidate(mailbox_ids: Sequence[int]) -> None:
-    """An ``access_changed_hooks`` hook: runs after the action's commit, in its process.
+def invalidate(mailbox_ids: Sequence[int]) -> bool:
+    """Forget these mailboxes' cached states (after an access change's commit); False, and
+    logged, when Redis failed: the caller queues a retry (``tasks.queue_invalidate_states``).
 
-    A Redis failure must not undo a committed switch-off in the panel: it is logged, and the
-    state's TTL bounds how long the policy can lag behind.
+    A Redis failure must not undo a committed switch-off in the panel. Until the retry
+    succeeds the policy may answer from the old state for up to its TTL (an hour); the passdb
+    table, which the same transaction changed, still refuses IMAP and POP3 at once.
     """
     addresses = list(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("address", flat=True))
     if not addresses:
-        return
+        return True
     try:
         invalidate_addresses(addresses)
-    except redis.RedisError as error:
+    except REDIS_ERRORS as error:
         metrics.REDIS_ERRORS.labels(service="invalidation").inc()
         log_event(
             logger,
@@ -123,3 +155,5 @@ def invalidate(mailbox_ids: Sequence[int]) -> None:
             mailbox=",".join(addresses[:5]),
             error=type(error).__name__,
         )
+        return False
+    return True

@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import redis
 from django.conf import settings
 from django.core.management.base import (
     BaseCommand,
@@ -25,6 +24,7 @@ from django.utils import timezone
 
 from accounts.models import Mailbox, normalize_address
 from audit.models import AuditEvent
+from common.redis_urls import REDIS_ERRORS, Client
 from mailaccess import counters
 from mailaccess.models import AppPassword, ExternalAccess, Notice, Protocol
 from mailaccess.sending_limits import plan_limits
@@ -140,10 +140,10 @@ class Command(BaseCommand):
         try:
             self._counters(counters.sync_client(), mailbox.address)
             self._sending(counters.sync_client(), mailbox)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self.line("Redis", f"not reachable ({type(error).__name__}): counters unknown")
 
-    def _sending(self, client: redis.Redis, mailbox: Mailbox) -> None:
+    def _sending(self, client: Client, mailbox: Mailbox) -> None:
         now = timezone.now()
         limits = plan_limits()[mailbox.sending_plan(now)]
         now_ms = int(now.timestamp() * 1000)
@@ -161,7 +161,7 @@ class Command(BaseCommand):
         # Only bounces to the signed envelope senders of its own messages, each message once.
         self.line("messages bounced", f"{bounces} of the last hour")
 
-    def _counters(self, client: redis.Redis, login: str) -> None:
+    def _counters(self, client: Client, login: str) -> None:
         now = timezone.now().timestamp()
         # The client decodes replies (decode_responses=True); redis-py's types cannot know.
         cached = cast(dict[str, str], client.hgetall(counters.state_key(login)))
@@ -196,7 +196,7 @@ class Command(BaseCommand):
             )
         self._checks(client, login, now)
 
-    def _checks(self, client: redis.Redis, login: str, now: float) -> None:
+    def _checks(self, client: Client, login: str, now: float) -> None:
         """Each program's check bucket (auth_policy.check_program): by its password's key
         ("pw:9c4e|Thunderbird 115"), or by its network where the request named no password.
         A mailbox has a few: SCAN within its own keys is cheap."""

@@ -14,7 +14,7 @@ from common.health_http import parse_listen
 from mailaccess.mailserver.auth_policy_app import AuthPolicyApp
 from mailaccess.mailserver.auth_policy_http import AuthPolicyHttpServer
 from mailaccess.mailserver.processes import fork_servers
-from mailaccess.mailserver.redis_pipeline import parse_url
+from mailaccess.mailserver.redis_cluster import check_url
 
 
 class Command(BaseCommand):
@@ -46,7 +46,7 @@ class Command(BaseCommand):
             _, host, port = parse_listen(options["listen"])
             # A bad Redis URL (a scheme, a TLS setting, a missing CA file) stops the start,
             # rather than failing every request later.
-            parse_url(settings.MAILSERVER_REDIS_URL)
+            check_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         if not settings.AUTH_POLICY_API_KEY.strip():

@@ -17,7 +17,8 @@ from mailaccess.mailserver.database_threads import DatabaseThreads
 from mailaccess.mailserver.policy_server import PolicyServer, serve_sender_tags
 from mailaccess.mailserver.processes import fork_servers
 from mailaccess.mailserver.readiness import policy_server_readiness
-from mailaccess.mailserver.redis_pipeline import RedisPipeline, parse_url
+from mailaccess.mailserver.redis_cluster import check_url, open_pipeline
+from mailaccess.mailserver.redis_pipeline import RedisPipeline
 from mailaccess.mailserver.smtp_policy import SmtpPolicy
 
 
@@ -84,7 +85,7 @@ class Command(BaseCommand):
             health_listen = options["health_listen"]
             if health_listen:
                 health_http.parse_listen(health_listen)
-            parse_url(settings.MAILSERVER_REDIS_URL)
+            check_url(settings.MAILSERVER_REDIS_URL)
         except ValueError as error:
             raise CommandError(str(error)) from error
         processes: int = options["processes"]
@@ -149,8 +150,9 @@ class Command(BaseCommand):
         # The ORM is synchronous: lookups on a cache miss and the blocking actions run in a
         # few threads, each keeping its own database connection.
         executor = DatabaseThreads(4, "smtp-policy-db")
-        # One Redis connection for every check of this process (see redis_pipeline.py).
-        client = RedisPipeline(
+        # One Redis connection for every check of this process (see redis_pipeline.py), or
+        # one per master of a cluster (redis_cluster.py).
+        client = open_pipeline(
             settings.MAILSERVER_REDIS_URL, timeout=settings.MAILSERVER_REDIS_TIMEOUT
         )
         policy = SmtpPolicy(client, executor)
