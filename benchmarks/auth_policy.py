@@ -72,6 +72,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from periodic import Periodic, policy_intervals
 from smtp_policy import cpu_seconds, process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -374,55 +375,6 @@ def prepare(env: dict[str, str], mailboxes: int) -> None:
 
 
 # --- real traffic: each mailbox at its check interval (``--periodic``, issue 23) -------------
-
-
-@dataclass(frozen=True)
-class Periodic:
-    """Real traffic, time-compressed: every mailbox of the working set logs in once every
-    ``period`` seconds (a mail program checking every ``check_interval``), and each of the
-    policy's intervals is divided by the same factor, so the share of logins that find
-    their state cached or record a use is production's. The same as benchmarks/
-    dovecot_logins.py's ``Periodic`` (keep the two alike)."""
-
-    period: float
-    check_interval: int
-    state_ttl: int
-    use_record_interval: int
-
-    @property
-    def factor(self) -> float:
-        return self.check_interval / self.period
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AUTH_POLICY_STATE_TTL": str(max(1, round(self.state_ttl / self.factor))),
-            "AUTH_POLICY_USE_RECORD_INTERVAL": str(
-                max(1, round(self.use_record_interval / self.factor))
-            ),
-        }
-
-
-def policy_intervals(env: dict[str, str]) -> tuple[int, int, int]:
-    """The code's own defaults (check interval, state TTL, use-record interval)."""
-    env = {**env}
-    for name in ("AUTH_POLICY_STATE_TTL", "AUTH_POLICY_USE_RECORD_INTERVAL"):
-        env.pop(name, None)
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import django; django.setup(); from django.conf import settings as s; "
-            "print(s.AUTH_POLICY_CHECK_INTERVAL, s.AUTH_POLICY_STATE_TTL, "
-            "s.AUTH_POLICY_USE_RECORD_INTERVAL)",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    check, ttl, record = (int(value) for value in output[-3:])
-    return check, ttl, record
 
 
 @contextlib.contextmanager

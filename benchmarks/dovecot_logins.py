@@ -70,9 +70,11 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import psycopg  # noqa: E402
 import redis as redis_client  # noqa: E402
+from periodic import Periodic, policy_intervals  # noqa: E402
 
 from tests import mailservers  # noqa: E402
 
@@ -677,54 +679,6 @@ def start_null_policy(processes: int) -> tuple[subprocess.Popen[bytes], str, str
     return process, f"http://127.0.0.1:{port}/auth-policy", "unused"
 
 
-@dataclass(frozen=True)
-class Periodic:
-    """Real traffic, time-compressed: every mailbox of the working set logs in once every
-    ``period`` seconds (a mail program checking every ``check_interval``), and each of the
-    policy's intervals is divided by the same factor, so the share of logins that find
-    their state cached or write a last use is production's."""
-
-    period: float
-    check_interval: int
-    state_ttl: int
-    use_record_interval: int
-
-    @property
-    def factor(self) -> float:
-        return self.check_interval / self.period
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AUTH_POLICY_STATE_TTL": str(max(1, round(self.state_ttl / self.factor))),
-            "AUTH_POLICY_USE_RECORD_INTERVAL": str(
-                max(1, round(self.use_record_interval / self.factor))
-            ),
-        }
-
-
-def policy_intervals(database_url: str, redis_url: str) -> tuple[int, int, int]:
-    """The code's own defaults (check interval, state TTL, use-record interval)."""
-    env = portal_env(database_url, redis_url)
-    for name in ("AUTH_POLICY_STATE_TTL", "AUTH_POLICY_USE_RECORD_INTERVAL"):
-        env.pop(name, None)
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import django; django.setup(); from django.conf import settings as s; "
-            "print(s.AUTH_POLICY_CHECK_INTERVAL, s.AUTH_POLICY_STATE_TTL, "
-            "s.AUTH_POLICY_USE_RECORD_INTERVAL)",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    check, ttl, record = (int(value) for value in output[-3:])
-    return check, ttl, record
-
-
 def compaction_cost(database_url: str, redis_url: str) -> tuple[float, float, int]:
     """CPU seconds of the ``compact_activity`` job taking in what the run buffered: its own
     (the job only, not the interpreter's start) and its PostgreSQL backend's; and the events
@@ -859,7 +813,7 @@ def main() -> int:
             if "Cnull" in configs:
                 policies["Cnull"] = start_null_policy(args.policy_processes)
             if "Cperiodic" in configs:
-                check, ttl, record = policy_intervals(args.database, redis_url)
+                check, ttl, record = policy_intervals(portal_env(args.database, redis_url))
                 periodic = Periodic(args.period, check, ttl, record)
                 policies["Cperiodic"] = start_policy(
                     args.database,
