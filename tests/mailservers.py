@@ -84,15 +84,23 @@ _taken: set[int] = set()
 
 
 def free_port() -> int:
-    """A port of E2E_PORT_RANGE that nothing listens on and this session has not handed out.
+    """A port of E2E_PORT_RANGE that nothing listens on and this session has not handed out."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, spec: str | None = None) -> list[int]:
+    """``count`` ports of ``spec`` ("low-high", default E2E_PORT_RANGE) that nothing listens on
+    and this session has not handed out.
 
     The search starts at a random place in the range, so two test sessions started at the
     same moment (two developers' ``make test`` on one machine) rarely pick the same ports;
     ``check_certificate`` catches it when they do.
     """
-    low_text, _, high_text = os.environ.get("E2E_PORT_RANGE", "20000-20499").partition("-")
+    spec = spec or os.environ.get("E2E_PORT_RANGE", "20000-20499")
+    low_text, _, high_text = spec.partition("-")
     low, high = int(low_text), int(high_text)
     start = secrets.randbelow(high - low + 1)
+    ports: list[int] = []
     for offset in range(high - low + 1):
         port = low + (start + offset) % (high - low + 1)
         if port in _taken:
@@ -103,8 +111,10 @@ def free_port() -> int:
             except OSError:
                 continue
         _taken.add(port)
-        return port
-    raise RuntimeError(f"no free port left in E2E_PORT_RANGE {low}-{high}")
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"not {count} free ports left in {spec}")
 
 
 def check_certificate(port: int, tls: TlsFiles) -> None:

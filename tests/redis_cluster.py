@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,7 +28,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from mailaccess.mailserver.redis_cluster import key_slot
-from tests.mailservers import _taken, tail
+from tests import mailservers
+from tests.mailservers import tail
 
 NODE_TIMEOUT_MS = 1000
 
@@ -41,29 +40,8 @@ def command(client: redis.Redis, *parts: Any) -> Any:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports of REDIS_CLUSTER_PORT_RANGE (else E2E_PORT_RANGE) that nothing listens on and
-    this session has not handed out (``tests.mailservers.free_port`` shares the record)."""
-    spec = os.environ.get("REDIS_CLUSTER_PORT_RANGE") or os.environ.get(
-        "E2E_PORT_RANGE", "20000-20499"
-    )
-    low_text, _, high_text = spec.partition("-")
-    low, high = int(low_text), int(high_text)
-    start = secrets.randbelow(high - low + 1)
-    ports: list[int] = []
-    for offset in range(high - low + 1):
-        port = low + (start + offset) % (high - low + 1)
-        if port in _taken:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"not {count} free ports left in {spec}")
+    """Ports of REDIS_CLUSTER_PORT_RANGE (else E2E_PORT_RANGE), none handed out before."""
+    return mailservers.free_ports(count, os.environ.get("REDIS_CLUSTER_PORT_RANGE"))
 
 
 @dataclass
