@@ -72,7 +72,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from periodic import Periodic, policy_intervals
+from periodic import DOMAIN, FILL_SQL, Periodic, password_of, policy_intervals
 from smtp_policy import cpu_seconds, process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,41 +290,6 @@ def wait_for(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-# The rows enable_access makes (access on, one app password, the passdb table's rows), for
-# many mailboxes at once: generate_series, as benchmarks/dovecot_logins.py fills its million.
-# Mailbox n is bench<n>@inbox.lv with id n + 1, its password "bench-app-password-<n>" with id
-# n + 1, hashed {SSHA512} as mailaccess/passwords.py does (an 8-byte salt derived from n). The
-# audit rows enable_access also writes are left out: no login reads them.
-FILL_SQL = """
-TRUNCATE accounts_mailbox, mailaccess_externalaccess, mailaccess_apppassword,
-         mailaccess_auditevent, mailaccess_notice RESTART IDENTITY CASCADE;
-INSERT INTO accounts_mailbox (id, password, is_superuser, address, plan, status, language,
-                              is_staff, is_active, date_joined)
-SELECT g + 1, '!', false, 'bench' || g || '@inbox.lv', 'free', 'active', 'lv', false, true, now()
-FROM generate_series(0, {count} - 1) g;
-INSERT INTO mailaccess_externalaccess (mailbox_id, enabled, enabled_at, block_reason,
-                                       requires_password_change, last_activity_at)
-SELECT g + 1, true, now(), '', false, now() FROM generate_series(0, {count} - 1) g;
-INSERT INTO mailaccess_apppassword (id, mailbox_id, label, allow_imap, allow_pop3, allow_smtp,
-                                    password_hash, lookup_key, created_at, last_used_protocol,
-                                    last_used_client, allowed_networks)
-SELECT g + 1, g + 1, '', true, true, true,
-       '{{SSHA512}}' || replace(encode(sha512(convert_to('bench-app-password-' || g, 'UTF8')
-                                             || substring(decode(md5(g::text), 'hex') for 8))
-                                      || substring(decode(md5(g::text), 'hex') for 8), 'base64'),
-                                E'\\n', ''),
-       encode(sha256(convert_to('bench-app-password-' || g, 'UTF8')), 'hex'),
-       now(), '', '', '[]'
-FROM generate_series(0, {count} - 1) g;
-SELECT setval(pg_get_serial_sequence('accounts_mailbox', 'id'), {count});
-SELECT setval(pg_get_serial_sequence('mailaccess_apppassword', 'id'), {count});
-"""
-
-
-def password_of(mailbox: int) -> str:
-    return f"bench-app-password-{mailbox}"
-
-
 def fill(mailboxes: int) -> None:
     """Run inside Django (``--fill``): mailboxes bench0..N-1 with access on, from scratch."""
     import django
@@ -341,7 +306,8 @@ def fill(mailboxes: int) -> None:
         # The passdb table from the view, as the migration that made it does.
         rebuild = str(getattr(passdb, "REBUILD_SQL", ""))
         with transaction.atomic(), connection.cursor() as cursor:
-            for statement in (FILL_SQL.format(count=mailboxes) + rebuild).split(";\n"):
+            statements = FILL_SQL.format(domain=DOMAIN, count=mailboxes) + rebuild
+            for statement in statements.split(";\n"):
                 if statement.strip():
                     cursor.execute(statement)
         with connection.cursor() as cursor:

@@ -74,22 +74,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import psycopg  # noqa: E402
 import redis as redis_client  # noqa: E402
-from periodic import Periodic, policy_intervals  # noqa: E402
+from periodic import (  # noqa: E402
+    DOMAIN,
+    FILL_SQL,
+    Periodic,
+    address_of,
+    password_of,
+    policy_intervals,
+)
 
 from tests import mailservers  # noqa: E402
 
 DEFAULT_DATABASE = "postgres://postgres:postgres@127.0.0.1:5432/mailportal_dovecot_bench"
-DOMAIN = "inbox.lv"
 CLOCK = os.sysconf("SC_CLK_TCK")
 REUSE_IMAP = "--imap-per-login" not in sys.argv
-
-
-def password_of(number: int) -> str:
-    return f"bench-app-password-{number}"
-
-
-def address_of(number: int) -> str:
-    return f"bench{number}@{DOMAIN}"
 
 
 # --- the database ----------------------------------------------------------------------------
@@ -110,33 +108,6 @@ def ensure_database(url: str) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
     )
-
-
-# {SSHA512} as mailaccess/passwords.py makes it: base64(sha512(password + salt) + salt), here
-# with an 8-byte salt derived from the number, so a refill gives the same hashes.
-FILL_SQL = """
-TRUNCATE accounts_mailbox, mailaccess_externalaccess, mailaccess_apppassword,
-         mailaccess_auditevent, mailaccess_notice CASCADE;
-INSERT INTO accounts_mailbox (id, password, is_superuser, address, plan, status, language,
-                              is_staff, is_active, date_joined)
-SELECT g + 1, '!', false, 'bench' || g || '@{domain}', 'free', 'active', 'lv', false, true, now()
-FROM generate_series(0, {count} - 1) g;
-INSERT INTO mailaccess_externalaccess (mailbox_id, enabled, enabled_at, block_reason,
-                                       requires_password_change)
-SELECT g + 1, true, now(), '', false FROM generate_series(0, {count} - 1) g;
-INSERT INTO mailaccess_apppassword (mailbox_id, label, allow_imap, allow_pop3, allow_smtp,
-                                    password_hash, lookup_key, created_at, last_used_protocol,
-                                    last_used_client, allowed_networks)
-SELECT g + 1, '', true, true, true,
-       '{{SSHA512}}' || replace(encode(sha512(convert_to('bench-app-password-' || g, 'UTF8')
-                                             || substring(decode(md5(g::text), 'hex') for 8))
-                                      || substring(decode(md5(g::text), 'hex') for 8), 'base64'),
-                                E'\\n', ''),
-       encode(sha256(convert_to('bench-app-password-' || g, 'UTF8')), 'hex'),
-       now(), '', '', '[]'
-FROM generate_series(0, {count} - 1) g;
-SELECT setval(pg_get_serial_sequence('accounts_mailbox', 'id'), {count});
-"""
 
 
 def passdb_sql() -> str:

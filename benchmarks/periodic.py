@@ -1,5 +1,5 @@
-"""Real traffic, time-compressed: what benchmarks/auth_policy.py --periodic and
-benchmarks/dovecot_logins.py's Cperiodic share.
+"""What benchmarks/auth_policy.py and benchmarks/dovecot_logins.py share: the mailboxes they
+fill, and real traffic, time-compressed (``--periodic``, ``Cperiodic``).
 
 A mail program checks every five minutes; a benchmark cannot wait that long per round. So every
 mailbox of the working set logs in once every ``period`` seconds, and each of the auth
@@ -15,6 +15,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+DOMAIN = "inbox.lv"
+
+# The rows enable_access makes (access on, one app password), for many mailboxes at once, with
+# generate_series. Mailbox n is bench<n>@inbox.lv with id n + 1, its password
+# "bench-app-password-<n>" with id n + 1, hashed {SSHA512} as mailaccess/passwords.py makes it:
+# base64(sha512(password + salt) + salt), with an 8-byte salt derived from n, so a refill gives
+# the same hashes. The audit rows enable_access also writes are left out: no login reads them.
+# The passdb table is the caller's to rebuild (``passdb.REBUILD_SQL``).
+FILL_SQL = """
+TRUNCATE accounts_mailbox, mailaccess_externalaccess, mailaccess_apppassword,
+         mailaccess_auditevent, mailaccess_notice RESTART IDENTITY CASCADE;
+INSERT INTO accounts_mailbox (id, password, is_superuser, address, plan, status, language,
+                              is_staff, is_active, date_joined)
+SELECT g + 1, '!', false, 'bench' || g || '@{domain}', 'free', 'active', 'lv', false, true, now()
+FROM generate_series(0, {count} - 1) g;
+INSERT INTO mailaccess_externalaccess (mailbox_id, enabled, enabled_at, block_reason,
+                                       requires_password_change, last_activity_at)
+SELECT g + 1, true, now(), '', false, now() FROM generate_series(0, {count} - 1) g;
+INSERT INTO mailaccess_apppassword (id, mailbox_id, label, allow_imap, allow_pop3, allow_smtp,
+                                    password_hash, lookup_key, created_at, last_used_protocol,
+                                    last_used_client, allowed_networks)
+SELECT g + 1, g + 1, '', true, true, true,
+       '{{SSHA512}}' || replace(encode(sha512(convert_to('bench-app-password-' || g, 'UTF8')
+                                             || substring(decode(md5(g::text), 'hex') for 8))
+                                      || substring(decode(md5(g::text), 'hex') for 8), 'base64'),
+                                E'\\n', ''),
+       encode(sha256(convert_to('bench-app-password-' || g, 'UTF8')), 'hex'),
+       now(), '', '', '[]'
+FROM generate_series(0, {count} - 1) g;
+SELECT setval(pg_get_serial_sequence('accounts_mailbox', 'id'), {count});
+SELECT setval(pg_get_serial_sequence('mailaccess_apppassword', 'id'), {count});
+"""
+
+
+def password_of(number: int) -> str:
+    return f"bench-app-password-{number}"
+
+
+def address_of(number: int) -> str:
+    return f"bench{number}@{DOMAIN}"
 
 
 @dataclass(frozen=True)
