@@ -76,6 +76,19 @@ def _access_changed(mailbox_id: int) -> None:
     _access_changed_many([mailbox_id])
 
 
+def language_changed(
+    sender: Any, instance: Mailbox, update_fields: Any = None, **kwargs: Any
+) -> None:
+    """post_save receiver of Mailbox: the mail servers speak the mailbox's language (the
+    passdb table's refused rows carry their reason in it, Dovecot's auth cache holds those
+    replies, the auth policy's cached state names it), so a new language is made known to
+    them exactly as an access change is."""
+    if kwargs.get("created"):
+        return  # nothing of a new mailbox is cached anywhere yet
+    if update_fields is None or "language" in update_fields:
+        _access_changed(instance.pk)
+
+
 def _end_sessions(mailbox_ids: Sequence[int]) -> None:
     """After commit: end the open sessions, which logged in before the change (sessions.py)."""
 

@@ -11,17 +11,12 @@ class MailaccessConfig(AppConfig):
 
         from accounts.models import Mailbox
         from mailaccess import actions, passdb, tasks
-        from mailaccess.mailserver import state
 
         # The passdb view reads the translated server messages from a table: refresh it.
         post_migrate.connect(passdb.sync_after_migrate, sender=self)
-        # The passdb table's refused rows carry their reason in the mailbox's language.
-        post_save.connect(passdb.language_changed, sender=Mailbox)
-        # ... and Dovecot's auth cache holds that reason: flush it (and after every access
-        # change, below, before the sessions are kicked).
-        post_save.connect(tasks.flush_after_language_change, sender=Mailbox)
-        # ... and the auth policy's cached state holds the language of its messages.
-        post_save.connect(state.language_changed, sender=Mailbox)
+        # The mail servers' messages are in the mailbox's language: a new one is made known
+        # to the passdb table, Dovecot's auth cache and the auth policy as an access change is.
+        post_save.connect(actions.language_changed, sender=Mailbox)
 
         # The auth policy's cached state must follow every access change at once.
         if tasks.queue_invalidate_states not in actions.access_changed_hooks:

@@ -130,11 +130,3 @@ def refresh_refused(using: str = DEFAULT_DB_ALIAS) -> None:
         cursor.execute("SELECT DISTINCT mailbox_id FROM mailaccess_passdb WHERE nologin = 'y'")
         ids = [row[0] for row in cursor.fetchall()]
     refresh(ids, using)
-
-
-def language_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    """post_save receiver of Mailbox: the refused rows' reason is in the mailbox's language."""
-    if kwargs.get("created"):
-        return  # a new mailbox has no password yet
-    if update_fields is None or "language" in update_fields:
-        refresh([instance.pk], kwargs.get("using") or DEFAULT_DB_ALIAS)

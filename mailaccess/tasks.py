@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from smtplib import SMTPRecipientsRefused
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import redis
 from celery import shared_task
 from django.conf import settings
 from django.core.mail import get_connection
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError
 
 from accounts.models import Mailbox
 from common.logging import log_event
@@ -321,12 +321,3 @@ def queue_flush_auth_cache(mailbox_ids: Sequence[int]) -> None:
                 server=url,
                 error=type(failure).__name__,
             )
-
-
-def flush_after_language_change(
-    sender: Any, instance: Mailbox, update_fields: Any = None, **kwargs: Any
-) -> None:
-    """post_save receiver of Mailbox: a refused mailbox's cached passdb reply carries the reason
-    in its language (mailaccess/passdb.py refreshes the table), so flush it after the commit."""
-    if update_fields is not None and "language" in update_fields:
-        transaction.on_commit(lambda: queue_flush_auth_cache([instance.pk]))

@@ -4,7 +4,7 @@ The cache holds what a decision needs (mailbox id, access on/off, block reason, 
 language, and each live password's id, key prefix and protocols) as a hash under the
 mailbox's hash tag, read by the decision's Lua script in the same round trip as the counters.
 The access actions invalidate it after commit (``MailaccessConfig.ready`` registers
-``invalidate``), and so does a change of the mailbox's language (``language_changed``), so a
+``invalidate``), and so does a change of the mailbox's language (``actions.language_changed``), so a
 switch-off is obeyed at once, not after a TTL; the TTL (an hour) only bounds what nothing
 announces (a deleted mailbox, an invalidation lost to a Redis outage).
 
@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 from redis.cluster import RedisCluster
 
 from accounts.models import Mailbox, normalize_address
@@ -121,16 +120,6 @@ def invalidate_addresses(addresses: Sequence[str], client: Client | None = None)
         pipe.delete(state_key(login))
     pipe.publish(ACCESS_CHANNEL, access_message(logins))
     pipe.execute()
-
-
-def language_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    """post_save receiver of Mailbox: the cached state holds the language the mail servers'
-    messages are written in, and lives an hour; a new language must not wait for that."""
-    if kwargs.get("created"):
-        return
-    if update_fields is None or "language" in update_fields:
-        mailbox_id = instance.pk
-        transaction.on_commit(lambda: invalidate([mailbox_id]))
 
 
 def invalidate(mailbox_ids: Sequence[int]) -> bool:
